@@ -1,0 +1,2 @@
+//! Authentication, sans-IO: server-side SCRAM-SHA-256 for clients.
+pub mod scram;

@@ -1,0 +1,185 @@
+//! One upstream connection: connect, log in, know whether it is idle.
+//!
+//! [`ServerConn::connect`] opens TCP, sends the StartupMessage, answers the
+//! server's authentication request (SCRAM-SHA-256, md5 or cleartext) and
+//! collects ParameterStatus and BackendKeyData until the first
+//! ReadyForQuery. Afterwards the session loop reads and writes the
+//! connection's stream directly and reports every forwarded client message
+//! and every ReadyForQuery to its [`ServerState`].
+
+mod login;
+pub mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::net::Stream;
+use crate::protocol::backend::{self as msg, ErrorFields};
+use crate::protocol::frame::server_streamable;
+use crate::protocol::startup::CancelKey;
+use crate::protocol::{Frame, Item, ProtocolError, Splitter, encode};
+pub use state::ServerState;
+
+/// Where and as whom to connect upstream.
+#[derive(Clone)]
+pub struct Target {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database name upstream.
+    pub dbname: String,
+    /// User name upstream.
+    pub user: String,
+    /// Password for the user, if the server asks for one.
+    pub password: Option<String>,
+    /// Largest message buffered whole, bytes.
+    pub max_message_len: usize,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+/// Why talking to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Socket error, including connection refused.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server closed the connection.
+    #[error("server closed the connection unexpectedly")]
+    Closed,
+    /// The server sent an ErrorResponse during login or a reset.
+    #[error("{0}")]
+    Server(ErrorFields),
+    /// The server broke the protocol.
+    #[error("protocol error from server: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Authentication could not proceed (e.g. no password configured).
+    #[error("{0}")]
+    Auth(String),
+    /// A time limit passed.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The socket.
+    pub stream: Stream,
+    /// Bytes read from the server and not yet handed on.
+    pub rbuf: BytesMut,
+    /// Splits `rbuf` into frames.
+    pub splitter: Splitter,
+    /// What is outstanding on the connection.
+    pub state: ServerState,
+    /// Current setting values known to pgtarn, keyed by lower-case name.
+    pub settings: BTreeMap<String, String>,
+    /// The ParameterStatus set received at login, in order.
+    login_params: Vec<(String, String)>,
+    key: CancelKey,
+    addr: SocketAddr,
+    id: u64,
+}
+
+impl ServerConn {
+    /// Connects and logs in to `target`; `id` names it in logs.
+    pub async fn connect(target: &Target, id: u64) -> Result<ServerConn, BackendError> {
+        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+        tcp.set_nodelay(true)?;
+        let addr = tcp.peer_addr()?;
+        let mut conn = ServerConn {
+            stream: Stream::Plain(tcp),
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            splitter: Splitter::new(target.max_message_len, server_streamable),
+            state: ServerState::default(),
+            settings: BTreeMap::new(),
+            login_params: Vec::new(),
+            key: CancelKey { pid: 0, secret: 0 },
+            addr,
+            id,
+        };
+        login::login(&mut conn, target).await?;
+        Ok(conn)
+    }
+
+    /// The pgtarn-wide id of this connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The server's BackendKeyData and address, for cancel requests.
+    pub fn cancel_target(&self) -> (SocketAddr, CancelKey) {
+        (self.addr, self.key)
+    }
+
+    /// The ParameterStatus values reported at login.
+    pub fn login_params(&self) -> &[(String, String)] {
+        &self.login_params
+    }
+
+    /// True when the connection may go back to the pool: idle, nothing
+    /// buffered, and the server has not closed it or sent anything since.
+    pub fn is_reusable(&self) -> bool {
+        self.state.is_idle()
+            && self.rbuf.is_empty()
+            && !self.splitter.in_stream()
+            && !self.stream.has_pending_input_or_eof()
+    }
+
+    /// Reads the next whole frame (login and internal queries only).
+    async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match self.splitter.next(&mut self.rbuf)? {
+                Some(Item::Frame(f)) => return Ok(f),
+                Some(Item::Chunk(_)) => {
+                    return Err(ProtocolError::Malformed("oversized message").into());
+                }
+                None => {}
+            }
+            self.rbuf.reserve(8192);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(BackendError::Closed);
+            }
+        }
+    }
+
+    /// Runs `sql` as a simple query whose results nobody sees, waiting for
+    /// its ReadyForQuery. Returns the first error the server reported.
+    pub async fn run_internal(&mut self, sql: &str) -> Result<Option<ErrorFields>, BackendError> {
+        let mut buf = BytesMut::new();
+        encode::query(&mut buf, sql);
+        self.stream.write_all(&buf).await?;
+        self.state.on_client_message(b'Q');
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag() {
+                b'Z' => {
+                    self.state.on_ready(msg::ready_for_query(f.body())?);
+                    return Ok(error);
+                }
+                b'E' if error.is_none() => error = Some(msg::error_fields(f.body())?),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        self.stream.try_write_now(&encode::terminate());
+    }
+}

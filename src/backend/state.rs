@@ -1,0 +1,113 @@
+//! Knowing when a server connection is idle, sans-IO.
+//!
+//! A server may be handed to another client only when it has answered every
+//! Query and Sync sent to it (each produces exactly one ReadyForQuery), no
+//! extended-protocol message is waiting for its Sync, and the last
+//! ReadyForQuery said `I` (no transaction open).
+
+use crate::protocol::backend::TxStatus;
+
+/// What is outstanding on one server connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerState {
+    /// ReadyForQuery messages still due (one per Query, FunctionCall, Sync).
+    pending_ready: u32,
+    /// Extended-protocol messages were sent since the last Sync.
+    unsynced: bool,
+    /// Transaction status from the last ReadyForQuery.
+    tx: TxStatus,
+}
+
+impl ServerState {
+    /// Records a client message forwarded to the server.
+    pub fn on_client_message(&mut self, tag: u8) {
+        match tag {
+            b'Q' | b'F' | b'S' => {
+                self.pending_ready += 1;
+                self.unsynced = false;
+            }
+            b'P' | b'B' | b'E' | b'D' | b'C' => self.unsynced = true,
+            _ => {}
+        }
+    }
+
+    /// Records a ReadyForQuery received from the server.
+    pub fn on_ready(&mut self, status: TxStatus) {
+        self.pending_ready = self.pending_ready.saturating_sub(1);
+        self.tx = status;
+    }
+
+    /// The transaction status last reported.
+    pub fn tx_status(&self) -> TxStatus {
+        self.tx
+    }
+
+    /// True when the connection can serve another client as it is.
+    pub fn is_idle(&self) -> bool {
+        self.pending_ready == 0 && !self.unsynced && self.tx == TxStatus::Idle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_query_round_trip() {
+        let mut s = ServerState::default();
+        assert!(s.is_idle());
+        s.on_client_message(b'Q');
+        assert!(!s.is_idle());
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn pipelined_queries_wait_for_the_last_ready() {
+        let mut s = ServerState::default();
+        s.on_client_message(b'Q');
+        s.on_client_message(b'Q');
+        s.on_ready(TxStatus::Idle);
+        assert!(!s.is_idle(), "second query still running");
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn extended_protocol_waits_for_sync() {
+        let mut s = ServerState::default();
+        for tag in [b'P', b'B', b'E'] {
+            s.on_client_message(tag);
+        }
+        assert!(!s.is_idle(), "no Sync yet");
+        s.on_client_message(b'H');
+        assert!(!s.is_idle(), "Flush is not a Sync");
+        s.on_client_message(b'S');
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn open_or_failed_transactions_are_not_idle() {
+        let mut s = ServerState::default();
+        s.on_client_message(b'Q');
+        s.on_ready(TxStatus::InTransaction);
+        assert!(!s.is_idle());
+        s.on_client_message(b'Q');
+        s.on_ready(TxStatus::Failed);
+        assert!(!s.is_idle());
+        assert_eq!(s.tx_status(), TxStatus::Failed);
+    }
+
+    #[test]
+    fn copy_data_does_not_change_the_count() {
+        let mut s = ServerState::default();
+        s.on_client_message(b'Q');
+        for tag in [b'd', b'd', b'c'] {
+            s.on_client_message(tag);
+        }
+        assert!(!s.is_idle());
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+}

@@ -1,0 +1,310 @@
+//! Configuration: the TOML schema, its defaults, and validation.
+//!
+//! The file is read once into [`Config`], validated with
+//! [`Config::validate`], then shared as `Arc<Config>`. Unknown keys are
+//! errors. Durations are strings such as `"500ms"`, `"30s"`, `"10m"`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that failed to load; the message names the bad key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path as given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not fit the schema.
+    #[error("{0}")]
+    Parse(String),
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// The dotted key, e.g. `databases.app.pool_size`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[pgtarn]`: process-wide settings.
+    #[serde(default)]
+    pub pgtarn: General,
+    /// `[databases.NAME]`: the databases clients may connect to, by the name
+    /// they use.
+    #[serde(default)]
+    pub databases: BTreeMap<String, Database>,
+    /// `[users.NAME]`: users and the passwords pgtarn uses for them upstream.
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+}
+
+/// How long a server connection stays assigned to one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Assigned for one transaction, released at ReadyForQuery `I`.
+    #[default]
+    Transaction,
+    /// Assigned until the client disconnects, then reset and reused.
+    Session,
+}
+
+impl PoolMode {
+    /// The mode's name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Transaction => "transaction",
+            PoolMode::Session => "session",
+        }
+    }
+}
+
+/// How pgtarn authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthType {
+    /// SCRAM-SHA-256 against the user's configured password.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// No password is asked for: any client naming a configured user is let in.
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+/// `[pgtarn]`: process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// Address clients connect to. Default `"127.0.0.1:6432"`.
+    pub listen_addr: SocketAddr,
+    /// Most client connections at once; the next one gets 53300.
+    /// Default 1000.
+    pub max_client_conn: usize,
+    /// How long a client may wait for a server before it gets the
+    /// `query_wait_timeout` error. Default `"120s"`.
+    #[serde(with = "humantime_serde")]
+    pub query_wait_timeout: Duration,
+    /// Time limit for connecting and logging in to Postgres. Default `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub server_connect_timeout: Duration,
+    /// An unused server connection is closed after this long (down to
+    /// `min_pool_size`). Default `"10m"`.
+    #[serde(with = "humantime_serde")]
+    pub server_idle_timeout: Duration,
+    /// A server connection is closed when released after being open this
+    /// long. Default `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub server_lifetime: Duration,
+    /// Time limit for a client to finish startup and authentication.
+    /// Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub client_login_timeout: Duration,
+    /// Largest message pgtarn buffers whole, in bytes (large DataRow and
+    /// CopyData messages are streamed and not bound by it). Default 8388608
+    /// (8 MiB).
+    pub max_message_len: usize,
+    /// How clients authenticate: `"scram-sha-256"` or `"trust"`.
+    /// Default `"scram-sha-256"`.
+    pub auth_type: AuthType,
+    /// SQL run on a session-mode server before another client gets it.
+    /// Default `"DISCARD ALL"`.
+    pub server_reset_query: String,
+    /// Time limit for `server_reset_query`; a server that misses it is
+    /// closed. Default `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub server_reset_timeout: Duration,
+    /// Runtime worker threads; 0 means one per CPU core. Default 0.
+    pub workers: usize,
+}
+
+impl Default for General {
+    fn default() -> Self {
+        General {
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            max_client_conn: 1000,
+            query_wait_timeout: Duration::from_secs(120),
+            server_connect_timeout: Duration::from_secs(5),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            client_login_timeout: Duration::from_secs(60),
+            max_message_len: 8 << 20,
+            auth_type: AuthType::ScramSha256,
+            server_reset_query: "DISCARD ALL".into(),
+            server_reset_timeout: Duration::from_secs(5),
+            workers: 0,
+        }
+    }
+}
+
+/// `[databases.NAME]`: one database clients may connect to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// Postgres host name or address. Default `"127.0.0.1"`.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Postgres port. Default 5432.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Database name upstream. Default: the section's name.
+    pub dbname: Option<String>,
+    /// `"transaction"` or `"session"`. Default `"transaction"`.
+    #[serde(default)]
+    pub pool_mode: PoolMode,
+    /// Most server connections per (database, user) pool. Default 20.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Server connections kept open per pool once it exists. Default 0.
+    #[serde(default)]
+    pub min_pool_size: usize,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_port() -> u16 {
+    5432
+}
+fn default_pool_size() -> usize {
+    20
+}
+
+/// `[users.NAME]`: a user clients may log in as.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The user's password: checked when clients log in and used to log in
+    /// to Postgres. Required; never logged.
+    pub password: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("User { password: <redacted> }")
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and cross-field rules; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| Err(ConfigError::Invalid { key, reason });
+        let g = &self.pgtarn;
+        if g.max_client_conn == 0 {
+            return invalid("pgtarn.max_client_conn".into(), "must be at least 1".into());
+        }
+        if g.max_message_len < 1024 {
+            return invalid(
+                "pgtarn.max_message_len".into(),
+                "must be at least 1024 bytes".into(),
+            );
+        }
+        for (key, d) in [
+            ("query_wait_timeout", g.query_wait_timeout),
+            ("server_connect_timeout", g.server_connect_timeout),
+            ("client_login_timeout", g.client_login_timeout),
+            ("server_reset_timeout", g.server_reset_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(format!("pgtarn.{key}"), "must be greater than 0".into());
+            }
+        }
+        for (name, db) in &self.databases {
+            let key = |k: &str| format!("databases.{name}.{k}");
+            if db.pool_size == 0 {
+                return invalid(key("pool_size"), "must be at least 1".into());
+            }
+            if db.min_pool_size > db.pool_size {
+                let reason = format!("{} exceeds pool_size ({})", db.min_pool_size, db.pool_size);
+                return invalid(key("min_pool_size"), reason);
+            }
+            if db.host.is_empty() {
+                return invalid(key("host"), "must not be empty".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Database {
+    /// The database name to use upstream for client-facing name `name`.
+    pub fn upstream_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.dbname.as_deref().unwrap_or(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::from_toml(
+            r#"
+            [pgtarn]
+            listen_addr = "127.0.0.1:6432"
+            max_client_conn = 1000
+            query_wait_timeout = "120s"
+            server_connect_timeout = "5s"
+            server_idle_timeout = "10m"
+            server_lifetime = "1h"
+            [databases.app]
+            host = "127.0.0.1"
+            port = 5432
+            dbname = "app"
+            pool_mode = "transaction"
+            pool_size = 20
+            min_pool_size = 0
+            [users.app]
+            password = "secret"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.pgtarn.server_idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.databases["app"].pool_mode, PoolMode::Transaction);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "passwords are redacted"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let err = |t: &str| Config::from_toml(t).unwrap_err().to_string();
+        assert!(err("[pgtarn]\nlisten_port = 1").contains("listen_port"));
+        assert!(err("[databases.a]\npool_size = 0").contains("databases.a.pool_size"));
+        let e = err("[databases.a]\npool_size = 2\nmin_pool_size = 3");
+        assert!(e.contains("databases.a.min_pool_size"), "{e}");
+        assert!(err("[pgtarn]\nquery_wait_timeout = \"soon\"").contains("query_wait_timeout"));
+        assert!(err("[databases.a]\npool_mode = \"statement\"").contains("pool_mode"));
+        assert!(err("[users.u]\npasword = \"x\"").contains("pasword"));
+    }
+}

@@ -1,0 +1,159 @@
+//! Everything that can end or fail a client's session, and the
+//! ErrorResponse each one turns into. Wording follows PgBouncer's where it
+//! has one, since people grep logs for it.
+
+use crate::backend::BackendError;
+use crate::pool::{CheckoutError, LookupError};
+use crate::protocol::ProtocolError;
+use crate::protocol::backend::ErrorFields;
+use crate::protocol::sqlstate as code;
+
+use super::params::ParamError;
+
+/// A client session failure; [`ClientError::reply`] says what the client
+/// is told.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client's socket failed or closed: nobody to tell.
+    #[error("client socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// Unacceptable startup parameters.
+    #[error("{0}")]
+    Params(#[from] ParamError),
+    /// No `user` in the startup packet.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    /// Unknown database.
+    #[error("no such database: {0}")]
+    UnknownDatabase(String),
+    /// Wrong password, unknown user, or failed SCRAM exchange.
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    /// Over `max_client_conn`.
+    #[error("no more connections allowed (max_client_conn)")]
+    TooManyClients,
+    /// Startup and authentication took longer than `client_login_timeout`.
+    #[error("client_login_timeout")]
+    LoginTimeout,
+    /// No server for the client.
+    #[error("{0}")]
+    Checkout(#[from] CheckoutError),
+    /// The server rejected the client's startup settings.
+    #[error("{0}")]
+    SettingRejected(ErrorFields),
+    /// The server connection failed while serving the client.
+    #[error("server connection failed: {0}")]
+    ServerLost(BackendError),
+    /// pgtarn is shutting down.
+    #[error("pgtarn is shutting down")]
+    Shutdown,
+}
+
+impl From<LookupError> for ClientError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::UnknownDatabase(d) => ClientError::UnknownDatabase(d),
+            LookupError::UnknownUser(u) => ClientError::AuthFailed(u),
+        }
+    }
+}
+
+/// An error to send: SQLSTATE, message, optional hint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+    /// Hint, if any.
+    pub hint: Option<&'static str>,
+}
+
+fn reply(code: &str, message: String, hint: Option<&'static str>) -> Option<Reply> {
+    Some(Reply {
+        code: code.to_owned(),
+        message,
+        hint,
+    })
+}
+
+impl ClientError {
+    /// What to tell the client before closing, if it can still be told.
+    pub fn reply(&self) -> Option<Reply> {
+        let msg = self.to_string();
+        match self {
+            ClientError::Io(_) => None,
+            ClientError::Protocol(_) => reply(code::PROTOCOL_VIOLATION, msg, None),
+            ClientError::Params(ParamError::Replication) => {
+                reply(code::FEATURE_NOT_SUPPORTED, msg, None)
+            }
+            ClientError::Params(_) => reply(code::PROTOCOL_VIOLATION, msg, None),
+            ClientError::NoUser => reply(code::INVALID_AUTHORIZATION, msg, None),
+            ClientError::UnknownDatabase(_) => reply(code::INVALID_CATALOG_NAME, msg, None),
+            ClientError::AuthFailed(_) => reply(code::INVALID_PASSWORD, msg, None),
+            ClientError::TooManyClients => reply(code::TOO_MANY_CONNECTIONS, msg, None),
+            ClientError::LoginTimeout => reply(code::PROTOCOL_VIOLATION, msg, None),
+            ClientError::Checkout(e) => checkout_reply(e),
+            ClientError::SettingRejected(f) => reply(&f.code, f.message.clone(), None),
+            ClientError::ServerLost(_) => reply(code::CONNECTION_FAILURE, msg, None),
+            ClientError::Shutdown => reply(code::ADMIN_SHUTDOWN, msg, None),
+        }
+    }
+}
+
+fn checkout_reply(e: &CheckoutError) -> Option<Reply> {
+    match e {
+        CheckoutError::WaitTimeout => reply(
+            code::TOO_MANY_CONNECTIONS,
+            "query_wait_timeout".into(),
+            Some(
+                "All server connections of this pool stayed busy for query_wait_timeout; raise pool_size or query_wait_timeout, or shorten transactions.",
+            ),
+        ),
+        CheckoutError::Connect(BackendError::Server(f)) => reply(&f.code, f.message.clone(), None),
+        CheckoutError::Connect(e) => reply(
+            code::CONNECTION_FAILURE,
+            format!("could not connect to server: {e}"),
+            None,
+        ),
+        CheckoutError::Closed => {
+            reply(code::ADMIN_SHUTDOWN, "pgtarn is shutting down".into(), None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_the_documented_sqlstates() {
+        let code_of = |e: ClientError| e.reply().map(|r| r.code);
+        assert_eq!(
+            code_of(ClientError::TooManyClients).as_deref(),
+            Some("53300")
+        );
+        assert_eq!(
+            code_of(ClientError::UnknownDatabase("x".into())).as_deref(),
+            Some("3D000")
+        );
+        assert_eq!(
+            code_of(ClientError::AuthFailed("x".into())).as_deref(),
+            Some("28P01")
+        );
+        assert_eq!(
+            code_of(ProtocolError::Malformed("x").into()).as_deref(),
+            Some("08P01")
+        );
+        assert_eq!(code_of(ClientError::Shutdown).as_deref(), Some("57P01"));
+        assert_eq!(code_of(std::io::Error::other("gone").into()), None);
+        let unknown_user: ClientError = LookupError::UnknownUser("eve".into()).into();
+        assert_eq!(
+            unknown_user.to_string(),
+            "password authentication failed for user \"eve\""
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! One client connection: startup, login, then the session loop.
+
+mod auth;
+pub mod cancel;
+pub mod error;
+mod handshake;
+pub mod params;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::info;
+
+use crate::Context;
+use crate::net::Stream;
+use crate::protocol::Splitter;
+use crate::protocol::backend::TxStatus;
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::frame::client_streamable;
+use crate::protocol::startup::StartupMessage;
+use crate::shutdown::Shutdown;
+use error::ClientError;
+use handshake::Hello;
+use params::ClientParams;
+use session::{End, Session};
+
+/// Serves one accepted client connection to the end.
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    let mut buf = BytesMut::with_capacity(1024);
+    let login_timeout = ctx.config.pgtarn.client_login_timeout;
+    let hello =
+        tokio::time::timeout(login_timeout, handshake::read_hello(&mut stream, &mut buf)).await;
+    let startup = match hello {
+        Ok(Ok(Hello::Startup(m))) => m,
+        Ok(Ok(Hello::Cancel(key))) => return ctx.cancels.cancel(key).await,
+        Ok(Err(e)) => return fail(&mut stream, peer, &e).await,
+        Err(_) => return fail(&mut stream, peer, &ClientError::LoginTimeout).await,
+    };
+    let Ok(_permit) = ctx.client_slots.clone().try_acquire_owned() else {
+        return fail(&mut stream, peer, &ClientError::TooManyClients).await;
+    };
+    let who = format!(
+        "{}@{}",
+        startup.param("user").unwrap_or("?"),
+        startup
+            .param("database")
+            .or(startup.param("user"))
+            .unwrap_or("?")
+    );
+    let login = tokio::time::timeout(login_timeout, login(stream, buf, &startup, &ctx)).await;
+    let (mut session, registration) = match login {
+        Ok(Ok(s)) => s,
+        Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
+        Err(_) => return info!(%peer, client = %who, "client login timed out"),
+    };
+    info!(%peer, client = %who, "client connected");
+    let end = session.run(&mut shutdown).await;
+    drop(registration);
+    report_end(&mut session.client, peer, &who, end).await;
+}
+
+/// Logs in a client; on failure hands the stream back with the error.
+async fn login(
+    mut stream: Stream,
+    mut buf: BytesMut,
+    startup: &StartupMessage,
+    ctx: &Arc<Context>,
+) -> Result<(Session, cancel::Registration), (Stream, ClientError)> {
+    match login_steps(&mut stream, &mut buf, startup, ctx).await {
+        Ok((pool, params, defaults, registration)) => {
+            let splitter = Splitter::new(ctx.config.pgtarn.max_message_len, client_streamable);
+            let slot = registration.slot.clone();
+            let session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
+            Ok((session, registration))
+        }
+        Err(e) => Err((stream, e)),
+    }
+}
+
+type LoggedIn = (
+    Arc<crate::pool::Pool>,
+    ClientParams,
+    Arc<Vec<(String, String)>>,
+    cancel::Registration,
+);
+
+async fn login_steps(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    startup: &StartupMessage,
+    ctx: &Arc<Context>,
+) -> Result<LoggedIn, ClientError> {
+    negotiate_version(stream, startup).await?;
+    let user = startup
+        .param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or(ClientError::NoUser)?;
+    let database = startup
+        .param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(user);
+    if !ctx.config.databases.contains_key(database) {
+        return Err(ClientError::UnknownDatabase(database.to_owned()));
+    }
+    let params = ClientParams::from_startup(&startup.params)?;
+    let secret = ctx.secrets.get(user);
+    auth::authenticate(stream, buf, user, secret, ctx.config.pgtarn.auth_type).await?;
+    let pool = ctx.registry.get(database, user)?;
+    let defaults = Arc::new(pool.login_params().await?);
+    let registration = ctx.cancels.register();
+    let mut out = BytesMut::new();
+    for (k, v) in params.login_report(&defaults) {
+        encode::parameter_status(&mut out, &k, &v);
+    }
+    encode::backend_key_data(&mut out, registration.key);
+    encode::ready_for_query(&mut out, TxStatus::Idle);
+    stream.write_all(&out).await?;
+    Ok((pool, params, defaults, registration))
+}
+
+/// Answers a request for a newer minor protocol version or for protocol
+/// options with NegotiateProtocolVersion (pgtarn speaks 3.0).
+async fn negotiate_version(
+    stream: &mut Stream,
+    startup: &StartupMessage,
+) -> Result<(), ClientError> {
+    let options: Vec<&str> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if startup.minor_version == 0 && options.is_empty() {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    encode::negotiate_protocol_version(&mut out, &options);
+    stream.write_all(&out).await?;
+    Ok(())
+}
+
+/// Sends the error for `e`, if the client can still hear it, and logs it.
+async fn fail(stream: &mut Stream, peer: SocketAddr, e: &ClientError) {
+    info!(%peer, error = %e, "client connection refused");
+    send_fatal(stream, e).await;
+}
+
+async fn send_fatal(stream: &mut Stream, e: &ClientError) {
+    if let Some(r) = e.reply() {
+        let mut out = BytesMut::new();
+        encode::error_response(&mut out, Severity::Fatal, &r.code, &r.message, r.hint);
+        let _ = stream.write_all(&out).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+async fn report_end(
+    client: &mut Stream,
+    peer: SocketAddr,
+    who: &str,
+    end: Result<End, ClientError>,
+) {
+    match end {
+        Ok(End::Terminated) => info!(%peer, client = %who, "client disconnected"),
+        Ok(End::Closed) => info!(%peer, client = %who, "client disconnected: connection closed"),
+        Ok(End::Shutdown) => {
+            info!(%peer, client = %who, "client disconnected: shutdown");
+            send_fatal(client, &ClientError::Shutdown).await;
+        }
+        Err(e) => {
+            info!(%peer, client = %who, error = %e, "client disconnected with error");
+            send_fatal(client, &e).await;
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Client session parameters, sans-IO.
+//!
+//! A client's startup parameters (application_name, client_encoding,
+//! DateStyle, TimeZone, search_path, `options=-c name=value`, ...) are
+//! settings it expects on whichever server serves it. [`ClientParams`]
+//! holds them; [`ClientParams::sync_sql`] computes the one statement that
+//! makes a server's settings match before the client's transaction runs.
+
+use std::collections::BTreeMap;
+
+/// Startup parameters that are not settings.
+const NOT_SETTINGS: [&str; 3] = ["user", "database", "options"];
+
+/// Why a client's startup parameters are refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamError {
+    /// Something in `options` other than `-c name=value` / `--name=value`.
+    #[error("unsupported startup option: {0}")]
+    UnsupportedOption(String),
+    /// A name that is not a valid setting name.
+    #[error("invalid setting name: {0:?}")]
+    InvalidName(String),
+    /// A replication connection.
+    #[error("replication connections are not supported by pgtarn")]
+    Replication,
+}
+
+/// The settings one client asked for at startup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientParams {
+    /// Lower-case name → (name as sent, value).
+    wanted: BTreeMap<String, (String, String)>,
+}
+
+impl ClientParams {
+    /// Collects the settings from a StartupMessage's parameters.
+    pub fn from_startup(params: &[(String, String)]) -> Result<ClientParams, ParamError> {
+        let mut p = ClientParams::default();
+        for (k, v) in params {
+            if k == "replication" {
+                return Err(ParamError::Replication);
+            }
+            if k.starts_with("_pq_.") || NOT_SETTINGS.contains(&k.as_str()) {
+                continue;
+            }
+            p.insert(k, v)?;
+        }
+        if let Some((_, opts)) = params.iter().find(|(k, _)| k == "options") {
+            for (k, v) in parse_options(opts)? {
+                p.insert(&k, &v)?;
+            }
+        }
+        Ok(p)
+    }
+
+    fn insert(&mut self, name: &str, value: &str) -> Result<(), ParamError> {
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid {
+            return Err(ParamError::InvalidName(name.to_owned()));
+        }
+        let key = name.to_ascii_lowercase();
+        self.wanted.insert(key, (name.to_owned(), value.to_owned()));
+        Ok(())
+    }
+
+    /// The value the client asked for, by case-insensitive name.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.wanted
+            .get(&name.to_ascii_lowercase())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The ParameterStatus set to report at login: the server defaults,
+    /// with the client's own values where it set a reported parameter.
+    pub fn login_report(&self, defaults: &[(String, String)]) -> Vec<(String, String)> {
+        defaults
+            .iter()
+            .map(|(k, v)| (k.clone(), self.get(k).unwrap_or(v).to_owned()))
+            .collect()
+    }
+
+    /// The SQL that brings a server whose known settings are `current`
+    /// (lower-case names) to what this client wants, given the pool's login
+    /// `defaults`; also updates `current`. `None` when nothing differs.
+    pub fn sync_sql(
+        &self,
+        current: &mut BTreeMap<String, String>,
+        defaults: &[(String, String)],
+    ) -> Option<String> {
+        let mut sets = Vec::new();
+        let mut resets = Vec::new();
+        for (key, (name, value)) in &self.wanted {
+            if current.get(key) != Some(value) {
+                sets.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote(name),
+                    quote(value)
+                ));
+                current.insert(key.clone(), value.clone());
+            }
+        }
+        let stale: Vec<String> = current
+            .keys()
+            .filter(|k| !self.wanted.contains_key(*k))
+            .filter(|k| default_of(defaults, k) != current.get(*k).map(String::as_str))
+            .cloned()
+            .collect();
+        for key in stale {
+            resets.push(format!("RESET {}", quote_ident(&key)));
+            match default_of(defaults, &key) {
+                Some(d) => current.insert(key, d.to_owned()),
+                None => current.remove(&key),
+            };
+        }
+        if sets.is_empty() && resets.is_empty() {
+            return None;
+        }
+        let mut sql = String::new();
+        if !sets.is_empty() {
+            sql = format!("SELECT {}", sets.join(", "));
+        }
+        for r in resets {
+            if !sql.is_empty() {
+                sql.push_str("; ");
+            }
+            sql.push_str(&r);
+        }
+        Some(sql)
+    }
+}
+
+fn default_of<'a>(defaults: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    defaults
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v.as_str())
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A SQL identifier.
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Parses libpq's `options`: whitespace-separated `-c name=value`,
+/// `-cname=value` or `--name=value`, with `\` escaping the next character.
+pub fn parse_options(opts: &str) -> Result<Vec<(String, String)>, ParamError> {
+    let words = split_words(opts);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = &words[i];
+        let assignment = if w == "-c" {
+            i += 1;
+            words
+                .get(i)
+                .cloned()
+                .ok_or_else(|| ParamError::UnsupportedOption(w.clone()))?
+        } else if let Some(rest) = w.strip_prefix("--").or_else(|| w.strip_prefix("-c")) {
+            rest.to_owned()
+        } else {
+            return Err(ParamError::UnsupportedOption(w.clone()));
+        };
+        let (k, v) = assignment
+            .split_once('=')
+            .ok_or_else(|| ParamError::UnsupportedOption(assignment.clone()))?;
+        out.push((k.replace('-', "_"), v.to_owned()));
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn split_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn startup(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn options_are_parsed_like_postgres() {
+        let o =
+            parse_options(r"-c search_path=a,b  -cstatement_timeout=5s --work-mem=4MB -c x=a\ b")
+                .unwrap();
+        let names: Vec<_> = o.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(
+            names,
+            [
+                "search_path=a,b",
+                "statement_timeout=5s",
+                "work_mem=4MB",
+                "x=a b"
+            ]
+        );
+        assert!(parse_options("-D /tmp").is_err());
+        assert!(parse_options("-c").is_err());
+        assert!(parse_options("-c noequals").is_err());
+    }
+
+    #[test]
+    fn startup_params_become_settings() {
+        let p = ClientParams::from_startup(&startup(&[
+            ("user", "u"),
+            ("database", "d"),
+            ("application_name", "app1"),
+            ("options", "-c search_path=s1"),
+            ("_pq_.x", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(p.get("APPLICATION_NAME"), Some("app1"));
+        assert_eq!(p.get("search_path"), Some("s1"));
+        assert_eq!(p.get("user"), None);
+        assert_eq!(
+            ClientParams::from_startup(&startup(&[("replication", "true")])),
+            Err(ParamError::Replication)
+        );
+        assert!(ClientParams::from_startup(&startup(&[("bad name;", "x")])).is_err());
+    }
+
+    #[test]
+    fn sync_sets_what_differs_and_resets_what_others_left() {
+        let defaults = startup(&[("application_name", ""), ("TimeZone", "UTC")]);
+        let mut current: BTreeMap<String, String> = [
+            ("application_name".to_string(), String::new()),
+            ("timezone".into(), "UTC".into()),
+        ]
+        .into();
+        let a = ClientParams::from_startup(&startup(&[
+            ("application_name", "it's"),
+            ("search_path", "s"),
+        ]))
+        .unwrap();
+        let sql = a.sync_sql(&mut current, &defaults).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config('application_name', 'it''s', false), \
+             pg_catalog.set_config('search_path', 's', false)"
+        );
+        assert_eq!(a.sync_sql(&mut current, &defaults), None, "already in sync");
+        let b = ClientParams::default();
+        let sql = b.sync_sql(&mut current, &defaults).unwrap();
+        assert_eq!(sql, "RESET \"application_name\"; RESET \"search_path\"");
+        assert_eq!(
+            current.get("application_name").map(String::as_str),
+            Some("")
+        );
+        assert!(!current.contains_key("search_path"));
+        assert_eq!(b.sync_sql(&mut current, &defaults), None);
+    }
+
+    #[test]
+    fn login_report_overrides_defaults_with_client_values() {
+        let defaults = startup(&[("application_name", ""), ("server_version", "15")]);
+        let p = ClientParams::from_startup(&startup(&[("application_name", "x")])).unwrap();
+        assert_eq!(
+            p.login_report(&defaults),
+            startup(&[("application_name", "x"), ("server_version", "15")])
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The session loop: relays frames between one logged-in client and the
+//! server lent to it.
+//!
+//! In transaction mode a server is checked out at the client's first
+//! message and released as soon as it is idle again (ReadyForQuery `I`,
+//! nothing outstanding). In session mode it is kept until the client
+//! leaves, then reset with `server_reset_query` before going back.
+//! Frames are forwarded as `Bytes` slices of the read buffers, a read's
+//! worth at a time with one vectored write; while a peer is not reading,
+//! the loop does not read more from the other side, so memory stays bounded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tracing::debug;
+
+use super::cancel::CancelSlot;
+use super::error::ClientError;
+use super::params::ClientParams;
+use crate::backend::BackendError;
+use crate::config::PoolMode;
+use crate::net::{Outbox, Stream};
+use crate::pool::{Checkout, Pool};
+use crate::protocol::backend as msg;
+use crate::protocol::{Item, ProtocolError, Splitter};
+use crate::shutdown::Shutdown;
+
+/// How a session ended without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent Terminate.
+    Terminated,
+    /// The client closed its socket.
+    Closed,
+    /// pgtarn is shutting down.
+    Shutdown,
+}
+
+/// One client's relay state.
+#[derive(Debug)]
+pub struct Session {
+    /// The client's socket.
+    pub client: Stream,
+    /// Bytes read from the client, not yet forwarded.
+    pub cbuf: BytesMut,
+    /// Splits `cbuf` into frames.
+    pub csplit: Splitter,
+    /// The pool this client draws servers from.
+    pub pool: Arc<Pool>,
+    /// Settings the client wants on every server.
+    pub params: ClientParams,
+    /// The pool's login ParameterStatus set (the server defaults).
+    pub defaults: Arc<Vec<(String, String)>>,
+    /// Where cancel requests for this client go.
+    pub cancel: Arc<CancelSlot>,
+    server: Option<Checkout>,
+    to_server: Outbox,
+    to_client: Outbox,
+}
+
+enum Event {
+    Client(usize),
+    Server(std::io::Result<usize>),
+    Shutdown,
+}
+
+/// Keeps at least this much free room before a read.
+const READ_ROOM: usize = 8 * 1024;
+
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(2 * READ_ROOM);
+    }
+}
+
+impl Session {
+    /// A session for a logged-in client.
+    pub fn new(
+        client: Stream,
+        cbuf: BytesMut,
+        csplit: Splitter,
+        pool: Arc<Pool>,
+        params: ClientParams,
+        defaults: Arc<Vec<(String, String)>>,
+        cancel: Arc<CancelSlot>,
+    ) -> Session {
+        Session {
+            client,
+            cbuf,
+            csplit,
+            pool,
+            params,
+            defaults,
+            cancel,
+            server: None,
+            to_server: Outbox::default(),
+            to_client: Outbox::default(),
+        }
+    }
+
+    /// Relays until the client leaves, an error ends the session, or
+    /// shutdown; then releases or discards the server.
+    pub async fn run(&mut self, shutdown: &mut Shutdown) -> Result<End, ClientError> {
+        let result = self.relay(shutdown).await;
+        self.finish(result.is_ok()).await;
+        result
+    }
+
+    async fn relay(&mut self, shutdown: &mut Shutdown) -> Result<End, ClientError> {
+        if !self.cbuf.is_empty()
+            && let Some(end) = self.on_client_data().await?
+        {
+            return Ok(end);
+        }
+        loop {
+            make_room(&mut self.cbuf);
+            let event = match self.server.as_mut() {
+                None => tokio::select! {
+                    _ = shutdown.wait() => Event::Shutdown,
+                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
+                },
+                Some(server) => {
+                    let server = &mut **server;
+                    make_room(&mut server.rbuf);
+                    tokio::select! {
+                        r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
+                        r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
+                    }
+                }
+            };
+            match event {
+                Event::Shutdown => return Ok(End::Shutdown),
+                Event::Client(0) => return Ok(End::Closed),
+                Event::Client(_) => {
+                    if let Some(end) = self.on_client_data().await? {
+                        return Ok(end);
+                    }
+                }
+                Event::Server(Ok(0)) => return Err(ClientError::ServerLost(BackendError::Closed)),
+                Event::Server(Ok(_)) => self.on_server_data().await?,
+                Event::Server(Err(e)) => return Err(ClientError::ServerLost(e.into())),
+            }
+        }
+    }
+
+    /// Forwards every complete client frame; returns `Some` on Terminate.
+    async fn on_client_data(&mut self) -> Result<Option<End>, ClientError> {
+        let mut end = None;
+        while let Some(item) = self.csplit.next(&mut self.cbuf)? {
+            let (tag, bytes) = match item {
+                Item::Frame(f) if f.tag() == b'X' => {
+                    end = Some(End::Terminated);
+                    break;
+                }
+                Item::Frame(f) => (f.tag(), f.into_raw()),
+                Item::Chunk(b) => (b'd', b),
+            };
+            self.attach().await?;
+            if let Some(server) = self.server.as_mut() {
+                server.state.on_client_message(tag);
+            }
+            self.to_server.push(bytes);
+        }
+        if let Some(server) = self.server.as_mut() {
+            let sent = self.to_server.flush(&mut server.stream).await;
+            sent.map_err(|e| ClientError::ServerLost(e.into()))?;
+        }
+        Ok(end)
+    }
+
+    /// Checks out a server if none is attached and brings its settings in
+    /// line with the client's.
+    async fn attach(&mut self) -> Result<(), ClientError> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        let mut server = self.pool.checkout().await?;
+        if let Some(sql) = self.params.sync_sql(&mut server.settings, &self.defaults) {
+            match server.run_internal(&sql).await {
+                Ok(None) => {}
+                Ok(Some(rejected)) => return Err(ClientError::SettingRejected(rejected)),
+                Err(e) => return Err(ClientError::ServerLost(e)),
+            }
+        }
+        self.cancel.set(Some(server.cancel_target()));
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Forwards every server frame read so far to the client, watching
+    /// ReadyForQuery and ParameterStatus; releases an idle server in
+    /// transaction mode.
+    async fn on_server_data(&mut self) -> Result<(), ClientError> {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let server = &mut **server;
+        let bad = |e: ProtocolError| ClientError::ServerLost(e.into());
+        while let Some(item) = server.splitter.next(&mut server.rbuf).map_err(bad)? {
+            match item {
+                Item::Chunk(b) => self.to_client.push(b),
+                Item::Frame(f) => {
+                    match f.tag() {
+                        b'Z' => server
+                            .state
+                            .on_ready(msg::ready_for_query(f.body()).map_err(bad)?),
+                        b'S' => note_setting(&mut server.settings, f.body()).map_err(bad)?,
+                        _ => {}
+                    }
+                    self.to_client.push(f.into_raw());
+                }
+            }
+        }
+        let idle = server.state.is_idle() && !server.splitter.in_stream();
+        self.to_client.flush(&mut self.client).await?;
+        if idle && self.pool.settings.mode == PoolMode::Transaction {
+            self.release();
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        self.cancel.set(None);
+        self.server = None;
+    }
+
+    /// Gives the server back at the end of the session: reset first in
+    /// session mode, discarded after a failure or if it is not idle.
+    async fn finish(&mut self, clean: bool) {
+        self.cancel.set(None);
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if !clean {
+            server.discard("session ended with an error");
+            return;
+        }
+        if self.pool.settings.mode == PoolMode::Session && server.is_reusable() {
+            let s = &self.pool.settings;
+            let reset =
+                tokio::time::timeout(s.reset_timeout, server.run_internal(&s.reset_query)).await;
+            if !matches!(reset, Ok(Ok(None))) {
+                debug!(server = server.id(), "server_reset_query failed");
+                server.discard("server_reset_query failed");
+                return;
+            }
+            server.settings = lowercase_map(&self.defaults);
+        }
+        drop(server);
+    }
+}
+
+fn note_setting(settings: &mut BTreeMap<String, String>, body: &[u8]) -> Result<(), ProtocolError> {
+    let (k, v) = msg::parameter_status(body)?;
+    settings.insert(k.to_ascii_lowercase(), v.to_owned());
+    Ok(())
+}
+
+fn lowercase_map(params: &[(String, String)]) -> BTreeMap<String, String> {
+    params
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! pgtarn: a PostgreSQL connection pooler.
+//!
+//! [`Pgtarn::bind`] opens the listener; [`Pgtarn::run`] accepts clients
+//! until the shutdown signal. Each client runs in its own task
+//! ([`frontend::handle`]); servers come from per-(database, user) pools
+//! ([`pool`]).
+
+pub mod auth;
+pub mod backend;
+pub mod config;
+pub mod frontend;
+pub mod net;
+pub mod pool;
+pub mod protocol;
+pub mod shutdown;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::info;
+
+use auth::scram::ScramSecret;
+use config::Config;
+use frontend::cancel::CancelRegistry;
+use pool::Registry;
+use shutdown::Shutdown;
+
+/// What every client task shares.
+#[derive(Debug)]
+pub struct Context {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// The pools.
+    pub registry: Registry,
+    /// Client cancel keys.
+    pub cancels: Arc<CancelRegistry>,
+    /// One permit per allowed client connection (`max_client_conn`).
+    pub client_slots: Arc<Semaphore>,
+    /// SCRAM secrets of configured users, derived once at start.
+    pub secrets: HashMap<String, ScramSecret>,
+}
+
+/// A bound, not yet running, pgtarn.
+#[derive(Debug)]
+pub struct Pgtarn {
+    listener: TcpListener,
+    ctx: Arc<Context>,
+}
+
+/// How long running client sessions get to finish after shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Pgtarn {
+    /// Binds `config.pgtarn.listen_addr` (port 0 picks a free port).
+    pub async fn bind(config: Config) -> std::io::Result<Pgtarn> {
+        let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
+        let config = Arc::new(config);
+        let secrets = config
+            .users
+            .iter()
+            .map(|(name, u)| (name.clone(), ScramSecret::from_password(&u.password)))
+            .collect();
+        let ctx = Context {
+            registry: Registry::new(config.clone()),
+            cancels: Arc::default(),
+            client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
+            secrets,
+            config,
+        };
+        Ok(Pgtarn {
+            listener,
+            ctx: Arc::new(ctx),
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (pools, settings), for inspection.
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
+    /// Accepts clients until `shutdown`, then lets sessions finish (up to
+    /// a deadline) and closes the pools.
+    pub async fn run(self, mut shutdown: Shutdown) -> std::io::Result<()> {
+        info!(addr = %self.local_addr()?, "pgtarn listening");
+        let mut clients = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                accepted = self.listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            info!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    clients.spawn(frontend::handle(tcp, peer, self.ctx.clone(), shutdown.clone()));
+                }
+                Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        info!(clients = clients.len(), "shutting down");
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while clients.join_next().await.is_some() {}
+        })
+        .await;
+        self.ctx.registry.close_all();
+        Ok(())
+    }
+}
+
+/// Binds and runs pgtarn with `config` until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> std::io::Result<()> {
+    Pgtarn::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,174 @@
+//! Sockets: the [`Stream`] type both sides use, and the [`Outbox`] that
+//! batches outgoing frames into one vectored write.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client or server connection.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+        }
+    }
+
+    /// True if the peer has closed the connection or sent unexpected bytes,
+    /// checked without blocking (a `MSG_PEEK`). For idle connections only.
+    pub fn has_pending_input_or_eof(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+    }
+
+    /// Best-effort, non-blocking write (used to send Terminate on close).
+    pub fn try_write_now(&self, data: &[u8]) {
+        let _ = self.tcp().try_write(data);
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Frames waiting to be written to one peer, sent with vectored writes so
+/// that a batch costs one system call and no copy.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    segments: Vec<Bytes>,
+}
+
+/// Most segments handed to one `writev`.
+const IOV_BATCH: usize = 64;
+
+impl Outbox {
+    /// Queues bytes for the next [`Outbox::flush`].
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.segments.push(bytes);
+        }
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Writes everything queued to `w`, then empties the outbox.
+    pub async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
+        let mut first = 0;
+        let mut offset = 0;
+        while first < self.segments.len() {
+            let end = self.segments.len().min(first + IOV_BATCH);
+            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+            iov[0] = IoSlice::new(&self.segments[first][offset..]);
+            for (slot, seg) in iov[1..].iter_mut().zip(&self.segments[first + 1..end]) {
+                *slot = IoSlice::new(seg);
+            }
+            let mut n = w.write_vectored(&iov[..end - first]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 && first < self.segments.len() {
+                let left = self.segments[first].len() - offset;
+                if n >= left {
+                    n -= left;
+                    first += 1;
+                    offset = 0;
+                } else {
+                    offset += n;
+                    n = 0;
+                }
+            }
+        }
+        self.segments.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn outbox_writes_every_segment_in_order() {
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let mut out = Outbox::default();
+        let mut expected = Vec::new();
+        for i in 0..200u8 {
+            let seg = vec![i; usize::from(i % 5)];
+            expected.extend_from_slice(&seg);
+            out.push(Bytes::from(seg));
+        }
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        out.flush(&mut a).await.unwrap();
+        drop(a);
+        assert_eq!(reader.await.unwrap(), expected);
+        assert!(out.is_empty());
+    }
+}

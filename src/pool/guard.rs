@@ -1,0 +1,68 @@
+//! The checkout guard: a server connection lent to one client.
+//!
+//! Dropping the guard returns the connection to its pool only if it is
+//! reusable (idle, in sync, still alive); otherwise the connection is taken
+//! out of the pool and closed, so a dirty connection never reaches another
+//! client.
+
+use std::ops::{Deref, DerefMut};
+
+use deadpool::managed::Object;
+use tracing::info;
+
+use super::manager::Manager;
+use crate::backend::ServerConn;
+
+/// A checked-out server connection.
+#[derive(Debug)]
+pub struct Checkout {
+    obj: Option<Object<Manager>>,
+}
+
+impl Checkout {
+    pub(super) fn new(obj: Object<Manager>) -> Self {
+        Checkout { obj: Some(obj) }
+    }
+
+    /// Closes the connection instead of returning it, whatever its state.
+    pub fn discard(mut self, reason: &str) {
+        if let Some(obj) = self.obj.take() {
+            close(obj, reason);
+        }
+    }
+}
+
+fn close(obj: Object<Manager>, reason: &str) {
+    let conn = Object::take(obj);
+    info!(server = conn.id(), reason, "server connection closed");
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        // A reusable connection goes back to the pool when `obj` drops.
+        if let Some(obj) = self.obj.take()
+            && !obj.is_reusable()
+        {
+            close(obj, "released while not idle");
+        }
+    }
+}
+
+impl Deref for Checkout {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        // `obj` is only `None` inside `drop`/`discard`, after which the
+        // guard is gone.
+        self.obj
+            .as_ref()
+            .expect("checkout guard used after release")
+    }
+}
+
+impl DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.obj
+            .as_mut()
+            .expect("checkout guard used after release")
+    }
+}

@@ -1,0 +1,192 @@
+//! Pools of server connections, one per (database, user).
+//!
+//! Each [`Pool`] wraps a `deadpool` pool with our [`Manager`]. Clients that
+//! find every server busy wait on deadpool's semaphore, which is fair
+//! (FIFO), for at most `query_wait_timeout`. Idle servers are handed out
+//! most-recently-used first, so the surplus ages out under
+//! `server_idle_timeout`.
+
+mod guard;
+mod manager;
+mod registry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
+use tracing::{debug, warn};
+
+use crate::backend::{BackendError, Target};
+use crate::config::PoolMode;
+pub use guard::Checkout;
+pub use manager::Manager;
+pub use registry::{LookupError, Registry};
+
+/// Identifies a pool: the database name clients use, and the user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// Database name as clients know it.
+    pub database: String,
+    /// User name.
+    pub user: String,
+}
+
+/// The settings one pool runs with.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Session or transaction pooling.
+    pub mode: PoolMode,
+    /// Most server connections.
+    pub size: usize,
+    /// Server connections kept open.
+    pub min_size: usize,
+    /// Longest wait for a server.
+    pub wait_timeout: Duration,
+    /// Time limit for connecting and logging in.
+    pub connect_timeout: Duration,
+    /// Unused connections above `min_size` close after this long.
+    pub idle_timeout: Duration,
+    /// Connections close once this old.
+    pub lifetime: Duration,
+    /// SQL that resets a session-mode connection.
+    pub reset_query: String,
+    /// Time limit for `reset_query`.
+    pub reset_timeout: Duration,
+}
+
+/// Why a client got no server.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    /// No server became free within `query_wait_timeout`.
+    #[error("query_wait_timeout")]
+    WaitTimeout,
+    /// A new server connection could not be made.
+    #[error("{0}")]
+    Connect(BackendError),
+    /// The pool is shutting down.
+    #[error("pool is closed")]
+    Closed,
+}
+
+/// One pool of server connections.
+#[derive(Debug)]
+pub struct Pool {
+    /// Which database and user it serves.
+    pub key: PoolKey,
+    /// Its settings.
+    pub settings: PoolSettings,
+    inner: managed::Pool<Manager>,
+}
+
+impl Pool {
+    /// A pool for `key` whose connections go to `target`.
+    pub fn new(key: PoolKey, target: Target, settings: PoolSettings) -> Arc<Pool> {
+        let manager = Manager::new(target, settings.lifetime, settings.connect_timeout);
+        let inner = managed::Pool::builder(manager)
+            .max_size(settings.size)
+            .queue_mode(QueueMode::Lifo)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("a runtime is configured, so building cannot fail");
+        Arc::new(Pool {
+            key,
+            settings,
+            inner,
+        })
+    }
+
+    /// Waits (FIFO, bounded by `query_wait_timeout`) for a server.
+    pub async fn checkout(&self) -> Result<Checkout, CheckoutError> {
+        let timeouts = Timeouts {
+            wait: Some(self.settings.wait_timeout),
+            create: None,
+            recycle: None,
+        };
+        match self.inner.timeout_get(&timeouts).await {
+            Ok(obj) => Ok(Checkout::new(obj)),
+            Err(PoolError::Timeout(_)) => Err(CheckoutError::WaitTimeout),
+            Err(PoolError::Backend(e)) => Err(CheckoutError::Connect(e)),
+            Err(PoolError::Closed) => Err(CheckoutError::Closed),
+            Err(e) => Err(CheckoutError::Connect(BackendError::Auth(e.to_string()))),
+        }
+    }
+
+    /// The ParameterStatus set a new client is told at login: the first
+    /// server's, learned by connecting once if no server exists yet.
+    pub async fn login_params(&self) -> Result<Vec<(String, String)>, CheckoutError> {
+        if let Some(p) = self.inner.manager().defaults.get() {
+            return Ok(p.clone());
+        }
+        drop(self.checkout().await?);
+        Ok(self
+            .inner
+            .manager()
+            .defaults
+            .get()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Server connections open (busy or idle).
+    pub fn size(&self) -> usize {
+        self.inner.status().size
+    }
+
+    /// Server connections idle in the pool.
+    pub fn idle(&self) -> usize {
+        self.inner.status().available
+    }
+
+    /// Clients waiting for a server.
+    pub fn waiting(&self) -> usize {
+        self.inner.status().waiting
+    }
+
+    /// Closes idle connections past `server_idle_timeout` (keeping
+    /// `min_pool_size`) or `server_lifetime`, then opens connections up to
+    /// `min_pool_size`.
+    pub async fn maintain(&self) {
+        let mut removable = self.size().saturating_sub(self.settings.min_size);
+        let manager = self.inner.manager();
+        let removed = self.inner.retain(|_, m| {
+            if manager.expired(&m) {
+                false
+            } else if m.last_used() >= self.settings.idle_timeout && removable > 0 {
+                removable -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        for conn in removed.removed {
+            debug!(
+                server = conn.id(),
+                "server connection closed: idle or lifetime timeout"
+            );
+        }
+        self.fill_to_min().await;
+    }
+
+    async fn fill_to_min(&self) {
+        let status = self.inner.status();
+        if status.size >= self.settings.min_size || status.waiting > 0 {
+            return;
+        }
+        let timeouts = Timeouts::wait_millis(0);
+        let mut held = Vec::new();
+        for _ in status.size..self.settings.min_size {
+            match self.inner.timeout_get(&timeouts).await {
+                Ok(obj) => held.push(obj),
+                Err(e) => {
+                    warn!(pool = ?self.key, error = %e, "cannot open min_pool_size connections");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Stops handing out connections; waiting clients get an error.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}

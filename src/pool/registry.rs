@@ -1,0 +1,118 @@
+//! The registry of pools: finds or creates the pool for (database, user)
+//! and runs each pool's maintenance task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Pool, PoolKey, PoolSettings};
+use crate::backend::Target;
+use crate::config::Config;
+
+/// Why no pool exists for a client's (database, user).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LookupError {
+    /// The database is not configured.
+    #[error("no such database: {0}")]
+    UnknownDatabase(String),
+    /// The user is not configured.
+    #[error("no such user: {0}")]
+    UnknownUser(String),
+}
+
+/// All pools, created on first use.
+#[derive(Debug)]
+pub struct Registry {
+    config: Arc<Config>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+/// How often pool maintenance runs.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Registry {
+    /// An empty registry for `config`.
+    pub fn new(config: Arc<Config>) -> Self {
+        Registry {
+            config,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `database` and `user`, created (with its maintenance
+    /// task) on first use.
+    pub fn get(&self, database: &str, user: &str) -> Result<Arc<Pool>, LookupError> {
+        let key = PoolKey {
+            database: database.to_owned(),
+            user: user.to_owned(),
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pool) = pools.get(&key) {
+            return Ok(pool.clone());
+        }
+        let pool = self.build(key.clone())?;
+        pools.insert(key, pool.clone());
+        spawn_maintenance(Arc::downgrade(&pool));
+        Ok(pool)
+    }
+
+    /// Every pool created so far.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.values().cloned().collect()
+    }
+
+    fn build(&self, key: PoolKey) -> Result<Arc<Pool>, LookupError> {
+        let c = &self.config;
+        let db = c
+            .databases
+            .get(&key.database)
+            .ok_or_else(|| LookupError::UnknownDatabase(key.database.clone()))?;
+        let user = c
+            .users
+            .get(&key.user)
+            .ok_or_else(|| LookupError::UnknownUser(key.user.clone()))?;
+        let target = Target {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.upstream_name(&key.database).to_owned(),
+            user: key.user.clone(),
+            password: Some(user.password.clone()),
+            max_message_len: c.pgtarn.max_message_len,
+        };
+        let g = &c.pgtarn;
+        let settings = PoolSettings {
+            mode: db.pool_mode,
+            size: db.pool_size,
+            min_size: db.min_pool_size,
+            wait_timeout: g.query_wait_timeout,
+            connect_timeout: g.server_connect_timeout,
+            idle_timeout: g.server_idle_timeout,
+            lifetime: g.server_lifetime,
+            reset_query: g.server_reset_query.clone(),
+            reset_timeout: g.server_reset_timeout,
+        };
+        Ok(Pool::new(key, target, settings))
+    }
+
+    /// Closes every pool.
+    pub fn close_all(&self) {
+        for pool in self.pools() {
+            pool.close();
+        }
+    }
+}
+
+fn spawn_maintenance(pool: std::sync::Weak<Pool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            if pool.inner.is_closed() {
+                return;
+            }
+            pool.maintain().await;
+        }
+    });
+}

@@ -1,0 +1,28 @@
+//! SQLSTATE codes pgtarn uses in the errors it sends itself.
+
+/// 08P01 protocol_violation.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// 08006 connection_failure: the upstream connection failed.
+pub const CONNECTION_FAILURE: &str = "08006";
+/// 08001 sqlclient_unable_to_establish_sqlconnection.
+pub const UNABLE_TO_CONNECT: &str = "08001";
+/// 08004 sqlserver_rejected_establishment_of_sqlconnection.
+pub const CONNECTION_REJECTED: &str = "08004";
+/// 53300 too_many_connections.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// 57014 query_canceled.
+pub const QUERY_CANCELED: &str = "57014";
+/// 57P01 admin_shutdown.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// 28P01 invalid_password.
+pub const INVALID_PASSWORD: &str = "28P01";
+/// 28000 invalid_authorization_specification.
+pub const INVALID_AUTHORIZATION: &str = "28000";
+/// 3D000 invalid_catalog_name: unknown database.
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+/// 0A000 feature_not_supported.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// 42704 undefined_object.
+pub const UNDEFINED_OBJECT: &str = "42704";
+/// 58000 system_error: a fault inside pgtarn.
+pub const SYSTEM_ERROR: &str = "58000";
