@@ -1,0 +1,41 @@
+//! Shared integration-test harness: throwaway PostgreSQL servers ([`pg`])
+//! and small async helpers. Every test binary does `mod common;`.
+
+pub mod pg;
+#[allow(dead_code)]
+pub mod pooler;
+#[allow(dead_code)]
+pub mod process;
+#[allow(dead_code)]
+pub mod raw;
+
+#[allow(unused_imports)]
+pub use pg::{APP_DB, APP_PASSWORD, APP_USER, PgOptions, PgServer};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Interval between two evaluations of a [`wait_until`] condition.
+#[allow(dead_code)]
+const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Polls `f` every 20 ms until it yields `true`; panics naming `what` if
+/// that has not happened within `deadline`. Uses tokio time, so it also
+/// works with a paused clock.
+#[allow(dead_code)]
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if f().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= end {
+            panic!("timed out after {deadline:?} waiting until {what}");
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}

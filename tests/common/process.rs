@@ -1,0 +1,76 @@
+//! Runs the real `pgtarn` binary as a child process, for tests that measure
+//! it from outside (memory) or drive it with command-line tools.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A pgtarn child process; killed on drop.
+pub struct PgtarnProcess {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// The config file it runs with.
+    pub config_path: PathBuf,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[allow(dead_code)]
+impl PgtarnProcess {
+    /// Starts the binary with `toml`, whose `listen_addr` must be
+    /// `127.0.0.1:PORT`; waits (deadline 10 s) until it accepts.
+    pub fn start(toml: &str, port: u16) -> PgtarnProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("pgtarn.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let log = std::fs::File::create(dir.path().join("pgtarn.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_pgtarn"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pgtarn");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgtarn did not start listening on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PgtarnProcess {
+            addr,
+            child,
+            _dir: dir,
+            config_path,
+        }
+    }
+
+    /// Resident memory of the process, in KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+impl Drop for PgtarnProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,112 @@
+//! A minimal raw wire-protocol client for tests that must control exactly
+//! what is sent and how fast replies are read (trust auth only).
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pgtarn::protocol::encode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A raw client connection.
+pub struct Raw {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+#[allow(dead_code)]
+impl Raw {
+    /// Opens a TCP connection without logging in.
+    pub async fn open(addr: std::net::SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Opens and logs in (trust auth) as `user` to `db`, reading up to the
+    /// first ReadyForQuery.
+    pub async fn login(addr: std::net::SocketAddr, user: &str, db: &str) -> Raw {
+        let mut raw = Raw::open(addr).await;
+        raw.send(&encode::startup_message(&[
+            ("user", user),
+            ("database", db),
+        ]))
+        .await;
+        raw.read_until(b'Z').await;
+        raw
+    }
+
+    /// Writes raw bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends a simple Query.
+    pub async fn query(&mut self, sql: &str) {
+        let mut b = BytesMut::new();
+        encode::query(&mut b, sql);
+        self.send(&b).await;
+    }
+
+    /// Reads one message: (tag, body), or `None` at EOF.
+    pub async fn read(&mut self) -> Option<(u8, Bytes)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    self.buf.advance(5);
+                    return Some((tag, self.buf.split_to(len - 4).freeze()));
+                }
+            }
+            self.buf.reserve(64 * 1024);
+            if self.stream.read_buf(&mut self.buf).await.expect("read") == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Reads messages until one with `tag`, returning all of them.
+    pub async fn read_until(&mut self, tag: u8) -> Vec<(u8, Bytes)> {
+        let mut out = Vec::new();
+        let deadline = Duration::from_secs(30);
+        tokio::time::timeout(deadline, async {
+            while let Some(m) = self.read().await {
+                let done = m.0 == tag;
+                out.push(m);
+                if done {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("reply within 30s");
+        out
+    }
+
+    /// Reads to EOF (deadline 10 s) and returns what came.
+    pub async fn read_to_eof(&mut self) -> Vec<(u8, Bytes)> {
+        let mut out = Vec::new();
+        let all = async {
+            while let Some(m) = self.read().await {
+                out.push(m);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .expect("EOF within 10s");
+        out
+    }
+}
+
+/// The SQLSTATE (`C` field) of an ErrorResponse body.
+#[allow(dead_code)]
+pub fn sqlstate(body: &[u8]) -> String {
+    pgtarn::protocol::backend::error_fields(body)
+        .expect("error fields")
+        .code
+}

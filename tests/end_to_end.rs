@@ -1,0 +1,127 @@
+//! pgtarn as users run it: the binary, psql, pgbench, and a client that
+//! reads a large result slowly.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::pg::PgServer;
+use common::process::{PgtarnProcess, free_port};
+use common::raw::Raw;
+
+fn config(pg: &PgServer, port: u16, auth: &str, pool: &str) -> String {
+    format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:{port}\"\nauth_type = \"{auth}\"\n\
+         [databases.app]\nport = {}\n{pool}\n[users.app]\npassword = \"app-secret\"\n",
+        pg.port
+    )
+}
+
+/// Runs a PG client tool against pgtarn as `app`, returning stdout; panics
+/// with its output if it fails.
+fn run_tool(pg: &PgServer, pgtarn: &PgtarnProcess, tool: &str, args: &[&str]) -> String {
+    let out = Command::new(pg.bin(tool))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pgtarn.addr.port().to_string(),
+            "-U",
+            "app",
+        ])
+        .args(args)
+        .env("PGPASSWORD", "app-secret")
+        .output()
+        .expect("run tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{tool} {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn psql_and_pgbench_run_through_pgtarn_without_failures() {
+    let pg = PgServer::start(Default::default());
+    let port = free_port();
+    let pgtarn = PgtarnProcess::start(&config(&pg, port, "scram-sha-256", "pool_size = 5"), port);
+    let out = run_tool(&pg, &pgtarn, "psql", &["-At", "-c", "select 40 + 2", "app"]);
+    assert_eq!(out.trim(), "42");
+    run_tool(&pg, &pgtarn, "pgbench", &["-i", "-s", "1", "app"]);
+    for mode in [&["-S"][..], &[][..]] {
+        let mut args = mode.to_vec();
+        args.extend(["-c", "20", "-j", "2", "-t", "100", "app"]);
+        let out = run_tool(&pg, &pgtarn, "pgbench", &args);
+        assert!(
+            out.contains("number of failed transactions: 0 (0.000%)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("number of transactions actually processed: 2000/2000"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[databases.app]\npool_size = 5\nmin_pool_size = 9\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtarn"))
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("databases.app.min_pool_size"), "{err}");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgtarn.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_pgtarn"))
+        .args(["--check-config", shipped])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the shipped config is valid");
+}
+
+/// A client that reads a 50 MB result slowly must not make pgtarn hold the
+/// result in memory: its resident size stays within a few MiB of idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_does_not_make_pgtarn_buffer_the_result() {
+    let pg = PgServer::shared();
+    let port = free_port();
+    let pgtarn = PgtarnProcess::start(&config(pg, port, "trust", ""), port);
+    let mut warm = Raw::login(pgtarn.addr, "app", "app").await;
+    warm.query("select 1").await;
+    warm.read_until(b'Z').await;
+    let baseline = pgtarn.rss_kib();
+    let mut client = Raw::login(pgtarn.addr, "app", "app").await;
+    client
+        .query("select repeat('x', 1000) from generate_series(1, 50000)")
+        .await;
+    let (mut rows, mut bytes, mut peak) = (0u64, 0usize, baseline);
+    while let Some((tag, body)) = client.read().await {
+        match tag {
+            b'D' => {
+                rows += 1;
+                bytes += body.len();
+                if rows % 500 == 0 {
+                    peak = peak.max(pgtarn.rss_kib());
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(rows, 50_000);
+    assert!(bytes > 50_000_000);
+    let growth_mib = (peak - baseline) / 1024;
+    assert!(
+        growth_mib < 16,
+        "pgtarn grew by {growth_mib} MiB while relaying 50 MB to a slow reader"
+    );
+}

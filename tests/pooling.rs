@@ -1,0 +1,428 @@
+//! The pooler core, end to end: real Postgres, real tokio-postgres clients,
+//! pgtarn in-process.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pg::{PgOptions, PgServer};
+use common::pooler::{self, Pooler};
+use common::wait_until;
+use futures_util::{SinkExt, TryStreamExt};
+use tokio_postgres::types::Type;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn pooler(general: &str, database: &str) -> Pooler {
+    Pooler::start(&pooler::config(PgServer::shared(), general, database)).await
+}
+
+/// The first column of every row a simple query returned.
+async fn column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let msgs = client.simple_query(sql).await.expect(sql);
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    column(client, sql).await.into_iter().next().expect("a row")
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// A table name unique to one test run.
+fn table(name: &str) -> String {
+    format!("{name}_{}", std::process::id())
+}
+
+#[tokio::test]
+async fn simple_extended_and_pipelined_queries() {
+    let p = pooler("", "pool_size = 2").await;
+    let c = p.connect().await;
+    assert_eq!(
+        column(&c, "select 1; select 'two' union all select 'three'").await,
+        ["1", "two", "three"]
+    );
+    let row = c
+        .query_typed(
+            "select $1::int + 1, $2::text",
+            &[(&41i32, Type::INT4), (&"x", Type::TEXT)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row[0].get::<_, i32>(0), row[0].get::<_, String>(1)),
+        (42, "x".to_string())
+    );
+    let queries = (0..20i32).map(|i| {
+        let c = &c;
+        async move {
+            c.query_typed("select $1::int * 2", &[(&i, Type::INT4)])
+                .await
+        }
+    });
+    let results = futures_util::future::try_join_all(queries).await.unwrap();
+    for (i, rows) in results.iter().enumerate() {
+        assert_eq!(
+            rows[0].get::<_, i32>(0),
+            2 * i as i32,
+            "pipelined answers stay in order"
+        );
+    }
+    let err = c
+        .simple_query("select 1; select 1/0; select 3")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    assert_eq!(one(&c, "select 'still fine'").await, "still fine");
+}
+
+#[tokio::test]
+async fn rollback_and_error_inside_a_transaction() {
+    let p = pooler("", "pool_size = 1").await;
+    let t = table("rb");
+    let c = p.connect().await;
+    c.batch_execute(&format!("create table {t} (id int)"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("begin; insert into {t} values (1); rollback"))
+        .await
+        .unwrap();
+    assert_eq!(one(&c, &format!("select count(*) from {t}")).await, "0");
+    c.batch_execute("begin").await.unwrap();
+    let err = c.simple_query("select 1/0").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    let err = c.simple_query("select 1").await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "25P02",
+        "the transaction stays failed (status E)"
+    );
+    c.batch_execute("rollback").await.unwrap();
+    let other = p.connect().await;
+    assert_eq!(
+        one(&other, "select 'other client served'").await,
+        "other client served"
+    );
+    c.batch_execute(&format!("drop table {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn copy_in_and_out_100k_rows() {
+    let p = pooler("", "pool_size = 1").await;
+    let t = table("copy");
+    let c = p.connect().await;
+    c.batch_execute(&format!("create table {t} (id int, name text)"))
+        .await
+        .unwrap();
+    c.batch_execute("begin").await.unwrap();
+    let sink = c.copy_in(&format!("copy {t} from stdin")).await.unwrap();
+    futures_util::pin_mut!(sink);
+    let mut data = String::new();
+    for i in 0..100_000 {
+        data.push_str(&format!("{i}\tname {i}\n"));
+    }
+    for chunk in data.as_bytes().chunks(100_000) {
+        sink.send(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 100_000);
+    let out = c.copy_out(&format!("copy {t} to stdout")).await.unwrap();
+    let chunks: Vec<bytes::Bytes> = out.try_collect().await.unwrap();
+    let text: Vec<u8> = chunks.concat();
+    assert_eq!(
+        text,
+        data.as_bytes(),
+        "COPY OUT returns exactly what went in"
+    );
+    c.batch_execute(&format!("commit; drop table {t}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_large_row_is_streamed_through() {
+    let p = pooler("max_message_len = 1048576", "").await;
+    let c = p.connect().await;
+    let rows = c
+        .query_typed("select repeat('x', 20000000)", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0).len(), 20_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_share_five_servers() {
+    let pg = PgServer::start(PgOptions::default());
+    let p = Pooler::start(&pooler::config(&pg, "", "pool_size = 5")).await;
+    let admin = pg.superuser().await;
+    let peak = Arc::new(Mutex::new(0i64));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (peak, done) = (peak.clone(), done.clone());
+        tokio::spawn(async move {
+            let sql = "select count(*) from pg_stat_activity where usename = 'app'";
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let n: i64 = admin.query_one(sql, &[]).await.unwrap().get(0);
+                let mut peak = peak.lock().unwrap();
+                *peak = (*peak).max(n);
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for i in 0..200i32 {
+        let conn_str = p.conn_str("");
+        tasks.push(tokio::spawn(async move {
+            let (c, conn) = tokio_postgres::connect(&conn_str, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            for j in 0..5i32 {
+                let rows = c
+                    .query_typed(
+                        "select $1::int, pg_sleep(0.001)::text",
+                        &[(&(i * 10 + j), Type::INT4)],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(rows[0].get::<_, i32>(0), i * 10 + j);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("every client got right answers");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    monitor.await.unwrap();
+    let peak = *peak.lock().unwrap();
+    assert!(
+        (1..=5).contains(&peak),
+        "Postgres saw {peak} connections from pgtarn, at most 5 allowed"
+    );
+    assert!(p.pool().size() <= 5);
+}
+
+#[tokio::test]
+async fn waiting_clients_are_served_in_fifo_order() {
+    let p = pooler("query_wait_timeout = \"20s\"", "pool_size = 1").await;
+    let holder = p.connect().await;
+    holder.batch_execute("begin").await.unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let c = p.connect().await;
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            c.batch_execute("select 1").await.unwrap();
+            order.lock().unwrap().push(i);
+        }));
+        let pool = p.pool();
+        wait_until("client queued", DEADLINE, || {
+            let n = pool.waiting();
+            async move { n == i + 1 }
+        })
+        .await;
+    }
+    holder.batch_execute("commit").await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn query_wait_timeout_ends_the_wait_with_an_error() {
+    let p = pooler("query_wait_timeout = \"500ms\"", "pool_size = 1").await;
+    let holder = p.connect().await;
+    holder.batch_execute("begin").await.unwrap();
+    let waiter = p.connect().await;
+    let started = Instant::now();
+    let err = waiter.simple_query("select 1").await.unwrap_err();
+    let waited = started.elapsed();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("53300", "query_wait_timeout")
+    );
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    holder.batch_execute("commit").await.unwrap();
+    assert_eq!(
+        one(&holder, "select 'holder unaffected'").await,
+        "holder unaffected"
+    );
+}
+
+#[tokio::test]
+async fn max_client_conn_refuses_the_extra_client_only() {
+    let p = pooler("max_client_conn = 2", "").await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    let err = tokio_postgres::connect(&p.conn_str(""), NoTls)
+        .await
+        .err()
+        .expect("third client refused");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "53300");
+    assert_eq!(
+        db.message(),
+        "no more connections allowed (max_client_conn)"
+    );
+    assert_eq!(one(&a, "select 'a'").await, "a");
+    assert_eq!(one(&b, "select 'b'").await, "b");
+    drop(a);
+    wait_until("a slot frees up", DEADLINE, || async {
+        tokio_postgres::connect(&p.conn_str(""), NoTls)
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_killed_mid_transaction_does_not_leak_its_server() {
+    let p = pooler("", "pool_size = 1").await;
+    let t = table("killed");
+    let setup = p.connect().await;
+    setup
+        .batch_execute(&format!("create table {t} (id int)"))
+        .await
+        .unwrap();
+    drop(setup);
+    let (a, a_conn) = p.connect_killable("").await;
+    a.batch_execute(&format!("begin; insert into {t} values (1)"))
+        .await
+        .unwrap();
+    let a_pid = one(&a, "select pg_backend_pid()").await;
+    a_conn.abort();
+    let b = p.connect().await;
+    assert_eq!(
+        one(&b, &format!("select count(*) from {t}")).await,
+        "0",
+        "B must not see A's open transaction"
+    );
+    assert_ne!(
+        one(&b, "select pg_backend_pid()").await,
+        a_pid,
+        "A's dirty server is not reused"
+    );
+    assert_eq!(
+        one(&b, "select now() = statement_timestamp()").await,
+        "t",
+        "B is not inside a transaction"
+    );
+    b.batch_execute(&format!("drop table {t}")).await.unwrap();
+}
+
+#[tokio::test]
+async fn session_mode_resets_the_server_before_reuse() {
+    let p = pooler("", "pool_mode = \"session\"\npool_size = 1").await;
+    let a = p.connect().await;
+    a.batch_execute("set work_mem = '1234kB'; prepare s as select 1")
+        .await
+        .unwrap();
+    let stmt = a.prepare("select $1::int + 1").await.unwrap();
+    assert_eq!(
+        a.query_one(&stmt, &[&1i32]).await.unwrap().get::<_, i32>(0),
+        2,
+        "named statements work in session mode"
+    );
+    let a_pid = one(&a, "select pg_backend_pid()").await;
+    drop((stmt, a));
+    let b = p.connect().await;
+    assert_eq!(
+        one(&b, "select pg_backend_pid()").await,
+        a_pid,
+        "the server is reused"
+    );
+    assert_eq!(one(&b, "show work_mem").await, "4MB");
+    let err = b.simple_query("execute s").await.unwrap_err();
+    assert_eq!(
+        sqlstate(&err),
+        "26000",
+        "prepared statements were discarded"
+    );
+}
+
+#[tokio::test]
+async fn cancel_request_reaches_the_running_query() {
+    let p = pooler("", "pool_size = 2").await;
+    let c = p.connect().await;
+    let token = c.cancel_token();
+    let sleeper = tokio::spawn(async move { c.simple_query("select pg_sleep(30)").await });
+    let admin = PgServer::shared().superuser().await;
+    wait_until("pg_sleep is running", DEADLINE, || {
+        let admin = &admin;
+        async move {
+            let sql = "select count(*) from pg_stat_activity where query = 'select pg_sleep(30)' and state = 'active'";
+            admin.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) > 0
+        }
+    })
+    .await;
+    let started = Instant::now();
+    token.cancel_query(NoTls).await.unwrap();
+    let err = sleeper.await.unwrap().unwrap_err();
+    assert_eq!(sqlstate(&err), "57014");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn startup_parameters_follow_the_client_to_any_server() {
+    let p = pooler("", "pool_size = 1").await;
+    let x = p
+        .connect_with("application_name=xapp options='-c search_path=xschema'")
+        .await;
+    let y = p.connect_with("application_name=yapp").await;
+    for _ in 0..3 {
+        assert_eq!(one(&x, "show application_name").await, "xapp");
+        assert_eq!(one(&x, "show search_path").await, "xschema");
+        assert_eq!(one(&y, "show application_name").await, "yapp");
+        assert_eq!(one(&y, "show search_path").await, "\"$user\", public");
+    }
+}
+
+#[tokio::test]
+async fn login_errors_carry_sqlstates() {
+    let p = pooler("", "").await;
+    let port = p.addr.port();
+    let try_conn = |s: String| async move {
+        tokio_postgres::connect(&s, NoTls)
+            .await
+            .err()
+            .expect("refused")
+    };
+    let e = try_conn(format!(
+        "host=127.0.0.1 port={port} user=app password=wrong dbname=app"
+    ))
+    .await;
+    assert_eq!(sqlstate(&e), "28P01");
+    let e = try_conn(format!(
+        "host=127.0.0.1 port={port} user=nobody password=x dbname=app"
+    ))
+    .await;
+    assert_eq!(sqlstate(&e), "28P01");
+    assert_eq!(
+        e.as_db_error().unwrap().message(),
+        "password authentication failed for user \"nobody\""
+    );
+    let e = try_conn(format!(
+        "host=127.0.0.1 port={port} user=app password=app-secret dbname=nope"
+    ))
+    .await;
+    assert_eq!(sqlstate(&e), "3D000");
+}
