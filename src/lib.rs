@@ -43,6 +43,8 @@ pub struct Context {
     pub client_slots: Arc<Semaphore>,
     /// SCRAM secrets of configured users, derived once at start.
     pub secrets: HashMap<String, ScramSecret>,
+    /// Random per process; salts the mock secrets of unknown users.
+    pub mock_nonce: [u8; 32],
 }
 
 /// A bound, not yet running, pgtarn.
@@ -70,6 +72,7 @@ impl Pgtarn {
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
             secrets,
+            mock_nonce: rand::random(),
             config,
         };
         Ok(Pgtarn {

@@ -114,6 +114,24 @@ pub struct ScramSecret {
 }
 
 impl ScramSecret {
+    /// A stand-in secret for a user that does not exist, so that the
+    /// exchange looks the same as for a real user (PostgreSQL's "mock"
+    /// authentication). The salt is derived from `user` and a per-process
+    /// random `nonce`, so repeated attempts see the same salt; no proof can
+    /// match the random keys. Costs no key derivation.
+    pub fn mock(user: &str, nonce: &[u8; 32]) -> ScramSecret {
+        let mut h = Sha256::new();
+        h.update(nonce);
+        h.update(user.as_bytes());
+        let digest = h.finalize();
+        ScramSecret {
+            iterations: DEFAULT_ITERATIONS,
+            salt: digest[..SALT_LEN].to_vec(),
+            stored_key: rand::random(),
+            server_key: rand::random(),
+        }
+    }
+
     /// Derives a secret from a plaintext password with a fresh random
     /// 16-byte salt and 4096 iterations.
     ///
@@ -1076,6 +1094,28 @@ mod tests {
             let err = ScramSecret::parse(s).unwrap_err();
             assert!(matches!(err, ScramError::InvalidSecret(_)), "{s}: {err:?}");
         }
+    }
+
+    #[test]
+    fn mock_secrets_have_a_stable_salt_per_user_and_never_authenticate() {
+        let nonce = [7u8; 32];
+        let a = ScramSecret::mock("eve", &nonce);
+        assert_eq!(
+            a.salt,
+            ScramSecret::mock("eve", &nonce).salt,
+            "same salt on every attempt"
+        );
+        assert_ne!(a.salt, ScramSecret::mock("mallory", &nonce).salt);
+        let mut client = ScramSha256::new(b"anything", ClientBinding::unsupported());
+        let mut server = ScramServer::new(a, ChannelBinding::None);
+        let first = server
+            .client_first(SCRAM_SHA_256, client.message())
+            .unwrap();
+        client.update(&first).unwrap();
+        assert!(matches!(
+            server.client_final(client.message()),
+            Err(ScramError::InvalidProof)
+        ));
     }
 
     #[test]

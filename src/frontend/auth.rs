@@ -17,16 +17,26 @@ use crate::protocol::{ProtocolError, Splitter, encode};
 /// Largest authentication message accepted from a client, bytes.
 const MAX_AUTH_MESSAGE: usize = 8192;
 
+/// What the client's credentials are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    /// The user's secret, `None` for an unknown user.
+    pub secret: Option<&'a ScramSecret>,
+    /// Per-process nonce that salts mock secrets for unknown users.
+    pub mock_nonce: &'a [u8; 32],
+}
+
 /// Authenticates the client as `user`, ending with AuthenticationOk.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
-    secret: Option<&ScramSecret>,
+    creds: Credentials<'_>,
     auth_type: AuthType,
 ) -> Result<(), ClientError> {
+    let secret = creds.secret;
     if auth_type == AuthType::ScramSha256 {
-        scram(stream, buf, user, secret).await?;
+        scram(stream, buf, user, creds).await?;
     } else if secret.is_none() {
         return Err(ClientError::AuthFailed(user.to_owned()));
     }
@@ -40,13 +50,14 @@ async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
-    secret: Option<&ScramSecret>,
+    creds: Credentials<'_>,
 ) -> Result<(), ClientError> {
     let failed = || ClientError::AuthFailed(user.to_owned());
-    let known = secret.is_some();
-    let secret = secret
-        .cloned()
-        .unwrap_or_else(|| ScramSecret::from_password(&random_password()));
+    let known = creds.secret.is_some();
+    let secret = match creds.secret {
+        Some(s) => s.clone(),
+        None => ScramSecret::mock(user, creds.mock_nonce),
+    };
     let mut server = ScramServer::new(secret, ChannelBinding::None);
     let mut splitter = Splitter::new(MAX_AUTH_MESSAGE, |_| false);
     send_auth(stream, 10, |b| {
@@ -66,10 +77,6 @@ async fn scram(
         return Err(failed());
     }
     send_auth(stream, 12, |b| b.put_slice(&last)).await
-}
-
-fn random_password() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 async fn send_auth(

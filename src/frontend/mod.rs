@@ -109,8 +109,11 @@ async fn login_steps(
         return Err(ClientError::UnknownDatabase(database.to_owned()));
     }
     let params = ClientParams::from_startup(&startup.params)?;
-    let secret = ctx.secrets.get(user);
-    auth::authenticate(stream, buf, user, secret, ctx.config.pgtarn.auth_type).await?;
+    let creds = auth::Credentials {
+        secret: ctx.secrets.get(user),
+        mock_nonce: &ctx.mock_nonce,
+    };
+    auth::authenticate(stream, buf, user, creds, ctx.config.pgtarn.auth_type).await?;
     let pool = ctx.registry.get(database, user)?;
     let defaults = Arc::new(pool.login_params().await?);
     let registration = ctx.cancels.register();
