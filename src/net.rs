@@ -109,6 +109,11 @@ impl Outbox {
         }
     }
 
+    /// Takes everything queued, leaving the outbox empty.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.segments)
+    }
+
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.segments.is_empty()

@@ -9,6 +9,7 @@
 
 mod login;
 pub mod state;
+pub mod statements;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -87,6 +88,8 @@ pub struct ServerConn {
     pub state: ServerState,
     /// Current setting values known to pgtarn, keyed by lower-case name.
     pub settings: BTreeMap<String, String>,
+    /// pgtarn-named prepared statements that exist on this server.
+    pub statements: statements::StatementCache,
     /// The ParameterStatus set received at login, in order.
     login_params: Vec<(String, String)>,
     key: CancelKey,
@@ -106,6 +109,7 @@ impl ServerConn {
             splitter: Splitter::new(target.max_message_len, server_streamable),
             state: ServerState::default(),
             settings: BTreeMap::new(),
+            statements: Default::default(),
             login_params: Vec::new(),
             key: CancelKey { pid: 0, secret: 0 },
             addr,

@@ -128,6 +128,17 @@ pub struct General {
     pub server_reset_timeout: Duration,
     /// Runtime worker threads; 0 means one per CPU core. Default 0.
     pub workers: usize,
+    /// Named prepared statements kept prepared on each server connection in
+    /// transaction mode (least recently used ones are closed); 0 turns
+    /// statement tracking off (named statements are then passed through
+    /// untouched). Default 200.
+    pub max_prepared_statements: usize,
+    /// Most named prepared statements one client may have; the next Parse
+    /// fails with 53400. Default 1000.
+    pub max_client_prepared_statements: usize,
+    /// Most bytes of prepared-statement text (Parse messages) one client may
+    /// have; the next Parse fails with 53400. Default 4194304 (4 MiB).
+    pub max_client_prepared_bytes: usize,
 }
 
 impl Default for General {
@@ -145,6 +156,9 @@ impl Default for General {
             server_reset_query: "DISCARD ALL".into(),
             server_reset_timeout: Duration::from_secs(5),
             workers: 0,
+            max_prepared_statements: 200,
+            max_client_prepared_statements: 1000,
+            max_client_prepared_bytes: 4 << 20,
         }
     }
 }

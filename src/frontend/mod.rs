@@ -5,7 +5,10 @@ pub mod cancel;
 pub mod error;
 mod handshake;
 pub mod params;
+pub mod prepared;
+pub mod replies;
 pub mod session;
+pub mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::Context;
 use crate::net::Stream;
@@ -60,7 +63,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
         Err(_) => return info!(%peer, client = %who, "client login timed out"),
     };
     info!(%peer, client = %who, "client connected");
-    let end = session.run(&mut shutdown).await;
+    let span = tracing::debug_span!("client", %peer);
+    let end = session.run(&mut shutdown).instrument(span).await;
     drop(registration);
     report_end(&mut session.client, peer, &who, end).await;
 }

@@ -19,12 +19,15 @@ use tracing::debug;
 use super::cancel::CancelSlot;
 use super::error::ClientError;
 use super::params::ClientParams;
+use super::prepared::ClientStatements;
+use super::replies::Route;
+use super::translate::Translator;
 use crate::backend::BackendError;
 use crate::config::PoolMode;
 use crate::net::{Outbox, Stream};
 use crate::pool::{Checkout, Pool};
 use crate::protocol::backend as msg;
-use crate::protocol::{Item, ProtocolError, Splitter};
+use crate::protocol::{Frame, Item, ProtocolError, Splitter};
 use crate::shutdown::Shutdown;
 
 /// How a session ended without error.
@@ -56,6 +59,8 @@ pub struct Session {
     /// Where cancel requests for this client go.
     pub cancel: Arc<CancelSlot>,
     server: Option<Checkout>,
+    /// Named-statement tracking (transaction mode only).
+    translator: Option<Translator>,
     to_server: Outbox,
     to_client: Outbox,
 }
@@ -86,7 +91,17 @@ impl Session {
         defaults: Arc<Vec<(String, String)>>,
         cancel: Arc<CancelSlot>,
     ) -> Session {
+        let s = &pool.settings;
+        let translator =
+            (s.mode == PoolMode::Transaction && s.max_prepared_statements > 0).then(|| {
+                Translator::new(
+                    ClientStatements::new(s.client_statement_limits),
+                    s.max_prepared_statements,
+                    pool.known_statements.clone(),
+                )
+            });
         Session {
+            translator,
             client,
             cbuf,
             csplit,
@@ -149,25 +164,48 @@ impl Session {
     async fn on_client_data(&mut self) -> Result<Option<End>, ClientError> {
         let mut end = None;
         while let Some(item) = self.csplit.next(&mut self.cbuf)? {
-            let (tag, bytes) = match item {
+            match item {
                 Item::Frame(f) if f.tag() == b'X' => {
                     end = Some(End::Terminated);
                     break;
                 }
-                Item::Frame(f) => (f.tag(), f.into_raw()),
-                Item::Chunk(b) => (b'd', b),
-            };
-            self.attach().await?;
-            if let Some(server) = self.server.as_mut() {
-                server.state.on_client_message(tag);
+                Item::Frame(f) => self.client_frame(f).await?,
+                Item::Chunk(b) => {
+                    self.attach().await?;
+                    self.to_server.push(b);
+                }
             }
-            self.to_server.push(bytes);
         }
         if let Some(server) = self.server.as_mut() {
             let sent = self.to_server.flush(&mut server.stream).await;
             sent.map_err(|e| ClientError::ServerLost(e.into()))?;
         }
+        if !self.to_client.is_empty() {
+            self.to_client.flush(&mut self.client).await?;
+        }
         Ok(end)
+    }
+
+    /// Queues one client frame for the server, or answers it locally.
+    async fn client_frame(&mut self, f: Frame) -> Result<(), ClientError> {
+        if let Some(t) = self.translator.as_mut()
+            && self.server.is_none()
+            && t.answer_locally(&f, &mut self.to_client)?
+        {
+            return Ok(());
+        }
+        self.attach().await?;
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        match self.translator.as_mut() {
+            Some(t) => t.client_frame(f, server, &mut self.to_server, &mut self.to_client)?,
+            None => {
+                server.state.on_client_message(f.tag());
+                self.to_server.push(f.into_raw());
+            }
+        }
+        Ok(())
     }
 
     /// Checks out a server if none is attached and brings its settings in
@@ -209,11 +247,21 @@ impl Session {
                         b'S' => note_setting(&mut server.settings, f.body()).map_err(bad)?,
                         _ => {}
                     }
-                    self.to_client.push(f.into_raw());
+                    let route = match self.translator.as_mut() {
+                        Some(t) => t.server_frame(&f, server, &mut self.to_client),
+                        None => Route::Forward,
+                    };
+                    if route == Route::Forward {
+                        self.to_client.push(f.into_raw());
+                    }
                 }
             }
         }
-        let idle = server.state.is_idle() && !server.splitter.in_stream();
+        let settled = self
+            .translator
+            .as_ref()
+            .is_none_or(|t| t.replies.is_empty());
+        let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
         self.to_client.flush(&mut self.client).await?;
         if idle && self.pool.settings.mode == PoolMode::Transaction {
             self.release();

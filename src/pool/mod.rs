@@ -10,7 +10,8 @@ mod guard;
 mod manager;
 mod registry;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
@@ -52,6 +53,48 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// Time limit for `reset_query`.
     pub reset_timeout: Duration,
+    /// Named prepared statements kept per server in transaction mode; 0
+    /// passes them through untouched.
+    pub max_prepared_statements: usize,
+    /// What one client may keep prepared.
+    pub client_statement_limits: StatementLimits,
+}
+
+/// Limits on the named prepared statements one client may keep.
+#[derive(Debug, Clone, Copy)]
+pub struct StatementLimits {
+    /// Most statements.
+    pub max_statements: usize,
+    /// Most bytes of stored Parse messages.
+    pub max_bytes: usize,
+}
+
+/// pgtarn-wide statement names that parsed successfully on some server of
+/// a pool. A client's Parse of one of them is answered without a server;
+/// the statement is prepared on a server when the client first uses it.
+#[derive(Debug, Default)]
+pub struct KnownStatements(Mutex<HashSet<Arc<str>>>);
+
+/// Entries after which [`KnownStatements`] starts afresh (it is a cache).
+const MAX_KNOWN_STATEMENTS: usize = 10_000;
+
+impl KnownStatements {
+    /// True if `name` parsed successfully before.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    /// Records that `name` parsed successfully.
+    pub fn insert(&self, name: Arc<str>) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() >= MAX_KNOWN_STATEMENTS {
+            set.clear();
+        }
+        set.insert(name);
+    }
 }
 
 /// Why a client got no server.
@@ -75,6 +118,8 @@ pub struct Pool {
     pub key: PoolKey,
     /// Its settings.
     pub settings: PoolSettings,
+    /// Statements known to parse on this pool's servers.
+    pub known_statements: Arc<KnownStatements>,
     inner: managed::Pool<Manager>,
 }
 
@@ -91,6 +136,7 @@ impl Pool {
         Arc::new(Pool {
             key,
             settings,
+            known_statements: Arc::default(),
             inner,
         })
     }
@@ -172,9 +218,11 @@ impl Pool {
         if status.size >= self.settings.min_size || status.waiting > 0 {
             return;
         }
+        // Holding `min_size` connections at once makes the pool create
+        // whatever is missing; dropping them returns all of them.
         let timeouts = Timeouts::wait_millis(0);
         let mut held = Vec::new();
-        for _ in status.size..self.settings.min_size {
+        for _ in 0..self.settings.min_size {
             match self.inner.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
                 Err(e) => {

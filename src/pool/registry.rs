@@ -91,6 +91,11 @@ impl Registry {
             lifetime: g.server_lifetime,
             reset_query: g.server_reset_query.clone(),
             reset_timeout: g.server_reset_timeout,
+            max_prepared_statements: g.max_prepared_statements,
+            client_statement_limits: super::StatementLimits {
+                max_statements: g.max_client_prepared_statements,
+                max_bytes: g.max_client_prepared_bytes,
+            },
         };
         Ok(Pool::new(key, target, settings))
     }

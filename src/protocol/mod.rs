@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod encode;
+pub mod extended;
 pub mod frame;
 pub mod reader;
 pub mod sqlstate;

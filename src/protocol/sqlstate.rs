@@ -26,3 +26,5 @@ pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
 pub const UNDEFINED_OBJECT: &str = "42704";
 /// 58000 system_error: a fault inside pgtarn.
 pub const SYSTEM_ERROR: &str = "58000";
+/// 53400 configuration_limit_exceeded.
+pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";

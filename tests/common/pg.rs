@@ -13,8 +13,9 @@
 //!   the never-dropped shared instance is stopped and removed on normal exit.
 //! * Every child is spawned from one dedicated, never-exiting thread with
 //!   `PR_SET_PDEATHSIG = SIGKILL`, so the postmaster dies with the test process
-//!   even when that is killed abruptly. Directories left behind that way are
-//!   swept by the next run (their owning PID is encoded in the name).
+//!   even when that is killed abruptly. Directories (and SysV shared-memory
+//!   segments) left behind that way are swept by the next run (the owning
+//!   PID is encoded in the directory name).
 //!
 //! When running as root, `initdb` and `postgres` run as the `postgres` OS user
 //! (privileges are dropped in `pre_exec`).
@@ -418,6 +419,7 @@ impl Drop for PgServer {
     /// Stops the server; the temporary directory is deleted afterwards.
     fn drop(&mut self) {
         self.stop();
+        release_shared_memory(&self.data_dir);
         registry_remove(self.registry_id);
     }
 }
@@ -842,9 +844,55 @@ fn sweep_stale_dirs(base: &Path) {
             .and_then(|n| n.strip_prefix(DIR_PREFIX))
             .and_then(|rest| rest.split('-').next());
         match pid.and_then(|p| p.parse::<libc::pid_t>().ok()) {
-            Some(pid) if !process_exists(pid) => drop(fs::remove_dir_all(entry.path())),
+            Some(pid) if !process_exists(pid) => {
+                release_shared_memory(&entry.path().join("data"));
+                let _ = fs::remove_dir_all(entry.path());
+            }
             _ => {}
         }
+    }
+}
+
+/// Removes the small SysV shared-memory segment of a cluster whose
+/// postmaster was killed (a clean shutdown removes it along with
+/// `postmaster.pid`, whose 7th line is `<key> <shmid>`). Only an unattached
+/// segment with the recorded key is removed.
+fn release_shared_memory(data_dir: &Path) {
+    let Ok(pid_file) = fs::read_to_string(data_dir.join("postmaster.pid")) else {
+        return;
+    };
+    let ids: Vec<i64> = pid_file.lines().nth(6).map_or_else(Vec::new, |line| {
+        line.split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect()
+    });
+    let [key, shmid] = ids[..] else {
+        return;
+    };
+    let (Ok(key), Ok(shmid)) = (libc::key_t::try_from(key), libc::c_int::try_from(shmid)) else {
+        return;
+    };
+    // SAFETY: shmget only looks the key up.
+    if unsafe { libc::shmget(key, 0, 0) } != shmid {
+        return;
+    }
+    // Killed backends may take a moment to detach.
+    let end = Instant::now() + Duration::from_secs(2);
+    while shm_attached(shmid) == Some(true) && Instant::now() < end {
+        thread::sleep(POLL);
+    }
+    if shm_attached(shmid) == Some(false) {
+        // SAFETY: IPC_RMID takes no buffer.
+        unsafe { libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+}
+
+/// Whether SysV segment `shmid` has attached processes (`None`: gone).
+fn shm_attached(shmid: libc::c_int) -> Option<bool> {
+    // SAFETY: IPC_STAT writes into a zeroed shmid_ds we own.
+    unsafe {
+        let mut stat: libc::shmid_ds = std::mem::zeroed();
+        (libc::shmctl(shmid, libc::IPC_STAT, &mut stat) == 0).then_some(stat.shm_nattch > 0)
     }
 }
 

@@ -1,0 +1,181 @@
+//! A client's named prepared statements, for transaction pooling.
+//!
+//! Each statement the client prepares under its own name gets a pgtarn-wide
+//! name derived from its definition (query text and parameter types), so
+//! identical statements from different clients share one server-side
+//! statement. The client's Parse, renamed, is kept so the statement can be
+//! prepared on whichever server serves the client next.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::extended;
+
+/// One prepared statement as pgtarn knows it.
+#[derive(Debug)]
+pub struct Statement {
+    /// The pgtarn-wide name used on servers.
+    pub name: Arc<str>,
+    /// The Parse frame that creates it under that name.
+    pub parse: Bytes,
+}
+
+/// Why a client's Parse is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatementError {
+    /// The client already has a statement with this name (42P05).
+    #[error("prepared statement \"{0}\" already exists")]
+    AlreadyExists(String),
+    /// Over `max_client_prepared_statements` (53400).
+    #[error("too many prepared statements for this client (max_client_prepared_statements = {0})")]
+    TooMany(usize),
+    /// Over `max_client_prepared_bytes` (53400).
+    #[error("prepared statements of this client exceed max_client_prepared_bytes = {0}")]
+    TooLarge(usize),
+}
+
+pub use crate::pool::StatementLimits as Limits;
+
+/// One client's statements, by the client's names.
+#[derive(Debug)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Arc<Statement>>,
+    bytes: usize,
+    limits: Limits,
+}
+
+/// The pgtarn-wide name for a statement definition: a hash of the query
+/// text and parameter types (128 bits of SHA-256, so distinct definitions
+/// never share a name in practice).
+pub fn global_name(definition: &[u8]) -> Arc<str> {
+    let digest = Sha256::digest(definition);
+    let mut name = String::with_capacity(39);
+    name.push_str("pgtarn_");
+    for b in &digest[..16] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name.into()
+}
+
+impl ClientStatements {
+    /// No statements yet.
+    pub fn new(limits: Limits) -> Self {
+        ClientStatements {
+            by_name: HashMap::new(),
+            bytes: 0,
+            limits,
+        }
+    }
+
+    /// The statement the client calls `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Statement>> {
+        self.by_name.get(name)
+    }
+
+    /// Registers the client's Parse of `name` with `definition`.
+    pub fn add(
+        &mut self,
+        name: &str,
+        definition: &[u8],
+        buf: &mut BytesMut,
+    ) -> Result<Arc<Statement>, StatementError> {
+        if self.by_name.contains_key(name) {
+            return Err(StatementError::AlreadyExists(name.to_owned()));
+        }
+        if self.by_name.len() >= self.limits.max_statements {
+            return Err(StatementError::TooMany(self.limits.max_statements));
+        }
+        if self.bytes + definition.len() > self.limits.max_bytes {
+            return Err(StatementError::TooLarge(self.limits.max_bytes));
+        }
+        let global = global_name(definition);
+        let parse = extended::make_parse(buf, &global, definition).into_raw();
+        let stmt = Arc::new(Statement {
+            name: global,
+            parse,
+        });
+        self.bytes += stmt.parse.len();
+        self.by_name.insert(name.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+
+    /// Forgets `name`; true if it existed.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.by_name.remove(name) {
+            Some(s) => {
+                self.bytes -= s.parse.len();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every statement.
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+        self.bytes = 0;
+    }
+
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when the client has no statements.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_statements: 2,
+        max_bytes: 100,
+    };
+
+    #[test]
+    fn same_definition_same_global_name() {
+        let mut buf = BytesMut::new();
+        let mut a = ClientStatements::new(LIMITS);
+        let mut b = ClientStatements::new(LIMITS);
+        let x = a.add("s1", b"select 1\0\0\0", &mut buf).unwrap();
+        let y = b.add("other", b"select 1\0\0\0", &mut buf).unwrap();
+        let z = b.add("s1", b"select 2\0\0\0", &mut buf).unwrap();
+        assert_eq!(x.name, y.name);
+        assert_ne!(x.name, z.name);
+        assert!(x.name.len() < 64, "fits NAMEDATALEN");
+        let parse = crate::protocol::Frame::from_raw(x.parse.clone()).unwrap();
+        assert_eq!(extended::parse(parse.body()).unwrap().name, &*x.name);
+    }
+
+    #[test]
+    fn limits_and_duplicates_are_errors() {
+        let mut buf = BytesMut::new();
+        let mut c = ClientStatements::new(LIMITS);
+        c.add("a", b"select 1\0\0\0", &mut buf).unwrap();
+        assert_eq!(
+            c.add("a", b"select 2\0\0\0", &mut buf).unwrap_err(),
+            StatementError::AlreadyExists("a".into())
+        );
+        c.add("b", b"select 2\0\0\0", &mut buf).unwrap();
+        assert_eq!(
+            c.add("c", b"x\0\0\0", &mut buf).unwrap_err(),
+            StatementError::TooMany(2)
+        );
+        assert!(c.remove("a"));
+        assert!(!c.remove("a"));
+        let big = vec![b'x'; 200];
+        assert_eq!(
+            c.add("big", &big, &mut buf).unwrap_err(),
+            StatementError::TooLarge(100)
+        );
+        c.clear();
+        assert!(c.is_empty());
+    }
+}

@@ -1,0 +1,361 @@
+//! The replies a client is owed, in order, sans-IO.
+//!
+//! When pgtarn rewrites a client's extended-protocol messages it may send
+//! messages the client did not (a Parse to prepare a statement on this
+//! server, a Close to evict one) and skip messages the client did (a Parse
+//! for a statement the server already has, a Close). Postgres answers
+//! every message in order, so one queue entry per message sent says whose
+//! reply comes next: replies to pgtarn's own messages are swallowed, and
+//! made-up replies (ParseComplete, CloseComplete, errors) are released to the
+//! client exactly when every earlier reply has been delivered.
+//!
+//! After an error in an extended-protocol message Postgres skips every
+//! message up to the next Sync; the queue does the same with its entries.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::net::Outbox;
+use crate::protocol::backend;
+
+/// A statement pgtarn sent a Parse for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Its pgtarn-wide name.
+    pub global: Arc<str>,
+    /// The client's name, if this is the client's own Parse.
+    pub client: Option<String>,
+}
+
+/// Which message a reply belongs to; says which server message ends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Parse: ParseComplete. `Some` for named statements.
+    Parse(Option<Prepared>),
+    /// Bind: BindComplete. `Some` (the global name) for named statements.
+    Bind(Option<Arc<str>>),
+    /// Describe of a statement: ParameterDescription, then RowDescription
+    /// or NoData.
+    DescribeStatement,
+    /// Describe of a portal: RowDescription or NoData.
+    DescribePortal,
+    /// Execute: CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Close: CloseComplete. `Some` for a statement pgtarn evicted.
+    Close(Option<Arc<str>>),
+    /// Sync: ReadyForQuery.
+    Sync,
+    /// Query or FunctionCall: ReadyForQuery (errors are part of it).
+    Query,
+}
+
+impl Expect {
+    fn ended_by(&self, tag: u8) -> bool {
+        match self {
+            Expect::Parse(_) => tag == b'1',
+            Expect::Bind(_) => tag == b'2',
+            Expect::DescribeStatement | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
+            Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Expect::Close(_) => tag == b'3',
+            Expect::Sync | Expect::Query => tag == b'Z',
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// A reply from the server; `visible` unless pgtarn sent the message.
+    Server { expect: Expect, visible: bool },
+    /// A reply pgtarn made up, released when it reaches the front.
+    Made(Bytes),
+}
+
+/// What a server message means for the statement caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// A Parse succeeded.
+    Prepared(Arc<str>),
+    /// A Parse failed or was skipped: the statement does not exist.
+    NotPrepared(Prepared),
+    /// An eviction Close was skipped: the statement still exists.
+    NotClosed(Arc<str>),
+    /// The statement's result type changed under it (after DDL): close it
+    /// before using it again.
+    Stale(Arc<str>),
+}
+
+/// Whether a server message goes on to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Send it to the client.
+    Forward,
+    /// Drop it: it answers a message pgtarn sent itself.
+    Swallow,
+}
+
+/// The queue of replies owed to one client.
+#[derive(Debug, Default)]
+pub struct ReplyQueue {
+    entries: VecDeque<Entry>,
+    skipping: bool,
+}
+
+impl ReplyQueue {
+    /// True when no reply is owed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True while client messages must be dropped until the next Sync
+    /// (after an error, as Postgres does).
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// Records a message sent to the server.
+    pub fn expect(&mut self, expect: Expect, visible: bool) {
+        if expect == Expect::Sync {
+            self.skipping = false;
+        }
+        self.entries.push_back(Entry::Server { expect, visible });
+    }
+
+    /// Queues a made-up reply; it goes to `out` at once if nothing is owed
+    /// before it.
+    pub fn made(&mut self, reply: Bytes, out: &mut Outbox) {
+        if self.entries.is_empty() {
+            out.push(reply);
+        } else {
+            self.entries.push_back(Entry::Made(reply));
+        }
+    }
+
+    /// Queues a made-up error and skips client messages until Sync.
+    pub fn made_error(&mut self, error: Bytes, out: &mut Outbox) {
+        self.made(error, out);
+        self.skipping = true;
+    }
+
+    /// Ends skipping at a Sync handled without a server.
+    pub fn local_sync(&mut self) {
+        self.skipping = false;
+    }
+
+    /// Routes one server message, releasing made-up replies that become
+    /// due into `out` and reporting cache effects into `effects`.
+    pub fn on_server(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        out: &mut Outbox,
+        effects: &mut Vec<Effect>,
+    ) -> Route {
+        if matches!(tag, b'N' | b'S' | b'A') {
+            return Route::Forward;
+        }
+        let Some(Entry::Server { expect, visible }) = self.entries.front() else {
+            return Route::Forward;
+        };
+        let (visible, route) = (
+            *visible,
+            if *visible {
+                Route::Forward
+            } else {
+                Route::Swallow
+            },
+        );
+        if tag == b'E' && *expect != Expect::Query && *expect != Expect::Sync {
+            self.on_extended_error(body, effects);
+            self.release_made(out);
+            return Route::Forward;
+        }
+        if expect.ended_by(tag) {
+            if let Some(Entry::Server {
+                expect: Expect::Parse(Some(p)),
+                ..
+            }) = self.entries.pop_front()
+            {
+                effects.push(Effect::Prepared(p.global));
+            }
+            self.release_made(out);
+        }
+        if visible { Route::Forward } else { route }
+    }
+
+    fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) {
+        if let Some(Entry::Server { expect, .. }) = self.entries.pop_front() {
+            match expect {
+                Expect::Parse(Some(p)) => effects.push(Effect::NotPrepared(p)),
+                Expect::Bind(Some(g)) if result_type_changed(body) => {
+                    effects.push(Effect::Stale(g))
+                }
+                _ => {}
+            }
+        }
+        while let Some(entry) = self.entries.front() {
+            if matches!(
+                entry,
+                Entry::Server {
+                    expect: Expect::Sync,
+                    ..
+                }
+            ) {
+                return;
+            }
+            match self.entries.pop_front() {
+                Some(Entry::Server {
+                    expect: Expect::Parse(Some(p)),
+                    ..
+                }) => effects.push(Effect::NotPrepared(p)),
+                Some(Entry::Server {
+                    expect: Expect::Close(Some(g)),
+                    ..
+                }) => effects.push(Effect::NotClosed(g)),
+                _ => {}
+            }
+        }
+        self.skipping = true;
+    }
+
+    fn release_made(&mut self, out: &mut Outbox) {
+        while let Some(Entry::Made(_)) = self.entries.front() {
+            if let Some(Entry::Made(reply)) = self.entries.pop_front() {
+                out.push(reply);
+            }
+        }
+    }
+}
+
+/// True for Postgres' `cached plan must not change result type` error.
+fn result_type_changed(body: &[u8]) -> bool {
+    backend::error_fields(body).is_ok_and(|e| {
+        e.code == "0A000"
+            && e.message
+                .contains("cached plan must not change result type")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::encode::{self, Severity};
+    use bytes::BytesMut;
+
+    fn drain(out: &mut Outbox) -> Vec<Bytes> {
+        out.take()
+    }
+
+    fn made(tag: u8) -> Bytes {
+        Bytes::from(vec![tag, 0, 0, 0, 4])
+    }
+
+    fn prepared(name: &str) -> Prepared {
+        Prepared {
+            global: name.into(),
+            client: None,
+        }
+    }
+
+    #[test]
+    fn made_replies_wait_for_earlier_server_replies() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Bind(None), true);
+        q.made(made(b'1'), &mut out);
+        q.expect(Expect::Execute, true);
+        assert!(out.is_empty(), "the BindComplete comes first");
+        assert_eq!(q.on_server(b'2', b"", &mut out, &mut fx), Route::Forward);
+        assert_eq!(drain(&mut out), [made(b'1')], "released right after it");
+        assert_eq!(q.on_server(b'D', b"", &mut out, &mut fx), Route::Forward);
+        assert_eq!(q.on_server(b'C', b"", &mut out, &mut fx), Route::Forward);
+        assert!(q.is_empty());
+        q.made(made(b'3'), &mut out);
+        assert_eq!(drain(&mut out), [made(b'3')], "nothing owed: sent at once");
+    }
+
+    #[test]
+    fn replies_to_pgtarns_own_messages_are_swallowed() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Close(Some("old".into())), false);
+        q.expect(Expect::Parse(Some(prepared("g"))), false);
+        q.expect(Expect::Bind(Some("g".into())), true);
+        assert_eq!(q.on_server(b'3', b"", &mut out, &mut fx), Route::Swallow);
+        assert_eq!(
+            q.on_server(b'N', b"", &mut out, &mut fx),
+            Route::Forward,
+            "notices always pass"
+        );
+        assert_eq!(q.on_server(b'1', b"", &mut out, &mut fx), Route::Swallow);
+        assert_eq!(q.on_server(b'2', b"", &mut out, &mut fx), Route::Forward);
+        assert!(q.is_empty());
+        assert_eq!(fx, [Effect::Prepared("g".into())]);
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_reports_what_did_not_happen() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Parse(Some(prepared("bad"))), true);
+        q.expect(Expect::Close(Some("evicted".into())), false);
+        q.expect(Expect::Parse(Some(prepared("later"))), false);
+        q.made(made(b'3'), &mut out);
+        q.expect(Expect::Sync, true);
+        q.expect(Expect::Execute, true);
+        let mut err = BytesMut::new();
+        encode::error_response(&mut err, Severity::Error, "42601", "syntax error", None);
+        assert_eq!(
+            q.on_server(b'E', &err[5..], &mut out, &mut fx),
+            Route::Forward
+        );
+        assert!(
+            out.is_empty(),
+            "made replies after the error are dropped, as Postgres skips"
+        );
+        assert_eq!(
+            fx,
+            [
+                Effect::NotPrepared(prepared("bad")),
+                Effect::NotClosed("evicted".into()),
+                Effect::NotPrepared(prepared("later"))
+            ]
+        );
+        assert_eq!(q.on_server(b'Z', b"I", &mut out, &mut fx), Route::Forward);
+        assert!(!q.is_empty(), "the Execute after the Sync is still owed");
+    }
+
+    #[test]
+    fn an_error_before_the_sync_arrives_skips_later_client_messages() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Bind(None), true);
+        q.on_server(b'E', b"", &mut out, &mut fx);
+        assert!(q.skipping());
+        q.expect(Expect::Sync, true);
+        assert!(!q.skipping());
+    }
+
+    #[test]
+    fn result_type_change_marks_the_statement_stale() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Bind(Some("g".into())), true);
+        let mut err = BytesMut::new();
+        encode::error_response(
+            &mut err,
+            Severity::Error,
+            "0A000",
+            "cached plan must not change result type",
+            None,
+        );
+        q.on_server(b'E', &err[5..], &mut out, &mut fx);
+        assert_eq!(fx, [Effect::Stale("g".into())]);
+    }
+
+    #[test]
+    fn errors_inside_a_simple_query_do_not_end_it() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Query, true);
+        q.on_server(b'E', b"", &mut out, &mut fx);
+        assert!(!q.skipping() && !q.is_empty());
+        q.on_server(b'Z', b"I", &mut out, &mut fx);
+        assert!(q.is_empty());
+    }
+}

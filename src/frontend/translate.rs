@@ -1,0 +1,497 @@
+//! Named prepared statements in transaction mode: rewriting a client's
+//! extended-protocol messages for whichever server serves it.
+//!
+//! A client's Parse of `s1` becomes a Parse of the statement's pgtarn-wide
+//! name, sent only if the server does not have it yet (otherwise pgtarn
+//! answers ParseComplete itself). Bind and Describe of `s1` are rewritten,
+//! preceded by a Parse if this server has not seen the statement. Close of
+//! `s1` is answered by pgtarn (the server keeps the shared statement until
+//! evicted). `DEALLOCATE`/`DISCARD ALL` sent as SQL are followed.
+
+use bytes::{Bytes, BytesMut};
+
+use std::sync::Arc;
+
+use super::prepared::{ClientStatements, Statement, StatementError, global_name};
+use super::replies::{Effect, Expect, Prepared, ReplyQueue, Route};
+use crate::backend::ServerConn;
+use crate::net::Outbox;
+use crate::pool::KnownStatements;
+use crate::protocol::backend::TxStatus;
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::extended::{self, close_complete, parse_complete};
+use crate::protocol::{Frame, ProtocolError, sqlstate};
+
+/// Per-client statement tracking and reply bookkeeping.
+#[derive(Debug)]
+pub struct Translator {
+    /// The client's statements.
+    pub statements: ClientStatements,
+    /// Replies owed to the client.
+    pub replies: ReplyQueue,
+    /// Most statements kept prepared on one server.
+    max_server_statements: usize,
+    /// Statements that parsed before on this pool's servers.
+    known: Arc<KnownStatements>,
+    buf: BytesMut,
+    effects: Vec<Effect>,
+}
+
+/// Where a frame goes.
+struct Sink<'a> {
+    server: &'a mut ServerConn,
+    to_server: &'a mut Outbox,
+    to_client: &'a mut Outbox,
+}
+
+impl Sink<'_> {
+    fn send(
+        &mut self,
+        replies: &mut ReplyQueue,
+        frame: Bytes,
+        tag: u8,
+        expect: Option<Expect>,
+        visible: bool,
+    ) {
+        self.server.state.on_client_message(tag);
+        self.to_server.push(frame);
+        if let Some(e) = expect {
+            replies.expect(e, visible);
+        }
+    }
+}
+
+impl Translator {
+    /// A translator for one client.
+    pub fn new(
+        statements: ClientStatements,
+        max_server_statements: usize,
+        known: Arc<KnownStatements>,
+    ) -> Self {
+        Translator {
+            statements,
+            replies: ReplyQueue::default(),
+            max_server_statements,
+            known,
+            buf: BytesMut::new(),
+            effects: Vec::new(),
+        }
+    }
+
+    /// Answers `frame` without a server if possible (no server attached):
+    /// Parse of a statement known to parse, Close of a statement, Flush,
+    /// Sync, `DEALLOCATE name`, and anything while skipping to Sync. True
+    /// if handled.
+    pub fn answer_locally(
+        &mut self,
+        frame: &Frame,
+        to_client: &mut Outbox,
+    ) -> Result<bool, ProtocolError> {
+        let tag = frame.tag();
+        if tag == b'S' {
+            self.replies.local_sync();
+            let mut b = BytesMut::new();
+            encode::ready_for_query(&mut b, TxStatus::Idle);
+            self.replies.made(b.freeze(), to_client);
+            return Ok(true);
+        }
+        if self.replies.skipping() || tag == b'H' {
+            return Ok(true);
+        }
+        Ok(match tag {
+            b'P' => self.parse_known(frame, to_client)?,
+            b'C' => self.close(frame, to_client)?,
+            b'Q' => self.deallocate(frame, TxStatus::Idle, to_client),
+            _ => false,
+        })
+    }
+
+    /// Handles a client frame for the attached `server`.
+    pub fn client_frame(
+        &mut self,
+        frame: Frame,
+        server: &mut ServerConn,
+        to_server: &mut Outbox,
+        to_client: &mut Outbox,
+    ) -> Result<(), ProtocolError> {
+        let tag = frame.tag();
+        if self.replies.skipping() && tag != b'S' {
+            return Ok(());
+        }
+        let mut sink = Sink {
+            server,
+            to_server,
+            to_client,
+        };
+        match tag {
+            b'P' => self.parse(frame, &mut sink)?,
+            b'B' => self.bind(frame, &mut sink)?,
+            b'D' => self.describe(frame, &mut sink)?,
+            b'C' => {
+                if !self.close(&frame, sink.to_client)? {
+                    sink.send(
+                        &mut self.replies,
+                        frame.into_raw(),
+                        tag,
+                        Some(Expect::Close(None)),
+                        true,
+                    );
+                }
+            }
+            b'Q' => self.query(frame, &mut sink),
+            b'E' => sink.send(
+                &mut self.replies,
+                frame.into_raw(),
+                tag,
+                Some(Expect::Execute),
+                true,
+            ),
+            b'S' => sink.send(
+                &mut self.replies,
+                frame.into_raw(),
+                tag,
+                Some(Expect::Sync),
+                true,
+            ),
+            b'F' => sink.send(
+                &mut self.replies,
+                frame.into_raw(),
+                tag,
+                Some(Expect::Query),
+                true,
+            ),
+            _ => sink.send(&mut self.replies, frame.into_raw(), tag, None, true),
+        }
+        Ok(())
+    }
+
+    /// Routes a server frame; applies what it means to `server`'s cache
+    /// and to the client's statements.
+    pub fn server_frame(
+        &mut self,
+        frame: &Frame,
+        server: &mut ServerConn,
+        to_client: &mut Outbox,
+    ) -> Route {
+        let route = self
+            .replies
+            .on_server(frame.tag(), frame.body(), to_client, &mut self.effects);
+        for effect in self.effects.drain(..) {
+            match effect {
+                Effect::Prepared(g) => self.known.insert(g),
+                Effect::NotPrepared(p) => {
+                    server.statements.remove(&p.global);
+                    if let Some(name) = p.client {
+                        self.statements.remove(&name);
+                    }
+                }
+                Effect::NotClosed(g) => {
+                    server.statements.insert(g, usize::MAX);
+                }
+                Effect::Stale(g) => server.statements.mark_stale(g),
+            }
+        }
+        route
+    }
+
+    fn parse(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
+        let p = extended::parse(frame.body())?;
+        if p.name.is_empty() {
+            sink.send(
+                &mut self.replies,
+                frame.into_raw(),
+                b'P',
+                Some(Expect::Parse(None)),
+                true,
+            );
+            return Ok(());
+        }
+        let stmt = match self.statements.add(p.name, p.definition, &mut self.buf) {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(&e, sink.to_client);
+                return Ok(());
+            }
+        };
+        if sink.server.statements.touch(&stmt.name) {
+            self.replies.made(parse_complete(), sink.to_client);
+        } else {
+            self.prepare(&stmt, Some(p.name.to_owned()), true, sink);
+        }
+        Ok(())
+    }
+
+    /// A Parse of a statement that parsed before on this pool: recorded and
+    /// answered without a server. False if it must go to a server.
+    fn parse_known(
+        &mut self,
+        frame: &Frame,
+        to_client: &mut Outbox,
+    ) -> Result<bool, ProtocolError> {
+        let p = extended::parse(frame.body())?;
+        if p.name.is_empty() || !self.known.contains(&global_name(p.definition)) {
+            return Ok(false);
+        }
+        match self.statements.add(p.name, p.definition, &mut self.buf) {
+            Ok(_) => self.replies.made(parse_complete(), to_client),
+            Err(e) => self.refuse(&e, to_client),
+        }
+        Ok(true)
+    }
+
+    /// Sends the Parse for `stmt` (after closing a stale copy or an evicted
+    /// statement, if needed).
+    fn prepare(
+        &mut self,
+        stmt: &Statement,
+        client: Option<String>,
+        visible: bool,
+        sink: &mut Sink<'_>,
+    ) {
+        if sink.server.statements.take_stale(&stmt.name) {
+            let close = extended::make_statement_target(&mut self.buf, b'C', &stmt.name).into_raw();
+            sink.send(
+                &mut self.replies,
+                close,
+                b'C',
+                Some(Expect::Close(None)),
+                false,
+            );
+        }
+        let capacity = self.max_server_statements;
+        if let Some(victim) = sink.server.statements.insert(stmt.name.clone(), capacity) {
+            let close = extended::make_statement_target(&mut self.buf, b'C', &victim).into_raw();
+            sink.send(
+                &mut self.replies,
+                close,
+                b'C',
+                Some(Expect::Close(Some(victim))),
+                false,
+            );
+        }
+        let expect = Expect::Parse(Some(Prepared {
+            global: stmt.name.clone(),
+            client,
+        }));
+        sink.send(
+            &mut self.replies,
+            stmt.parse.clone(),
+            b'P',
+            Some(expect),
+            visible,
+        );
+    }
+
+    /// Makes sure the statement the client calls `name` exists on the
+    /// server; returns its pgtarn-wide statement, or `None` if the client
+    /// has no such statement.
+    fn ensure(&mut self, name: &str, sink: &mut Sink<'_>) -> Option<Arc<Statement>> {
+        let stmt = self.statements.get(name)?.clone();
+        if !sink.server.statements.touch(&stmt.name) {
+            self.prepare(&stmt, None, false, sink);
+        }
+        Some(stmt)
+    }
+
+    fn bind(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
+        let b = extended::bind(frame.body())?;
+        let stmt = if b.statement.is_empty() {
+            None
+        } else {
+            self.ensure(b.statement, sink)
+        };
+        match stmt {
+            Some(stmt) => {
+                let bind = extended::make_bind(&mut self.buf, &b, &stmt.name).into_raw();
+                sink.send(
+                    &mut self.replies,
+                    bind,
+                    b'B',
+                    Some(Expect::Bind(Some(stmt.name.clone()))),
+                    true,
+                );
+            }
+            // Unnamed, or unknown: Postgres reports the unknown name itself.
+            None => sink.send(
+                &mut self.replies,
+                frame.into_raw(),
+                b'B',
+                Some(Expect::Bind(None)),
+                true,
+            ),
+        }
+        Ok(())
+    }
+
+    fn describe(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
+        let (kind, name) = extended::target(frame.body())?;
+        if kind == b'P' {
+            sink.send(
+                &mut self.replies,
+                frame.into_raw(),
+                b'D',
+                Some(Expect::DescribePortal),
+                true,
+            );
+            return Ok(());
+        }
+        let stmt = if name.is_empty() {
+            None
+        } else {
+            self.ensure(name, sink)
+        };
+        let raw = match stmt {
+            Some(stmt) => {
+                extended::make_statement_target(&mut self.buf, b'D', &stmt.name).into_raw()
+            }
+            None => frame.into_raw(),
+        };
+        sink.send(
+            &mut self.replies,
+            raw,
+            b'D',
+            Some(Expect::DescribeStatement),
+            true,
+        );
+        Ok(())
+    }
+
+    /// Close of a named statement: forgotten, answered by pgtarn. False
+    /// for portals and the unnamed statement, which go to the server.
+    fn close(&mut self, frame: &Frame, to_client: &mut Outbox) -> Result<bool, ProtocolError> {
+        let (kind, name) = extended::target(frame.body())?;
+        if kind == b'P' || name.is_empty() {
+            return Ok(false);
+        }
+        self.statements.remove(name);
+        self.replies.made(close_complete(), to_client);
+        Ok(true)
+    }
+
+    fn query(&mut self, frame: Frame, sink: &mut Sink<'_>) {
+        let status = sink.server.state.tx_status();
+        if self.deallocate(&frame, status, sink.to_client) {
+            return;
+        }
+        if is_discard_all(frame.body()) {
+            self.statements.clear();
+            sink.server.statements.mark_all_stale();
+        }
+        sink.send(
+            &mut self.replies,
+            frame.into_raw(),
+            b'Q',
+            Some(Expect::Query),
+            true,
+        );
+    }
+
+    /// `DEALLOCATE name` for a statement the client prepared through the
+    /// protocol: forgotten and answered by pgtarn. True if handled.
+    fn deallocate(&mut self, frame: &Frame, status: TxStatus, to_client: &mut Outbox) -> bool {
+        let Some(name) = deallocate_target(frame.body()) else {
+            return false;
+        };
+        if !self.statements.remove(&name) {
+            return false;
+        }
+        let mut b = BytesMut::new();
+        encode::message(&mut b, b'C', |b| encode::put_cstr(b, b"DEALLOCATE"));
+        encode::ready_for_query(&mut b, status);
+        self.replies.made(b.freeze(), to_client);
+        true
+    }
+
+    fn refuse(&mut self, e: &StatementError, to_client: &mut Outbox) {
+        let code = match e {
+            StatementError::AlreadyExists(_) => "42P05",
+            StatementError::TooMany(_) | StatementError::TooLarge(_) => {
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED
+            }
+        };
+        let mut b = BytesMut::new();
+        encode::error_response(&mut b, Severity::Error, code, &e.to_string(), None);
+        self.replies.made_error(b.freeze(), to_client);
+    }
+}
+
+/// The words of a simple query, lower-cased, without a trailing `;`.
+fn words(body: &[u8]) -> Option<Vec<String>> {
+    let text = std::str::from_utf8(body.strip_suffix(b"\0")?).ok()?;
+    let text = text.trim().trim_end_matches(';').trim();
+    if text.len() > 200 || text.contains(';') {
+        return None;
+    }
+    Some(text.split_ascii_whitespace().map(str::to_owned).collect())
+}
+
+/// The statement named by `DEALLOCATE [PREPARE] name` (not `ALL`).
+fn deallocate_target(body: &[u8]) -> Option<String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !first.eq_ignore_ascii_case(&b'd') {
+        return None;
+    }
+    let w = words(body)?;
+    let name = match w.as_slice() {
+        [d, p, name]
+            if d.eq_ignore_ascii_case("deallocate") && p.eq_ignore_ascii_case("prepare") =>
+        {
+            name
+        }
+        [d, name] if d.eq_ignore_ascii_case("deallocate") => name,
+        _ => return None,
+    };
+    if name.eq_ignore_ascii_case("all") {
+        return None;
+    }
+    Some(
+        match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => name.to_ascii_lowercase(),
+        },
+    )
+}
+
+/// `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`.
+fn is_discard_all(body: &[u8]) -> bool {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return false;
+    };
+    if !first.eq_ignore_ascii_case(&b'd') {
+        return false;
+    }
+    let Some(w) = words(body) else { return false };
+    let lower: Vec<String> = w.iter().map(|s| s.to_ascii_lowercase()).collect();
+    matches!(
+        lower
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        ["discard", "all"] | ["deallocate", "all"] | ["deallocate", "prepare", "all"]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_deallocate_and_discard() {
+        assert_eq!(deallocate_target(b"DEALLOCATE s1\0").as_deref(), Some("s1"));
+        assert_eq!(
+            deallocate_target(b"  deallocate prepare S1 ;\0").as_deref(),
+            Some("s1")
+        );
+        assert_eq!(
+            deallocate_target(b"deallocate \"My\"\"S\"\0").as_deref(),
+            Some("My\"S")
+        );
+        assert_eq!(deallocate_target(b"deallocate all\0"), None);
+        assert_eq!(deallocate_target(b"select 1\0"), None);
+        assert_eq!(deallocate_target(b"deallocate a; select 1\0"), None);
+        assert!(is_discard_all(b"DISCARD ALL\0"));
+        assert!(is_discard_all(b"deallocate prepare all;\0"));
+        assert!(!is_discard_all(b"discard plans\0"));
+    }
+}

@@ -1,0 +1,191 @@
+//! The life of server connections: min_pool_size, server_idle_timeout,
+//! server_lifetime, upstream authentication methods, and an unreachable
+//! Postgres.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pg::{PgOptions, PgServer};
+use common::pooler::{self, Pooler};
+use common::wait_until;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = client.simple_query(sql).await.expect(sql);
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// Connects with `conn_str` and expects an ErrorResponse: (SQLSTATE, message).
+async fn login_error(conn_str: &str) -> (String, String) {
+    let err = tokio_postgres::connect(conn_str, NoTls)
+        .await
+        .err()
+        .expect("the login fails");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("an ErrorResponse, got: {err}"));
+    (db.code().code().to_owned(), db.message().to_owned())
+}
+
+/// Client backends of role `app` as Postgres sees them.
+async fn app_backends(admin: &tokio_postgres::Client) -> i64 {
+    let sql = "select count(*) from pg_stat_activity where usename = 'app'";
+    admin.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn min_pool_size_is_filled_after_the_first_login() {
+    let config = pooler::config(PgServer::shared(), "", "pool_size = 4\nmin_pool_size = 2");
+    let p = Pooler::start(&config).await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select 'only client'").await, "only client");
+    let pool = p.pool();
+    wait_until("the pool holds 2 idle servers", DEADLINE, || {
+        let (size, idle) = (pool.size(), pool.idle());
+        async move { size == 2 && idle == 2 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn idle_servers_close_down_to_min_pool_size() {
+    let pg = PgServer::start(PgOptions::default());
+    let general = "server_idle_timeout = \"1s\"";
+    let p = Pooler::start(&pooler::config(
+        &pg,
+        general,
+        "pool_size = 3\nmin_pool_size = 1",
+    ))
+    .await;
+    let admin = pg.superuser().await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = p.connect().await;
+        c.batch_execute("begin").await.unwrap();
+        clients.push(c);
+    }
+    assert_eq!(p.pool().size(), 3, "one server per open transaction");
+    assert_eq!(app_backends(&admin).await, 3);
+    for c in &clients {
+        c.batch_execute("commit").await.unwrap();
+    }
+    let pool = p.pool();
+    wait_until("the pool shrinks to min_pool_size", DEADLINE, || {
+        let size = pool.size();
+        async move { size == 1 }
+    })
+    .await;
+    wait_until("Postgres sees one app backend", DEADLINE, || async {
+        app_backends(&admin).await == 1
+    })
+    .await;
+    assert_eq!(
+        one(&clients[2], "select 'still served'").await,
+        "still served"
+    );
+}
+
+#[tokio::test]
+async fn servers_are_replaced_after_server_lifetime() {
+    let config = pooler::config(
+        PgServer::shared(),
+        "server_lifetime = \"1s\"",
+        "pool_size = 1",
+    );
+    let p = Pooler::start(&config).await;
+    let c = p.connect().await;
+    let first = one(&c, "select pg_backend_pid()").await;
+    wait_until("a new server serves the client", DEADLINE, || {
+        let (c, first) = (&c, &first);
+        async move { one(c, "select pg_backend_pid()").await != *first }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pgtarn_logs_in_upstream_with_md5() {
+    let pg = PgServer::start(PgOptions {
+        extra_conf: vec!["password_encryption = md5".into()],
+        hba: Some("local all all trust\nhost all all 127.0.0.1/32 md5\n".into()),
+    });
+    let admin = pg.superuser().await;
+    let sql = "select rolpassword from pg_authid where rolname = 'app'";
+    let stored: String = admin.query_one(sql, &[]).await.unwrap().get(0);
+    assert!(
+        stored.starts_with("md5"),
+        "app's password is stored as md5, so Postgres asks for md5: {stored}"
+    );
+    let p = Pooler::start(&pooler::config(&pg, "", "")).await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select current_user").await, "app");
+}
+
+#[tokio::test]
+async fn pgtarn_logs_in_upstream_with_a_cleartext_password() {
+    let pg = PgServer::start(PgOptions {
+        hba: Some("local all all trust\nhost all all 127.0.0.1/32 password\n".into()),
+        ..PgOptions::default()
+    });
+    let p = Pooler::start(&pooler::config(&pg, "", "")).await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select current_user").await, "app");
+}
+
+#[tokio::test]
+async fn a_wrong_upstream_password_reaches_the_client_as_28p01() {
+    let config = format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\nauth_type = \"trust\"\n\
+         [databases.app]\nport = {}\n[users.app]\npassword = \"wrong\"\n",
+        PgServer::shared().port
+    );
+    let p = Pooler::start(&config).await;
+    for _ in 0..2 {
+        let (code, message) = login_error(&p.conn_str("")).await;
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("28P01", "password authentication failed for user \"app\"")
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_gives_08006_without_hanging() {
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\nserver_connect_timeout = \"2s\"\n\
+         [databases.app]\nport = {}\n\
+         [databases.dead]\nport = {closed_port}\ndbname = \"app\"\n\
+         [users.app]\npassword = \"app-secret\"\n",
+        PgServer::shared().port
+    );
+    let p = Pooler::start(&config).await;
+    let dead = format!(
+        "host=127.0.0.1 port={} user=app password=app-secret dbname=dead",
+        p.addr.port()
+    );
+    for attempt in 1..=2 {
+        let started = Instant::now();
+        let (code, message) = tokio::time::timeout(DEADLINE, login_error(&dead))
+            .await
+            .unwrap_or_else(|_| panic!("attempt {attempt}: no answer within {DEADLINE:?}"));
+        let took = started.elapsed();
+        assert_eq!(code, "08006", "attempt {attempt}: {message}");
+        assert!(
+            took < Duration::from_secs(2) + Duration::from_secs(3),
+            "attempt {attempt} took {took:?}"
+        );
+    }
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select 'other database'").await, "other database");
+}

@@ -1,0 +1,339 @@
+//! Wire-protocol edge cases at pgtarn's front door: encryption requests,
+//! malformed and oversized messages, half-open clients, relayed notices and
+//! ParameterStatus, the login parameter set, and stray cancel requests.
+//! pgtarn runs in-process with `auth_type = "trust"` so the raw client can
+//! log in.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::pg::PgServer;
+use common::pooler::{self, Pooler};
+use common::raw::{self, Raw};
+use common::wait_until;
+use pgtarn::protocol::backend::error_fields;
+use pgtarn::protocol::encode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_postgres::SimpleQueryMessage;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Request codes from the protocol documentation.
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+
+async fn trust_pooler(general: &str) -> Pooler {
+    let general = format!("auth_type = \"trust\"\n{general}");
+    Pooler::start(&pooler::config(PgServer::shared(), &general, "")).await
+}
+
+async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = client.simple_query(sql).await.expect(sql);
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+/// An untagged startup-phase packet: length, code, then `rest`.
+fn packet(code: u32, rest: &[u8]) -> Vec<u8> {
+    let mut v = ((rest.len() + 8) as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(&code.to_be_bytes());
+    v.extend_from_slice(rest);
+    v
+}
+
+fn app_startup(extra: &[(&str, &str)]) -> bytes::Bytes {
+    let mut params = vec![("user", "app"), ("database", "app")];
+    params.extend_from_slice(extra);
+    encode::startup_message(&params)
+}
+
+fn tags(msgs: &[(u8, bytes::Bytes)]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+/// The first column of the first DataRow in `msgs`.
+fn first_value(msgs: &[(u8, bytes::Bytes)]) -> Option<String> {
+    let (_, body) = msgs.iter().find(|(t, _)| *t == b'D')?;
+    let len = i32::from_be_bytes(body[2..6].try_into().unwrap());
+    let len = usize::try_from(len).ok()?;
+    Some(String::from_utf8_lossy(&body[6..6 + len]).into_owned())
+}
+
+/// Name and value of a ParameterStatus body.
+fn param_status(body: &[u8]) -> (String, String) {
+    let mut parts = body.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let name = parts.next().expect("name").into_owned();
+    let value = parts.next().expect("value").into_owned();
+    (name, value)
+}
+
+/// Reads the next message (deadline 10 s), expects an ErrorResponse with
+/// SQLSTATE 08P01 and then EOF; returns the error's message.
+async fn expect_08p01_then_eof(raw: &mut Raw, what: &str) -> String {
+    let next = timeout(DEADLINE, raw.read()).await;
+    let (tag, body) = next
+        .unwrap_or_else(|_| panic!("{what}: no reply within {DEADLINE:?}"))
+        .unwrap_or_else(|| panic!("{what}: EOF without an ErrorResponse"));
+    assert_eq!(tag as char, 'E', "{what}: expected an ErrorResponse");
+    let fields = error_fields(&body).expect("error fields");
+    assert_eq!(raw::sqlstate(&body), "08P01", "{what}: {fields}");
+    let rest = raw.read_to_eof().await;
+    assert!(
+        rest.is_empty(),
+        "{what}: messages after the error: {}",
+        tags(&rest)
+    );
+    fields.message
+}
+
+/// Reads until pgtarn closes the connection (EOF or reset, deadline 10 s)
+/// and splits what came into messages.
+async fn read_until_closed(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Vec<(u8, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    let read_all = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => return,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    };
+    timeout(DEADLINE, read_all)
+        .await
+        .expect("pgtarn closes the connection");
+    let mut msgs = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        assert!(rest.len() > len, "truncated message from pgtarn");
+        msgs.push((rest[0], rest[5..1 + len].to_vec()));
+        rest = &rest[1 + len..];
+    }
+    assert!(rest.is_empty(), "trailing bytes from pgtarn: {rest:?}");
+    msgs
+}
+
+#[tokio::test]
+async fn ssl_and_gssenc_requests_are_refused_then_login_works() {
+    let p = trust_pooler("").await;
+    let mut raw = Raw::open(p.addr).await;
+    for code in [SSL_REQUEST, GSSENC_REQUEST] {
+        raw.send(&packet(code, b"")).await;
+        let mut answer = [0u8; 1];
+        timeout(DEADLINE, raw.stream.read_exact(&mut answer))
+            .await
+            .expect("an answer within 10 s")
+            .expect("one byte");
+        assert_eq!(answer, *b"N", "request {code} refused with N");
+    }
+    raw.send(&app_startup(&[])).await;
+    let login = raw.read_until(b'Z').await;
+    assert!(!login.iter().any(|(t, _)| *t == b'E'), "{}", tags(&login));
+    raw.query("select 'after negotiation'").await;
+    let reply = raw.read_until(b'Z').await;
+    assert_eq!(first_value(&reply).as_deref(), Some("after negotiation"));
+}
+
+#[tokio::test]
+async fn malformed_startup_packets_get_08p01_then_eof() {
+    let p = trust_pooler("").await;
+    let cases = [
+        ("length 3", 3u32.to_be_bytes().to_vec()),
+        ("length 0", 0u32.to_be_bytes().to_vec()),
+        ("length 10_000_001", 10_000_001u32.to_be_bytes().to_vec()),
+        ("negative length", 0xFFFF_FFF0u32.to_be_bytes().to_vec()),
+        (
+            "protocol 2.0",
+            packet(2 << 16, b"user\0app\0database\0app\0\0"),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = Raw::open(p.addr).await;
+        raw.send(&bytes).await;
+        expect_08p01_then_eof(&mut raw, what).await;
+    }
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select 'still serving'").await, "still serving");
+}
+
+#[tokio::test]
+async fn bad_or_oversized_messages_after_login_end_only_that_client() {
+    let p = trust_pooler("max_message_len = 65536").await;
+    let bystander = p.connect().await;
+    assert_eq!(one(&bystander, "select 'before'").await, "before");
+    for len in [2u32, 0x7fff_ffff] {
+        let mut raw = Raw::login(p.addr, "app", "app").await;
+        let mut msg = vec![b'Q'];
+        msg.extend_from_slice(&len.to_be_bytes());
+        raw.send(&msg).await;
+        expect_08p01_then_eof(&mut raw, &format!("'Q' with length {len}")).await;
+    }
+
+    let raw = Raw::login(p.addr, "app", "app").await;
+    let (mut rd, mut wr) = raw.stream.into_split();
+    let mut query = BytesMut::new();
+    encode::query(&mut query, &format!("select '{}'", "x".repeat(200_000)));
+    // pgtarn may close before reading it all: the write may fail.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&query).await;
+        wr
+    });
+    let msgs = read_until_closed(&mut rd).await;
+    drop(writer.await.expect("writer task"));
+    assert_eq!(msgs.len(), 1, "one ErrorResponse, then EOF");
+    let (tag, body) = &msgs[0];
+    assert_eq!(*tag as char, 'E');
+    let fields = error_fields(body).expect("error fields");
+    assert_eq!(fields.code, "08P01", "{fields}");
+    assert!(fields.message.contains("max_message_len"), "{fields}");
+
+    assert_eq!(one(&bystander, "select 'after'").await, "after");
+    let fresh = p.connect().await;
+    assert_eq!(one(&fresh, "select 'fresh'").await, "fresh");
+}
+
+#[tokio::test]
+async fn two_hundred_half_startup_packets_leave_pgtarn_serving() {
+    let p = trust_pooler("").await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select 1").await, "1");
+    let size = p.pool().size();
+    let startup = app_startup(&[]);
+    let half = &startup[..startup.len() / 2];
+    for _ in 0..200 {
+        let mut raw = Raw::open(p.addr).await;
+        raw.send(half).await;
+        drop(raw);
+    }
+    let fresh = timeout(DEADLINE, p.connect())
+        .await
+        .expect("a new client logs in within 10 s");
+    assert_eq!(one(&fresh, "select 'served'").await, "served");
+    assert_eq!(one(&c, "select 'old client'").await, "old client");
+    assert_eq!(p.pool().size(), size, "no server opened or lost");
+}
+
+#[tokio::test]
+async fn notices_and_parameter_status_are_relayed() {
+    let p = trust_pooler("").await;
+    let mut raw = Raw::login(p.addr, "app", "app").await;
+    raw.query("DO $$ BEGIN RAISE NOTICE 'hello from pg'; END $$")
+        .await;
+    let reply = raw.read_until(b'Z').await;
+    let notice = reply
+        .iter()
+        .find(|(t, _)| *t == b'N')
+        .unwrap_or_else(|| panic!("no NoticeResponse in {}", tags(&reply)));
+    let fields = error_fields(&notice.1).expect("notice fields");
+    assert_eq!(fields.message, "hello from pg", "{fields}");
+
+    raw.query("SET application_name = 'changed'").await;
+    let reply = raw.read_until(b'Z').await;
+    let statuses: Vec<_> = reply
+        .iter()
+        .filter(|(t, _)| *t == b'S')
+        .map(|(_, b)| param_status(b))
+        .collect();
+    assert!(
+        statuses.contains(&("application_name".into(), "changed".into())),
+        "ParameterStatus messages: {statuses:?} in {}",
+        tags(&reply)
+    );
+}
+
+#[tokio::test]
+async fn login_reports_the_parameter_status_set_and_a_key() {
+    let p = trust_pooler("").await;
+    let mut raw = Raw::open(p.addr).await;
+    raw.send(&app_startup(&[("application_name", "myapp")]))
+        .await;
+    let login = raw.read_until(b'Z').await;
+    assert!(!login.iter().any(|(t, _)| *t == b'E'), "{}", tags(&login));
+    let params: BTreeMap<String, String> = login
+        .iter()
+        .filter(|(t, _)| *t == b'S')
+        .map(|(_, b)| param_status(b))
+        .collect();
+    for name in [
+        "server_version",
+        "server_encoding",
+        "client_encoding",
+        "DateStyle",
+        "TimeZone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+    ] {
+        assert!(params.contains_key(name), "{name} missing from {params:?}");
+    }
+    assert_eq!(params["application_name"], "myapp", "{params:?}");
+    assert_eq!(params["server_encoding"], "UTF8");
+    assert_eq!(params["integer_datetimes"], "on");
+    let keys: Vec<_> = login.iter().filter(|(t, _)| *t == b'K').collect();
+    assert_eq!(keys.len(), 1, "one BackendKeyData in {}", tags(&login));
+    assert_eq!(keys[0].1.len(), 8, "pid and secret");
+    let (tag, body) = login.last().expect("messages");
+    assert_eq!((*tag, &body[..]), (b'Z', &b"I"[..]), "{}", tags(&login));
+}
+
+#[tokio::test]
+async fn unknown_cancel_keys_are_ignored_silently() {
+    let p = trust_pooler("").await;
+    let mut sleeper = Raw::open(p.addr).await;
+    sleeper.send(&app_startup(&[])).await;
+    let login = sleeper.read_until(b'Z').await;
+    let (_, key) = login
+        .iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData");
+    let pid = u32::from_be_bytes(key[..4].try_into().unwrap());
+    let secret = u32::from_be_bytes(key[4..8].try_into().unwrap());
+    let marker = format!("cancel bystander {}", std::process::id());
+    let sql = format!("select '{marker}', pg_sleep(2)");
+    sleeper.query(&sql).await;
+    let admin = PgServer::shared().superuser().await;
+    wait_until("the bystander's query runs", DEADLINE, || {
+        let (admin, sql) = (&admin, &sql);
+        async move {
+            let check =
+                "select count(*) from pg_stat_activity where query = $1 and state = 'active'";
+            let n: i64 = admin.query_one(check, &[sql]).await.unwrap().get(0);
+            n > 0
+        }
+    })
+    .await;
+    let bogus = [
+        (rand::random::<u32>(), rand::random::<u32>()),
+        (pid, secret.wrapping_add(1)),
+    ];
+    for (pid, secret) in bogus {
+        let mut raw = Raw::open(p.addr).await;
+        let mut key = pid.to_be_bytes().to_vec();
+        key.extend_from_slice(&secret.to_be_bytes());
+        raw.send(&packet(CANCEL_REQUEST, &key)).await;
+        let mut got = Vec::new();
+        timeout(DEADLINE, raw.stream.read_to_end(&mut got))
+            .await
+            .expect("pgtarn closes the cancel connection")
+            .expect("a clean close");
+        assert!(got.is_empty(), "pgtarn answered a CancelRequest: {got:?}");
+    }
+    let reply = sleeper.read_until(b'Z').await;
+    assert!(
+        !reply.iter().any(|(t, _)| *t == b'E'),
+        "the bystander's query failed: {}",
+        tags(&reply)
+    );
+    assert_eq!(first_value(&reply), Some(marker), "{}", tags(&reply));
+}
