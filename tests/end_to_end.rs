@@ -66,6 +66,31 @@ fn psql_and_pgbench_run_through_pgtarn_without_failures() {
     }
 }
 
+/// pgbench with named prepared statements, 50 clients on 5 servers in
+/// transaction mode: no aborted client, no failed transaction.
+#[test]
+fn pgbench_prepared_mode_through_transaction_pooling() {
+    let pg = PgServer::start(Default::default());
+    let port = free_port();
+    let pgtarn = PgtarnProcess::start(&config(&pg, port, "scram-sha-256", "pool_size = 5"), port);
+    run_tool(&pg, &pgtarn, "pgbench", &["-i", "-s", "1", "app"]);
+    for script in [&["-S"][..], &[][..]] {
+        let mut args = vec!["-M", "prepared", "-c", "50", "-j", "2", "-t", "40"];
+        args.extend(script);
+        args.push("app");
+        let out = run_tool(&pg, &pgtarn, "pgbench", &args);
+        assert!(
+            out.contains("number of failed transactions: 0 (0.000%)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("number of transactions actually processed: 2000/2000"),
+            "{out}"
+        );
+        assert!(!out.contains("aborted"), "{out}");
+    }
+}
+
 #[test]
 fn check_config_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -158,10 +158,14 @@ async fn a_wrong_upstream_password_reaches_the_client_as_28p01() {
 
 #[tokio::test]
 async fn an_unreachable_postgres_gives_08006_without_hanging() {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // A socket bound but not listening holds the port: connecting to it
+    // is refused, and no other test can take it meanwhile.
+    let reserved =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    reserved
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let closed_port = reserved.local_addr().unwrap().as_socket().unwrap().port();
     let config = format!(
         "[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\nserver_connect_timeout = \"2s\"\n\
          [databases.app]\nport = {}\n\

@@ -163,23 +163,42 @@ impl ServerConn {
     /// Runs `sql` as a simple query whose results nobody sees, waiting for
     /// its ReadyForQuery. Returns the first error the server reported.
     pub async fn run_internal(&mut self, sql: &str) -> Result<Option<ErrorFields>, BackendError> {
+        self.run_internal_row(sql).await.map(|(_, err)| err)
+    }
+
+    /// Like [`ServerConn::run_internal`], also returning the text columns
+    /// of the first row.
+    pub async fn run_internal_row(&mut self, sql: &str) -> Result<InternalResult, BackendError> {
         let mut buf = BytesMut::new();
         encode::query(&mut buf, sql);
         self.stream.write_all(&buf).await?;
         self.state.on_client_message(b'Q');
-        let mut error = None;
+        let (mut row, mut error) = (None, None);
         loop {
             let f = self.read_frame().await?;
             match f.tag() {
                 b'Z' => {
                     self.state.on_ready(msg::ready_for_query(f.body())?);
-                    return Ok(error);
+                    return Ok((row, error));
                 }
                 b'E' if error.is_none() => error = Some(msg::error_fields(f.body())?),
+                b'D' if row.is_none() => row = Some(text_columns(f.body())?),
                 _ => {}
             }
         }
     }
+}
+
+/// The first row (text columns, `None` for NULL) and the first error of
+/// an internal query.
+pub type InternalResult = (Option<Vec<Option<String>>>, Option<ErrorFields>);
+
+fn text_columns(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    let cols = msg::data_row(body)?;
+    Ok(cols
+        .into_iter()
+        .map(|c| c.map(|b| String::from_utf8_lossy(b).into_owned()))
+        .collect())
 }
 
 impl Drop for ServerConn {

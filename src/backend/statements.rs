@@ -1,42 +1,66 @@
 //! Which pgtarn-named prepared statements exist on one server connection,
 //! bounded by `max_prepared_statements` with least-recently-used eviction.
+//!
+//! Each entry remembers the statement's generation when it was prepared:
+//! when a statement's result type changes under it (after DDL) the pool
+//! bumps the generation, and every server holding an older copy closes and
+//! re-prepares it on next use.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A generation that matches no current one: the entry must be replaced.
+const OUTDATED: u32 = u32::MAX;
+
+/// What a server has for a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cached {
+    /// Prepared and current.
+    Fresh,
+    /// Prepared, but an older generation: close it before preparing again.
+    Outdated,
+    /// Not prepared.
+    Missing,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    last_use: u64,
+    generation: u32,
+}
 
 /// The statements prepared on one server.
 #[derive(Debug, Default)]
 pub struct StatementCache {
-    /// Name → last use (a counter, higher is more recent).
-    entries: HashMap<Arc<str>, u64>,
-    /// Names whose server-side statement must be closed before reuse
-    /// (e.g. after `cached plan must not change result type`).
-    stale: HashSet<Arc<str>>,
+    entries: HashMap<Arc<str>, Entry>,
     clock: u64,
 }
 
 impl StatementCache {
-    /// True if `name` is prepared on the server; marks it used.
-    pub fn touch(&mut self, name: &str) -> bool {
+    /// Looks up `name` at the pool's current `generation`; a fresh entry
+    /// is marked used.
+    pub fn lookup(&mut self, name: &str, generation: u32) -> Cached {
         self.clock += 1;
         match self.entries.get_mut(name) {
-            Some(used) => {
-                *used = self.clock;
-                true
+            Some(e) if e.generation == generation => {
+                e.last_use = self.clock;
+                Cached::Fresh
             }
-            None => false,
+            Some(_) => Cached::Outdated,
+            None => Cached::Missing,
         }
     }
 
-    /// Records `name` as prepared; returns the least recently used name to
-    /// close first if that makes more than `capacity` entries.
-    pub fn insert(&mut self, name: Arc<str>, capacity: usize) -> Option<Arc<str>> {
+    /// Records `name` as prepared at `generation`; returns the least
+    /// recently used name to close first if that makes more than
+    /// `capacity` entries.
+    pub fn insert(&mut self, name: Arc<str>, generation: u32, capacity: usize) -> Option<Arc<str>> {
         self.clock += 1;
         let victim = if self.entries.len() >= capacity && !self.entries.contains_key(&name) {
             let lru = self
                 .entries
                 .iter()
-                .min_by_key(|(_, used)| **used)
+                .min_by_key(|(_, e)| e.last_use)
                 .map(|(n, _)| n.clone());
             lru.inspect(|n| {
                 self.entries.remove(n);
@@ -44,8 +68,22 @@ impl StatementCache {
         } else {
             None
         };
-        self.entries.insert(name, self.clock);
+        let entry = Entry {
+            last_use: self.clock,
+            generation,
+        };
+        self.entries.insert(name, entry);
         victim
+    }
+
+    /// Records that `name` still exists on the server in an unknown
+    /// version (an eviction Close was skipped).
+    pub fn keep_outdated(&mut self, name: Arc<str>) {
+        let entry = Entry {
+            last_use: 0,
+            generation: OUTDATED,
+        };
+        self.entries.insert(name, entry);
     }
 
     /// Forgets `name` (its Parse failed or was skipped).
@@ -53,28 +91,17 @@ impl StatementCache {
         self.entries.remove(name);
     }
 
-    /// Forgets `name` and remembers to close it on the server before it is
-    /// prepared again.
-    pub fn mark_stale(&mut self, name: Arc<str>) {
-        self.entries.remove(&name);
-        self.stale.insert(name);
-    }
-
-    /// True (once) if `name` must be closed before it is prepared again.
-    pub fn take_stale(&mut self, name: &str) -> bool {
-        self.stale.remove(name)
-    }
-
-    /// Marks every statement stale: after `DISCARD ALL` / `DEALLOCATE ALL`
-    /// they may or may not exist, so each is closed before reuse.
-    pub fn mark_all_stale(&mut self) {
-        self.stale.extend(self.entries.drain().map(|(n, _)| n));
+    /// After `DISCARD ALL` / `DEALLOCATE ALL` the statements may or may not
+    /// exist: each is closed before it is prepared again.
+    pub fn mark_all_outdated(&mut self) {
+        for e in self.entries.values_mut() {
+            e.generation = OUTDATED;
+        }
     }
 
     /// Forgets everything (after a reset known to have succeeded).
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.stale.clear();
     }
 
     /// Statements prepared.
@@ -95,22 +122,34 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_used() {
         let mut c = StatementCache::default();
-        assert_eq!(c.insert("a".into(), 2), None);
-        assert_eq!(c.insert("b".into(), 2), None);
-        assert!(c.touch("a"));
-        assert_eq!(c.insert("c".into(), 2).as_deref(), Some("b"));
-        assert!(c.touch("a") && c.touch("c") && !c.touch("b"));
-        assert_eq!(c.insert("c".into(), 2), None, "re-inserting evicts nothing");
+        assert_eq!(c.insert("a".into(), 0, 2), None);
+        assert_eq!(c.insert("b".into(), 0, 2), None);
+        assert_eq!(c.lookup("a", 0), Cached::Fresh);
+        assert_eq!(c.insert("c".into(), 0, 2).as_deref(), Some("b"));
+        assert_eq!(c.lookup("b", 0), Cached::Missing);
+        assert_eq!(
+            c.insert("c".into(), 0, 2),
+            None,
+            "re-inserting evicts nothing"
+        );
         assert_eq!(c.len(), 2);
     }
 
     #[test]
-    fn stale_names_are_closed_once() {
+    fn older_generations_are_outdated() {
         let mut c = StatementCache::default();
-        c.insert("a".into(), 5);
-        c.mark_stale("a".into());
-        assert!(!c.touch("a"));
-        assert!(c.take_stale("a"));
-        assert!(!c.take_stale("a"));
+        c.insert("a".into(), 0, 5);
+        assert_eq!(c.lookup("a", 0), Cached::Fresh);
+        assert_eq!(
+            c.lookup("a", 1),
+            Cached::Outdated,
+            "the pool bumped the generation"
+        );
+        c.insert("a".into(), 1, 5);
+        assert_eq!(c.lookup("a", 1), Cached::Fresh);
+        c.mark_all_outdated();
+        assert_eq!(c.lookup("a", 1), Cached::Outdated);
+        c.keep_outdated("z".into());
+        assert_eq!(c.lookup("z", 0), Cached::Outdated);
     }
 }

@@ -8,6 +8,7 @@ pub mod params;
 pub mod prepared;
 pub mod replies;
 pub mod session;
+pub mod settings;
 pub mod translate;
 
 use std::net::SocketAddr;

@@ -30,6 +30,8 @@ pub enum ParamError {
 pub struct ClientParams {
     /// Lower-case name → (name as sent, value).
     wanted: BTreeMap<String, (String, String)>,
+    /// The settings from the startup packet (what `RESET ALL` returns to).
+    startup: BTreeMap<String, (String, String)>,
 }
 
 impl ClientParams {
@@ -50,6 +52,7 @@ impl ClientParams {
                 p.insert(&k, &v)?;
             }
         }
+        p.startup = p.wanted.clone();
         Ok(p)
     }
 
@@ -67,6 +70,23 @@ impl ClientParams {
         let key = name.to_ascii_lowercase();
         self.wanted.insert(key, (name.to_owned(), value.to_owned()));
         Ok(())
+    }
+
+    /// Records a value the client set during its session (`name` is
+    /// lower-case).
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.wanted
+            .insert(name.to_owned(), (name.to_owned(), value.to_owned()));
+    }
+
+    /// Forgets a setting (it no longer exists, e.g. a custom one reset).
+    pub fn remove(&mut self, name: &str) {
+        self.wanted.remove(name);
+    }
+
+    /// Back to the startup settings (`RESET ALL`, `DISCARD ALL`).
+    pub fn reset_to_startup(&mut self) {
+        self.wanted = self.startup.clone();
     }
 
     /// The value the client asked for, by case-insensitive name.
@@ -143,7 +163,7 @@ fn default_of<'a>(defaults: &'a [(String, String)], key: &str) -> Option<&'a str
 }
 
 /// A SQL string literal.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 

@@ -21,6 +21,10 @@ pub struct Statement {
     pub name: Arc<str>,
     /// The Parse frame that creates it under that name.
     pub parse: Bytes,
+    /// The pool's generation of the statement when the client parsed it:
+    /// an older one than the pool's current means the client's idea of its
+    /// result type is out of date.
+    pub generation: u32,
 }
 
 /// Why a client's Parse is refused.
@@ -75,11 +79,13 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
-    /// Registers the client's Parse of `name` with `definition`.
+    /// Registers the client's Parse of `name` with `definition`, whose
+    /// pgtarn-wide name is `global` (see [`global_name`]) at `generation`.
     pub fn add(
         &mut self,
         name: &str,
         definition: &[u8],
+        (global, generation): (Arc<str>, u32),
         buf: &mut BytesMut,
     ) -> Result<Arc<Statement>, StatementError> {
         if self.by_name.contains_key(name) {
@@ -91,11 +97,11 @@ impl ClientStatements {
         if self.bytes + definition.len() > self.limits.max_bytes {
             return Err(StatementError::TooLarge(self.limits.max_bytes));
         }
-        let global = global_name(definition);
         let parse = extended::make_parse(buf, &global, definition).into_raw();
         let stmt = Arc::new(Statement {
             name: global,
             parse,
+            generation,
         });
         self.bytes += stmt.parse.len();
         self.by_name.insert(name.to_owned(), stmt.clone());
@@ -134,6 +140,10 @@ impl ClientStatements {
 mod tests {
     use super::*;
 
+    fn g(definition: &[u8]) -> (Arc<str>, u32) {
+        (global_name(definition), 0)
+    }
+
     const LIMITS: Limits = Limits {
         max_statements: 2,
         max_bytes: 100,
@@ -144,9 +154,15 @@ mod tests {
         let mut buf = BytesMut::new();
         let mut a = ClientStatements::new(LIMITS);
         let mut b = ClientStatements::new(LIMITS);
-        let x = a.add("s1", b"select 1\0\0\0", &mut buf).unwrap();
-        let y = b.add("other", b"select 1\0\0\0", &mut buf).unwrap();
-        let z = b.add("s1", b"select 2\0\0\0", &mut buf).unwrap();
+        let x = a
+            .add("s1", b"select 1\0\0\0", g(b"select 1\0\0\0"), &mut buf)
+            .unwrap();
+        let y = b
+            .add("other", b"select 1\0\0\0", g(b"select 1\0\0\0"), &mut buf)
+            .unwrap();
+        let z = b
+            .add("s1", b"select 2\0\0\0", g(b"select 2\0\0\0"), &mut buf)
+            .unwrap();
         assert_eq!(x.name, y.name);
         assert_ne!(x.name, z.name);
         assert!(x.name.len() < 64, "fits NAMEDATALEN");
@@ -158,21 +174,24 @@ mod tests {
     fn limits_and_duplicates_are_errors() {
         let mut buf = BytesMut::new();
         let mut c = ClientStatements::new(LIMITS);
-        c.add("a", b"select 1\0\0\0", &mut buf).unwrap();
+        c.add("a", b"select 1\0\0\0", g(b"select 1\0\0\0"), &mut buf)
+            .unwrap();
         assert_eq!(
-            c.add("a", b"select 2\0\0\0", &mut buf).unwrap_err(),
+            c.add("a", b"select 2\0\0\0", g(b"select 2\0\0\0"), &mut buf)
+                .unwrap_err(),
             StatementError::AlreadyExists("a".into())
         );
-        c.add("b", b"select 2\0\0\0", &mut buf).unwrap();
+        c.add("b", b"select 2\0\0\0", g(b"select 2\0\0\0"), &mut buf)
+            .unwrap();
         assert_eq!(
-            c.add("c", b"x\0\0\0", &mut buf).unwrap_err(),
+            c.add("c", b"x\0\0\0", g(b"x\0\0\0"), &mut buf).unwrap_err(),
             StatementError::TooMany(2)
         );
         assert!(c.remove("a"));
         assert!(!c.remove("a"));
         let big = vec![b'x'; 200];
         assert_eq!(
-            c.add("big", &big, &mut buf).unwrap_err(),
+            c.add("big", &big, g(&big), &mut buf).unwrap_err(),
             StatementError::TooLarge(100)
         );
         c.clear();

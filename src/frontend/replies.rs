@@ -29,16 +29,20 @@ pub struct Prepared {
     pub client: Option<String>,
 }
 
+/// A server's copy of a statement: its global name and generation.
+pub type Copy = (Arc<str>, u32);
+
 /// Which message a reply belongs to; says which server message ends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
     /// Parse: ParseComplete. `Some` for named statements.
     Parse(Option<Prepared>),
-    /// Bind: BindComplete. `Some` (the global name) for named statements.
-    Bind(Option<Arc<str>>),
+    /// Bind: BindComplete. For named statements, the server copy used
+    /// (global name and generation).
+    Bind(Option<Copy>),
     /// Describe of a statement: ParameterDescription, then RowDescription
-    /// or NoData.
-    DescribeStatement,
+    /// or NoData. For named statements, the server copy used.
+    DescribeStatement(Option<Copy>),
     /// Describe of a portal: RowDescription or NoData.
     DescribePortal,
     /// Execute: CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -56,7 +60,7 @@ impl Expect {
         match self {
             Expect::Parse(_) => tag == b'1',
             Expect::Bind(_) => tag == b'2',
-            Expect::DescribeStatement | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
+            Expect::DescribeStatement(_) | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close(_) => tag == b'3',
             Expect::Sync | Expect::Query => tag == b'Z',
@@ -81,9 +85,8 @@ pub enum Effect {
     NotPrepared(Prepared),
     /// An eviction Close was skipped: the statement still exists.
     NotClosed(Arc<str>),
-    /// The statement's result type changed under it (after DDL): close it
-    /// before using it again.
-    Stale(Arc<str>),
+    /// The statement's result type changed under this copy (after DDL).
+    Stale(Copy),
 }
 
 /// Whether a server message goes on to the client.
@@ -158,14 +161,11 @@ impl ReplyQueue {
         let Some(Entry::Server { expect, visible }) = self.entries.front() else {
             return Route::Forward;
         };
-        let (visible, route) = (
-            *visible,
-            if *visible {
-                Route::Forward
-            } else {
-                Route::Swallow
-            },
-        );
+        let route = if *visible {
+            Route::Forward
+        } else {
+            Route::Swallow
+        };
         if tag == b'E' && *expect != Expect::Query && *expect != Expect::Sync {
             self.on_extended_error(body, effects);
             self.release_made(out);
@@ -181,15 +181,17 @@ impl ReplyQueue {
             }
             self.release_made(out);
         }
-        if visible { Route::Forward } else { route }
+        route
     }
 
     fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) {
         if let Some(Entry::Server { expect, .. }) = self.entries.pop_front() {
             match expect {
                 Expect::Parse(Some(p)) => effects.push(Effect::NotPrepared(p)),
-                Expect::Bind(Some(g)) if result_type_changed(body) => {
-                    effects.push(Effect::Stale(g))
+                Expect::Bind(Some(copy)) | Expect::DescribeStatement(Some(copy))
+                    if result_type_changed(body) =>
+                {
+                    effects.push(Effect::Stale(copy))
                 }
                 _ => {}
             }
@@ -279,7 +281,7 @@ mod tests {
         let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
         q.expect(Expect::Close(Some("old".into())), false);
         q.expect(Expect::Parse(Some(prepared("g"))), false);
-        q.expect(Expect::Bind(Some("g".into())), true);
+        q.expect(Expect::Bind(Some(("g".into(), 0))), true);
         assert_eq!(q.on_server(b'3', b"", &mut out, &mut fx), Route::Swallow);
         assert_eq!(
             q.on_server(b'N', b"", &mut out, &mut fx),
@@ -336,7 +338,7 @@ mod tests {
     #[test]
     fn result_type_change_marks_the_statement_stale() {
         let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
-        q.expect(Expect::Bind(Some("g".into())), true);
+        q.expect(Expect::Bind(Some(("g".into(), 3))), true);
         let mut err = BytesMut::new();
         encode::error_response(
             &mut err,
@@ -346,7 +348,7 @@ mod tests {
             None,
         );
         q.on_server(b'E', &err[5..], &mut out, &mut fx);
-        assert_eq!(fx, [Effect::Stale("g".into())]);
+        assert_eq!(fx, [Effect::Stale(("g".into(), 3))]);
     }
 
     #[test]

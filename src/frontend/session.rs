@@ -18,9 +18,10 @@ use tracing::debug;
 
 use super::cancel::CancelSlot;
 use super::error::ClientError;
-use super::params::ClientParams;
+use super::params::{ClientParams, quote};
 use super::prepared::ClientStatements;
 use super::replies::Route;
+use super::settings::{Changed, changed_settings};
 use super::translate::Translator;
 use crate::backend::BackendError;
 use crate::config::PoolMode;
@@ -61,6 +62,9 @@ pub struct Session {
     server: Option<Checkout>,
     /// Named-statement tracking (transaction mode only).
     translator: Option<Translator>,
+    /// Settings the client's queries changed since its server was attached
+    /// (transaction mode only), read back when the transaction ends.
+    changed: Changed,
     to_server: Outbox,
     to_client: Outbox,
 }
@@ -102,6 +106,7 @@ impl Session {
             });
         Session {
             translator,
+            changed: Changed::default(),
             client,
             cbuf,
             csplit,
@@ -198,6 +203,10 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        if f.tag() == b'Q' && self.pool.settings.mode == PoolMode::Transaction {
+            let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
+            self.changed.merge(changed_settings(sql));
+        }
         match self.translator.as_mut() {
             Some(t) => t.client_frame(f, server, &mut self.to_server, &mut self.to_client)?,
             None => {
@@ -264,7 +273,49 @@ impl Session {
         let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
         self.to_client.flush(&mut self.client).await?;
         if idle && self.pool.settings.mode == PoolMode::Transaction {
+            if !self.changed.is_empty() {
+                self.track_settings().await?;
+            }
             self.release();
+        }
+        Ok(())
+    }
+
+    /// Reads back the settings the client changed, on the server that ran
+    /// the change, so that they follow the client to other servers.
+    async fn track_settings(&mut self) -> Result<(), ClientError> {
+        let changed = std::mem::take(&mut self.changed);
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if changed.reset_all {
+            self.params.reset_to_startup();
+            server.settings = lowercase_map(&self.defaults);
+        }
+        if changed.names.is_empty() {
+            return Ok(());
+        }
+        let columns: Vec<String> = changed
+            .names
+            .iter()
+            .map(|n| format!("pg_catalog.current_setting({}, true)", quote(n)))
+            .collect();
+        let sql = format!("SELECT {}", columns.join(", "));
+        let (row, _) = server
+            .run_internal_row(&sql)
+            .await
+            .map_err(ClientError::ServerLost)?;
+        for (name, value) in changed.names.iter().zip(row.unwrap_or_default()) {
+            match value {
+                Some(v) => {
+                    self.params.set(name, &v);
+                    server.settings.insert(name.clone(), v);
+                }
+                None => {
+                    self.params.remove(name);
+                    server.settings.remove(name);
+                }
+            }
         }
         Ok(())
     }

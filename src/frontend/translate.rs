@@ -13,8 +13,9 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 use super::prepared::{ClientStatements, Statement, StatementError, global_name};
-use super::replies::{Effect, Expect, Prepared, ReplyQueue, Route};
+use super::replies::{Copy, Effect, Expect, Prepared, ReplyQueue, Route};
 use crate::backend::ServerConn;
+use crate::backend::statements::Cached;
 use crate::net::Outbox;
 use crate::pool::KnownStatements;
 use crate::protocol::backend::TxStatus;
@@ -185,10 +186,11 @@ impl Translator {
                         self.statements.remove(&name);
                     }
                 }
-                Effect::NotClosed(g) => {
-                    server.statements.insert(g, usize::MAX);
+                Effect::NotClosed(g) => server.statements.keep_outdated(g),
+                Effect::Stale((g, generation)) => {
+                    self.known.invalidate(g.clone(), generation);
+                    server.statements.keep_outdated(g);
                 }
-                Effect::Stale(g) => server.statements.mark_stale(g),
             }
         }
         route
@@ -206,19 +208,26 @@ impl Translator {
             );
             return Ok(());
         }
-        let stmt = match self.statements.add(p.name, p.definition, &mut self.buf) {
+        let stmt = match self.add(p.name, p.definition) {
             Ok(s) => s,
             Err(e) => {
                 self.refuse(&e, sink.to_client);
                 return Ok(());
             }
         };
-        if sink.server.statements.touch(&stmt.name) {
-            self.replies.made(parse_complete(), sink.to_client);
-        } else {
-            self.prepare(&stmt, Some(p.name.to_owned()), true, sink);
+        match self.lookup(&stmt.name, sink) {
+            Cached::Fresh => self.replies.made(parse_complete(), sink.to_client),
+            cached => self.prepare(&stmt, cached, Some(p.name.to_owned()), true, sink),
         }
         Ok(())
+    }
+
+    /// Records the client's statement at the pool's current generation.
+    fn add(&mut self, name: &str, definition: &[u8]) -> Result<Arc<Statement>, StatementError> {
+        let global = global_name(definition);
+        let generation = self.known.generation(&global);
+        self.statements
+            .add(name, definition, (global, generation), &mut self.buf)
     }
 
     /// A Parse of a statement that parsed before on this pool: recorded and
@@ -232,42 +241,41 @@ impl Translator {
         if p.name.is_empty() || !self.known.contains(&global_name(p.definition)) {
             return Ok(false);
         }
-        match self.statements.add(p.name, p.definition, &mut self.buf) {
+        match self.add(p.name, p.definition) {
             Ok(_) => self.replies.made(parse_complete(), to_client),
             Err(e) => self.refuse(&e, to_client),
         }
         Ok(true)
     }
 
-    /// Sends the Parse for `stmt` (after closing a stale copy or an evicted
-    /// statement, if needed).
+    /// What the server has of statement `name`.
+    fn lookup(&self, name: &str, sink: &mut Sink<'_>) -> Cached {
+        sink.server
+            .statements
+            .lookup(name, self.known.generation(name))
+    }
+
+    /// Sends the Parse for `stmt` (after closing an outdated copy or an
+    /// evicted statement, if needed).
     fn prepare(
         &mut self,
         stmt: &Statement,
+        cached: Cached,
         client: Option<String>,
         visible: bool,
         sink: &mut Sink<'_>,
     ) {
-        if sink.server.statements.take_stale(&stmt.name) {
-            let close = extended::make_statement_target(&mut self.buf, b'C', &stmt.name).into_raw();
-            sink.send(
-                &mut self.replies,
-                close,
-                b'C',
-                Some(Expect::Close(None)),
-                false,
-            );
+        if cached == Cached::Outdated {
+            self.close_on_server(stmt.name.clone(), false, sink);
         }
+        let generation = self.known.generation(&stmt.name);
         let capacity = self.max_server_statements;
-        if let Some(victim) = sink.server.statements.insert(stmt.name.clone(), capacity) {
-            let close = extended::make_statement_target(&mut self.buf, b'C', &victim).into_raw();
-            sink.send(
-                &mut self.replies,
-                close,
-                b'C',
-                Some(Expect::Close(Some(victim))),
-                false,
-            );
+        if let Some(victim) = sink
+            .server
+            .statements
+            .insert(stmt.name.clone(), generation, capacity)
+        {
+            self.close_on_server(victim, true, sink);
         }
         let expect = Expect::Parse(Some(Prepared {
             global: stmt.name.clone(),
@@ -282,15 +290,29 @@ impl Translator {
         );
     }
 
+    /// Sends a Close of server statement `name` whose reply the client
+    /// does not see; `evicted` if the cache dropped it.
+    fn close_on_server(&mut self, name: Arc<str>, evicted: bool, sink: &mut Sink<'_>) {
+        let close = extended::make_statement_target(&mut self.buf, b'C', &name).into_raw();
+        let expect = Expect::Close(evicted.then_some(name));
+        sink.send(&mut self.replies, close, b'C', Some(expect), false);
+    }
+
     /// Makes sure the statement the client calls `name` exists on the
-    /// server; returns its pgtarn-wide statement, or `None` if the client
-    /// has no such statement.
-    fn ensure(&mut self, name: &str, sink: &mut Sink<'_>) -> Option<Arc<Statement>> {
+    /// server; returns the server copy to use, `Err` if the client's
+    /// statement is outdated (its result type changed since the client
+    /// parsed it), or `None` if the client has no such statement.
+    fn ensure(&mut self, name: &str, sink: &mut Sink<'_>) -> Option<Result<Copy, ()>> {
         let stmt = self.statements.get(name)?.clone();
-        if !sink.server.statements.touch(&stmt.name) {
-            self.prepare(&stmt, None, false, sink);
+        let generation = self.known.generation(&stmt.name);
+        if stmt.generation != generation {
+            return Some(Err(()));
         }
-        Some(stmt)
+        match self.lookup(&stmt.name, sink) {
+            Cached::Fresh => {}
+            cached => self.prepare(&stmt, cached, None, false, sink),
+        }
+        Some(Ok((stmt.name.clone(), generation)))
     }
 
     fn bind(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
@@ -301,16 +323,17 @@ impl Translator {
             self.ensure(b.statement, sink)
         };
         match stmt {
-            Some(stmt) => {
-                let bind = extended::make_bind(&mut self.buf, &b, &stmt.name).into_raw();
+            Some(Ok(copy)) => {
+                let bind = extended::make_bind(&mut self.buf, &b, &copy.0).into_raw();
                 sink.send(
                     &mut self.replies,
                     bind,
                     b'B',
-                    Some(Expect::Bind(Some(stmt.name.clone()))),
+                    Some(Expect::Bind(Some(copy))),
                     true,
                 );
             }
+            Some(Err(())) => self.refuse_outdated(sink.to_client),
             // Unnamed, or unknown: Postgres reports the unknown name itself.
             None => sink.send(
                 &mut self.replies,
@@ -340,20 +363,39 @@ impl Translator {
         } else {
             self.ensure(name, sink)
         };
-        let raw = match stmt {
-            Some(stmt) => {
-                extended::make_statement_target(&mut self.buf, b'D', &stmt.name).into_raw()
+        match stmt {
+            Some(Ok(copy)) => {
+                let raw = extended::make_statement_target(&mut self.buf, b'D', &copy.0).into_raw();
+                sink.send(
+                    &mut self.replies,
+                    raw,
+                    b'D',
+                    Some(Expect::DescribeStatement(Some(copy))),
+                    true,
+                );
             }
-            None => frame.into_raw(),
-        };
-        sink.send(
-            &mut self.replies,
-            raw,
-            b'D',
-            Some(Expect::DescribeStatement),
-            true,
-        );
+            Some(Err(())) => self.refuse_outdated(sink.to_client),
+            None => {
+                let expect = Some(Expect::DescribeStatement(None));
+                sink.send(&mut self.replies, frame.into_raw(), b'D', expect, true)
+            }
+        }
         Ok(())
+    }
+
+    /// The client's statement was parsed before its result type changed:
+    /// it fails as it would on Postgres until the client prepares it again.
+    fn refuse_outdated(&mut self, to_client: &mut Outbox) {
+        let mut b = BytesMut::new();
+        let msg = "cached plan must not change result type";
+        encode::error_response(
+            &mut b,
+            Severity::Error,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            msg,
+            None,
+        );
+        self.replies.made_error(b.freeze(), to_client);
     }
 
     /// Close of a named statement: forgotten, answered by pgtarn. False
@@ -375,7 +417,7 @@ impl Translator {
         }
         if is_discard_all(frame.body()) {
             self.statements.clear();
-            sink.server.statements.mark_all_stale();
+            sink.server.statements.mark_all_outdated();
         }
         sink.send(
             &mut self.replies,

@@ -10,7 +10,7 @@ mod guard;
 mod manager;
 mod registry;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -70,30 +70,49 @@ pub struct StatementLimits {
 }
 
 /// pgtarn-wide statement names that parsed successfully on some server of
-/// a pool. A client's Parse of one of them is answered without a server;
-/// the statement is prepared on a server when the client first uses it.
+/// a pool, with their generation. A client's Parse of one of them is
+/// answered without a server (the statement is prepared on a server when
+/// the client first uses it). The generation goes up when the statement's
+/// result type changed under it, so every server re-prepares it.
 #[derive(Debug, Default)]
-pub struct KnownStatements(Mutex<HashSet<Arc<str>>>);
+pub struct KnownStatements(Mutex<HashMap<Arc<str>, u32>>);
 
 /// Entries after which [`KnownStatements`] starts afresh (it is a cache).
 const MAX_KNOWN_STATEMENTS: usize = 10_000;
 
 impl KnownStatements {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// True if `name` parsed successfully before.
     pub fn contains(&self, name: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
+        self.lock().contains_key(name)
+    }
+
+    /// The current generation of `name` (0 if unknown).
+    pub fn generation(&self, name: &str) -> u32 {
+        self.lock().get(name).copied().unwrap_or(0)
     }
 
     /// Records that `name` parsed successfully.
     pub fn insert(&self, name: Arc<str>) {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if set.len() >= MAX_KNOWN_STATEMENTS {
-            set.clear();
+        let mut map = self.lock();
+        if map.len() >= MAX_KNOWN_STATEMENTS && !map.contains_key(&name) {
+            map.clear();
         }
-        set.insert(name);
+        map.entry(name).or_insert(0);
+    }
+
+    /// Records that the copy of `name` prepared at `generation` no longer
+    /// has the statement's result type: every older copy is outdated. A
+    /// later report about the same generation changes nothing.
+    pub fn invalidate(&self, name: Arc<str>, generation: u32) {
+        let mut map = self.lock();
+        let current = map.entry(name).or_insert(0);
+        if *current == generation {
+            *current = generation.wrapping_add(1) % (u32::MAX - 1);
+        }
     }
 }
 

@@ -44,6 +44,21 @@ pub fn parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
     Ok((r.cstr()?, r.cstr()?))
 }
 
+/// Parses a DataRow body into its column values (`None` for NULL).
+pub fn data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
+    let mut r = Reader::new(body, "DataRow");
+    let n = r.i16()?;
+    let mut cols = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for _ in 0..n {
+        let len = r.i32()?;
+        cols.push(match usize::try_from(len) {
+            Ok(len) => Some(r.bytes(len)?),
+            Err(_) => None,
+        });
+    }
+    Ok(cols)
+}
+
 /// Parses a BackendKeyData body (protocol 3.0: two `i32`s).
 pub fn backend_key_data(body: &[u8]) -> Result<CancelKey, ProtocolError> {
     let mut r = Reader::new(body, "BackendKeyData");

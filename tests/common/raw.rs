@@ -110,3 +110,101 @@ pub fn sqlstate(body: &[u8]) -> String {
         .expect("error fields")
         .code
 }
+
+/// Extended-protocol message builders (text parameters only).
+#[allow(dead_code)]
+pub mod ext {
+    use bytes::{BufMut, BytesMut};
+    use pgtarn::protocol::encode::{message, put_cstr};
+
+    fn one(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        message(&mut b, tag, body);
+        b.to_vec()
+    }
+
+    /// Parse `sql` as statement `name` (no parameter types).
+    pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+        one(b'P', |b| {
+            put_cstr(b, name.as_bytes());
+            put_cstr(b, sql.as_bytes());
+            b.put_i16(0);
+        })
+    }
+
+    /// Bind statement `stmt` to the unnamed portal with text parameters.
+    pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+        one(b'B', |b| {
+            put_cstr(b, b"");
+            put_cstr(b, stmt.as_bytes());
+            b.put_i16(0);
+            b.put_i16(params.len() as i16);
+            for p in params {
+                b.put_i32(p.len() as i32);
+                b.put_slice(p.as_bytes());
+            }
+            b.put_i16(0);
+        })
+    }
+
+    /// Describe statement `name`.
+    pub fn describe(name: &str) -> Vec<u8> {
+        one(b'D', |b| {
+            b.put_u8(b'S');
+            put_cstr(b, name.as_bytes());
+        })
+    }
+
+    /// Close statement `name`.
+    pub fn close(name: &str) -> Vec<u8> {
+        one(b'C', |b| {
+            b.put_u8(b'S');
+            put_cstr(b, name.as_bytes());
+        })
+    }
+
+    /// Execute the unnamed portal.
+    pub fn execute() -> Vec<u8> {
+        one(b'E', |b| {
+            put_cstr(b, b"");
+            b.put_i32(0);
+        })
+    }
+
+    /// Sync.
+    pub fn sync() -> Vec<u8> {
+        one(b'S', |_| {})
+    }
+
+    /// Bind + Execute + Sync of `stmt`.
+    pub fn run(stmt: &str, params: &[&str]) -> Vec<u8> {
+        [bind(stmt, params), execute(), sync()].concat()
+    }
+}
+
+/// The tags of a reply sequence, as a string (e.g. "12DCZ").
+#[allow(dead_code)]
+pub fn tags(msgs: &[(u8, Bytes)]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+/// The first column of each DataRow, as text.
+#[allow(dead_code)]
+pub fn first_columns(msgs: &[(u8, Bytes)]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, body)| {
+            let cols = pgtarn::protocol::backend::data_row(body).expect("DataRow");
+            String::from_utf8_lossy(cols[0].unwrap_or(b"NULL")).into_owned()
+        })
+        .collect()
+}
+
+/// The SQLSTATEs of the ErrorResponses in a reply sequence.
+#[allow(dead_code)]
+pub fn errors(msgs: &[(u8, Bytes)]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| sqlstate(b))
+        .collect()
+}

@@ -1,0 +1,174 @@
+//! Finding the session settings a simple query changes, sans-IO.
+//!
+//! In transaction mode a client's `SET name ...` must follow it to every
+//! server that serves it later. [`changed_settings`] reads a query's text
+//! for `SET [SESSION] name`, `SET TIME ZONE`, `RESET name`, `RESET ALL` and
+//! `DISCARD ALL`; the session then reads the settings' actual values when
+//! the transaction ends. `SET LOCAL`, `SET ROLE`, `SET SESSION
+//! AUTHORIZATION`, `SET TRANSACTION` and `set_config()` calls are not
+//! tracked.
+
+/// Settings a query changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Names (lower-case) set or reset.
+    pub names: Vec<String>,
+    /// `RESET ALL` or `DISCARD ALL`: everything back to the start.
+    pub reset_all: bool,
+}
+
+impl Changed {
+    /// True when the query changes nothing tracked.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && !self.reset_all
+    }
+
+    /// Adds what `other` changes.
+    pub fn merge(&mut self, other: Changed) {
+        for n in other.names {
+            if !self.names.contains(&n) {
+                self.names.push(n);
+            }
+        }
+        self.reset_all |= other.reset_all;
+    }
+}
+
+/// Cheap pre-check: could `sql` contain a tracked command at all?
+fn may_change(sql: &[u8]) -> bool {
+    sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
+        || sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"discard"))
+}
+
+/// The settings the simple query `sql` changes.
+pub fn changed_settings(sql: &[u8]) -> Changed {
+    let mut changed = Changed::default();
+    if !may_change(sql) {
+        return changed;
+    }
+    let Ok(text) = std::str::from_utf8(sql) else {
+        return changed;
+    };
+    for statement in split_statements(text) {
+        let words = words(statement);
+        changed.merge(classify(&words));
+    }
+    changed
+}
+
+fn classify(words: &[String]) -> Changed {
+    let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let name_at = |i: usize| words.get(i).map(|w| identifier(w));
+    let one = |name: Option<String>| Changed {
+        names: name.into_iter().collect(),
+        reset_all: false,
+    };
+    match l.as_slice() {
+        ["discard", "all", ..] | ["reset", "all", ..] => Changed {
+            names: Vec::new(),
+            reset_all: true,
+        },
+        ["set" | "reset", "role" | "transaction" | "constraints", ..]
+        | [
+            "set" | "reset",
+            "session",
+            "authorization" | "characteristics",
+            ..,
+        ]
+        | ["set", "local", ..] => Changed::default(),
+        ["set", "session", "time", "zone", ..] | ["set" | "reset", "time", "zone", ..] => {
+            one(Some("timezone".into()))
+        }
+        ["set", "session", _, ..] => one(name_at(2)),
+        ["set" | "reset", _, ..] => one(name_at(1)),
+        _ => Changed::default(),
+    }
+}
+
+/// A GUC name as written: quoted names keep their case, others are folded.
+fn identifier(word: &str) -> String {
+    let word = word.split(['=']).next().unwrap_or(word);
+    match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+        Some(q) => q.replace("\"\"", "\"").to_ascii_lowercase(),
+        None => word.to_ascii_lowercase(),
+    }
+}
+
+/// Splits on `;` outside quotes (single, double, dollar-less).
+fn split_statements(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quote) = (0, None::<char>);
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// The leading words of a statement (split on white space and `=`).
+fn words(statement: &str) -> Vec<String> {
+    statement
+        .split(|c: char| c.is_ascii_whitespace() || c == '=')
+        .filter(|w| !w.is_empty())
+        .take(5)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(sql: &str) -> Vec<String> {
+        changed_settings(sql.as_bytes()).names
+    }
+
+    #[test]
+    fn finds_set_and_reset_targets() {
+        assert_eq!(names("SET search_path TO a, b"), ["search_path"]);
+        assert_eq!(names("set application_name='x'"), ["application_name"]);
+        assert_eq!(
+            names("SET SESSION statement_timeout = 5"),
+            ["statement_timeout"]
+        );
+        assert_eq!(names("set time zone 'UTC'"), ["timezone"]);
+        assert_eq!(names("SET \"Work_Mem\" = '8MB'"), ["work_mem"]);
+        assert_eq!(
+            names("begin; set a.b = 1; set c to 2; commit"),
+            ["a.b", "c"]
+        );
+        assert_eq!(names("RESET search_path"), ["search_path"]);
+        assert_eq!(names("select 'set x = 1; set y = 2'"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn ignores_what_is_not_session_state() {
+        for sql in [
+            "SET LOCAL search_path = a",
+            "SET ROLE admin",
+            "SET SESSION AUTHORIZATION bob",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "select * from settings",
+            "update t set x = 1",
+        ] {
+            assert!(changed_settings(sql.as_bytes()).is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn reset_all_and_discard_all_reset_everything() {
+        assert!(changed_settings(b"RESET ALL").reset_all);
+        assert!(changed_settings(b"discard all;").reset_all);
+        assert!(!changed_settings(b"discard plans").reset_all);
+    }
+}

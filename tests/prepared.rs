@@ -1,0 +1,336 @@
+//! Named prepared statements and session state in transaction mode, end to
+//! end: raw protocol for exact reply sequences, tokio-postgres and pgbench
+//! for real driver behaviour.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::pg::PgServer;
+use common::pooler::{self, Pooler};
+use common::raw::{Raw, errors, ext, first_columns, tags};
+use tokio_postgres::SimpleQueryMessage;
+
+async fn trust_pooler(database: &str, general: &str) -> Pooler {
+    let general = format!("auth_type = \"trust\"\n{general}");
+    Pooler::start(&pooler::config(PgServer::shared(), &general, database)).await
+}
+
+/// Sends `msg` and reads replies up to the `syncs`-th ReadyForQuery.
+async fn round(raw: &mut Raw, msg: &[u8], syncs: usize) -> Vec<(u8, Bytes)> {
+    raw.send(msg).await;
+    let mut all = Vec::new();
+    for _ in 0..syncs {
+        all.extend(raw.read_until(b'Z').await);
+    }
+    all
+}
+
+#[tokio::test]
+async fn clients_use_the_same_statement_names_without_clashing() {
+    let p = trust_pooler("pool_size = 1", "").await;
+    let mut a = Raw::login(p.addr, "app", "app").await;
+    let mut b = Raw::login(p.addr, "app", "app").await;
+    let prep = |sql: &str| [ext::parse("s1", sql), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut a, &prep("select 'a'"), 1).await), "1Z");
+    assert_eq!(tags(&round(&mut b, &prep("select 'b'"), 1).await), "1Z");
+    for _ in 0..3 {
+        assert_eq!(
+            first_columns(&round(&mut a, &ext::run("s1", &[]), 1).await),
+            ["a"]
+        );
+        assert_eq!(
+            first_columns(&round(&mut b, &ext::run("s1", &[]), 1).await),
+            ["b"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn statement_errors_match_postgres() {
+    let p = trust_pooler("pool_size = 2", "").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = |name: &str, sql: &str| [ext::parse(name, sql), ext::sync()].concat();
+    round(&mut c, &prep("s1", "select 1"), 1).await;
+    let dup = round(&mut c, &prep("s1", "select 2"), 1).await;
+    assert_eq!(
+        (tags(&dup), errors(&dup)),
+        ("EZ".into(), vec!["42P05".to_string()])
+    );
+    let bad = round(&mut c, &prep("s2", "select * from no_such_table"), 1).await;
+    assert_eq!(errors(&bad), ["42P01"]);
+    let unknown = round(&mut c, &ext::run("s2", &[]), 1).await;
+    assert_eq!(
+        errors(&unknown),
+        ["26000"],
+        "a failed Parse leaves nothing behind"
+    );
+    assert_eq!(
+        tags(&round(&mut c, &prep("s2", "select 2"), 1).await),
+        "1Z",
+        "the name is free again"
+    );
+    let closed = round(&mut c, &[ext::close("s1"), ext::sync()].concat(), 1).await;
+    assert_eq!(tags(&closed), "3Z");
+    assert_eq!(
+        errors(&round(&mut c, &ext::run("s1", &[]), 1).await),
+        ["26000"]
+    );
+    c.query("DEALLOCATE s2").await;
+    let dealloc = c.read_until(b'Z').await;
+    assert_eq!(tags(&dealloc), "CZ");
+    assert_eq!(
+        errors(&round(&mut c, &ext::run("s2", &[]), 1).await),
+        ["26000"]
+    );
+    round(&mut c, &prep("s3", "select 3"), 1).await;
+    c.query("DEALLOCATE ALL").await;
+    c.read_until(b'Z').await;
+    assert_eq!(
+        errors(&round(&mut c, &ext::run("s3", &[]), 1).await),
+        ["26000"]
+    );
+    round(&mut c, &prep("s3", "select 3"), 1).await;
+    assert_eq!(
+        first_columns(&round(&mut c, &ext::run("s3", &[]), 1).await),
+        ["3"],
+        "usable after DEALLOCATE ALL"
+    );
+}
+
+#[tokio::test]
+async fn pipelines_mix_named_and_unnamed_statements() {
+    let p = trust_pooler("pool_size = 2", "").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let batch = [
+        ext::parse("s1", "select $1::int * 10"),
+        ext::run("s1", &["1"]),
+        ext::parse("", "select 'unnamed'"),
+        ext::run("", &[]),
+        ext::run("s1", &["2"]),
+    ]
+    .concat();
+    let replies = round(&mut c, &batch, 3).await;
+    assert_eq!(tags(&replies), "12DCZ12DCZ2DCZ");
+    assert_eq!(first_columns(&replies), ["10", "unnamed", "20"]);
+    let failing = [
+        ext::parse("div", "select 1 / $1::int"),
+        ext::bind("div", &["0"]),
+        ext::execute(),
+        ext::run("s1", &["3"]),
+        ext::sync(),
+        ext::run("s1", &["4"]),
+    ]
+    .concat();
+    let replies = round(&mut c, &failing, 3).await;
+    // A custom plan folds the parameter in, so 1/0 fails at Bind; Postgres
+    // then skips everything up to the first Sync.
+    assert_eq!(tags(&replies), "1EZZ2DCZ");
+    assert_eq!(errors(&replies), ["22012"]);
+    assert_eq!(first_columns(&replies), ["40"]);
+}
+
+#[tokio::test]
+async fn per_client_statement_limit_is_a_clear_error() {
+    let p = trust_pooler("", "max_client_prepared_statements = 3").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    for i in 0..3 {
+        let r = round(
+            &mut c,
+            &[ext::parse(&format!("s{i}"), "select 1"), ext::sync()].concat(),
+            1,
+        )
+        .await;
+        assert_eq!(tags(&r), "1Z");
+    }
+    let r = round(
+        &mut c,
+        &[ext::parse("s3", "select 1"), ext::sync()].concat(),
+        1,
+    )
+    .await;
+    assert_eq!(errors(&r), ["53400"]);
+    assert_eq!(
+        first_columns(&round(&mut c, &ext::run("s0", &[]), 1).await),
+        ["1"]
+    );
+}
+
+#[tokio::test]
+async fn the_server_cache_evicts_and_prepares_again() {
+    let p = trust_pooler("pool_size = 1", "max_prepared_statements = 2").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    for k in 0..5 {
+        round(
+            &mut c,
+            &[
+                ext::parse(&format!("s{k}"), &format!("select {k}")),
+                ext::sync(),
+            ]
+            .concat(),
+            1,
+        )
+        .await;
+    }
+    for _ in 0..3 {
+        for k in 0..5 {
+            let r = round(&mut c, &ext::run(&format!("s{k}"), &[]), 1).await;
+            assert_eq!(first_columns(&r), [k.to_string()]);
+        }
+    }
+    c.query("select count(*) from pg_prepared_statements").await;
+    let count = first_columns(&c.read_until(b'Z').await);
+    assert_eq!(
+        count,
+        ["2"],
+        "max_prepared_statements bounds the server side"
+    );
+}
+
+/// The number of rows a simple query returned, as its first column text.
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = c.simple_query(sql).await.expect(sql);
+    msgs.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_owned())
+}
+
+/// Prepares `sql`, retrying once after `cached plan must not change result
+/// type` (counted in `seen`).
+async fn prepare_retrying(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    seen: &mut usize,
+) -> tokio_postgres::Statement {
+    match c.prepare(sql).await {
+        Ok(s) => s,
+        Err(e) => {
+            assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+            *seen += 1;
+            c.prepare(sql).await.expect("preparing again works")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_tokio_postgres_tasks_on_four_servers_with_ddl() {
+    let p = Pooler::start(&pooler::config(PgServer::shared(), "", "pool_size = 4")).await;
+    let table = format!("ddl_{}", std::process::id());
+    let setup = p.connect().await;
+    setup
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, v int); \
+             insert into {table} select g, g * 2 from generate_series(1, 100) g"
+        ))
+        .await
+        .unwrap();
+    let type_changes = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..100i32 {
+        let (c, type_changes) = (p.connect().await, type_changes.clone());
+        let shared_sql = format!("select * from {table} where id = $1");
+        tasks.push(tokio::spawn(async move {
+            // A client may see the result-type change once (at prepare or
+            // at execution); preparing again then works.
+            let mut seen = 0;
+            let mut shared = prepare_retrying(&c, &shared_sql, &mut seen).await;
+            let own = c.prepare(&format!("select $1::int + {t}")).await.unwrap();
+            for i in 1..=20i32 {
+                let row = c.query_one(&own, &[&i]).await.unwrap();
+                assert_eq!(row.get::<_, i32>(0), i + t);
+                match c.query_one(&shared, &[&i]).await {
+                    Ok(row) => assert_eq!(row.get::<_, i32>(0), i),
+                    Err(e) => {
+                        assert_eq!(sqlstate(&e).as_deref(), Some("0A000"), "{e}");
+                        seen += 1;
+                        shared = prepare_retrying(&c, &shared_sql, &mut seen).await;
+                        let row = c.query_one(&shared, &[&i]).await.unwrap();
+                        assert_eq!(row.get::<_, i32>(0), i, "re-prepared statement works");
+                    }
+                }
+            }
+            assert!(
+                seen <= 1,
+                "a client sees the result-type change at most once, saw it {seen} times"
+            );
+            type_changes.fetch_add(seen, Ordering::Relaxed);
+        }));
+        if t == 50 {
+            setup
+                .batch_execute(&format!(
+                    "alter table {table} add column extra int default 0"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    for task in tasks {
+        task.await.expect("every task got right answers");
+    }
+    let seen = type_changes.load(Ordering::Relaxed);
+    assert!(
+        seen > 0,
+        "the DDL changed the result type of a prepared statement"
+    );
+    setup
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn set_commands_follow_the_client_to_any_server() {
+    let p = Pooler::start(&pooler::config(PgServer::shared(), "", "pool_size = 2")).await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    let holder = p.connect().await;
+    a.batch_execute("set search_path = a_schema, public; set application_name = 'a-app'")
+        .await
+        .unwrap();
+    a.batch_execute("begin; set statement_timeout = '7s'; rollback")
+        .await
+        .unwrap();
+    a.batch_execute("set local work_mem = '7MB'").await.unwrap();
+    for round in 0..4 {
+        if round % 2 == 1 {
+            holder.batch_execute("begin").await.unwrap();
+        }
+        assert_eq!(one(&a, "show search_path").await, "a_schema, public");
+        assert_eq!(one(&a, "show application_name").await, "a-app");
+        assert_eq!(
+            one(&a, "show statement_timeout").await,
+            "0",
+            "rolled-back SET is not kept"
+        );
+        assert_eq!(
+            one(&a, "show work_mem").await,
+            "4MB",
+            "SET LOCAL is not kept"
+        );
+        assert_eq!(
+            one(&b, "show search_path").await,
+            "\"$user\", public",
+            "B never sees A's settings"
+        );
+        assert_eq!(one(&b, "show application_name").await, "");
+        if round % 2 == 1 {
+            holder.batch_execute("commit").await.unwrap();
+        }
+    }
+    a.batch_execute("reset all").await.unwrap();
+    assert_eq!(one(&a, "show search_path").await, "\"$user\", public");
+    tokio::time::timeout(Duration::from_secs(5), b.batch_execute("select 1"))
+        .await
+        .unwrap()
+        .unwrap();
+}
