@@ -24,7 +24,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::info;
 
-use auth::scram::ScramSecret;
 use config::Config;
 use frontend::cancel::CancelRegistry;
 use pool::Registry;
@@ -41,8 +40,8 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// One permit per allowed client connection (`max_client_conn`).
     pub client_slots: Arc<Semaphore>,
-    /// SCRAM secrets of configured users, derived once at start.
-    pub secrets: HashMap<String, ScramSecret>,
+    /// Configured users' secrets, prepared once at start.
+    pub users: HashMap<String, frontend::auth::UserAuth>,
     /// Random per process; salts the mock secrets of unknown users.
     pub mock_nonce: [u8; 32],
 }
@@ -62,16 +61,19 @@ impl Pgtarn {
     pub async fn bind(config: Config) -> std::io::Result<Pgtarn> {
         let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
         let config = Arc::new(config);
-        let secrets = config
+        let users = config
             .users
             .iter()
-            .map(|(name, u)| (name.clone(), ScramSecret::from_password(&u.password)))
+            .filter_map(|(name, u)| {
+                let secret = auth::Secret::parse(&u.password).ok()?;
+                Some((name.clone(), frontend::auth::UserAuth::new(secret)))
+            })
             .collect();
         let ctx = Context {
             registry: Registry::new(config.clone()),
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
-            secrets,
+            users,
             mock_nonce: rand::random(),
             config,
         };

@@ -565,7 +565,7 @@ fn parse_client_final(msg: &str) -> Result<ClientFinal<'_>, ScramError> {
 }
 
 /// Returns the value of `part` if it starts with `prefix` (e.g. `"r="`).
-fn attribute<'a>(
+pub(crate) fn attribute<'a>(
     part: Option<&'a str>,
     prefix: &'static str,
     error: &'static str,
@@ -656,7 +656,7 @@ fn new_mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
     let mut mac = new_mac(key);
     for part in parts {
         mac.update(part);
@@ -664,11 +664,11 @@ fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; KEY_LEN] {
     mac.finalize().into_bytes().into()
 }
 
-fn sha256(data: &[u8]) -> [u8; KEY_LEN] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; KEY_LEN] {
     Sha256::digest(data).into()
 }
 
-fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+pub(crate) fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     let mut out = *a;
     for (o, x) in out.iter_mut().zip(b) {
         *o ^= x;
@@ -676,7 +676,7 @@ fn xor(a: &[u8; KEY_LEN], b: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     out
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     rand::rng().fill_bytes(&mut bytes);
     bytes

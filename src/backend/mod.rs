@@ -23,6 +23,7 @@ use crate::protocol::backend::{self as msg, ErrorFields};
 use crate::protocol::frame::server_streamable;
 use crate::protocol::startup::CancelKey;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter, encode};
+pub use login::Credential;
 pub use state::ServerState;
 
 /// Where and as whom to connect upstream.
@@ -36,8 +37,8 @@ pub struct Target {
     pub dbname: String,
     /// User name upstream.
     pub user: String,
-    /// Password for the user, if the server asks for one.
-    pub password: Option<String>,
+    /// What to log in with, if the server asks.
+    pub credential: Credential,
     /// Largest message buffered whole, bytes.
     pub max_message_len: usize,
 }

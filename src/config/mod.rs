@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod tls;
+pub use tls::{ClientTlsMode, ServerTlsMode};
+
 /// A configuration that failed to load; the message names the bad key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +52,9 @@ pub struct Config {
     /// `[users.NAME]`: users and the passwords pgtarn uses for them upstream.
     #[serde(default)]
     pub users: BTreeMap<String, User>,
+    /// `[tls.client]`, `[tls.server]`: TLS on both sides.
+    #[serde(default)]
+    pub tls: tls::Tls,
 }
 
 /// How long a server connection stays assigned to one client.
@@ -79,6 +85,11 @@ pub enum AuthType {
     #[default]
     #[serde(rename = "scram-sha-256")]
     ScramSha256,
+    /// MD5 challenge against the user's password or md5 hash (a user whose
+    /// secret is a SCRAM verifier is asked for SCRAM instead, as Postgres
+    /// does).
+    #[serde(rename = "md5")]
+    Md5,
     /// No password is asked for: any client naming a configured user is let in.
     #[serde(rename = "trust")]
     Trust,
@@ -116,8 +127,8 @@ pub struct General {
     /// CopyData messages are streamed and not bound by it). Default 8388608
     /// (8 MiB).
     pub max_message_len: usize,
-    /// How clients authenticate: `"scram-sha-256"` or `"trust"`.
-    /// Default `"scram-sha-256"`.
+    /// How clients authenticate: `"scram-sha-256"`, `"md5"` or `"trust"`;
+    /// per database `auth_type` overrides it. Default `"scram-sha-256"`.
     pub auth_type: AuthType,
     /// SQL run on a session-mode server before another client gets it.
     /// Default `"DISCARD ALL"`.
@@ -184,6 +195,10 @@ pub struct Database {
     /// Server connections kept open per pool once it exists. Default 0.
     #[serde(default)]
     pub min_pool_size: usize,
+    /// Overrides `[pgtarn] auth_type` for this database. Default: none.
+    pub auth_type: Option<AuthType>,
+    /// Overrides `[tls.server] mode` for this database. Default: none.
+    pub server_tls_mode: Option<ServerTlsMode>,
 }
 
 fn default_host() -> String {
@@ -200,8 +215,12 @@ fn default_pool_size() -> usize {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
-    /// The user's password: checked when clients log in and used to log in
-    /// to Postgres. Required; never logged.
+    /// The user's secret, required, never logged: a plaintext password, a
+    /// SCRAM verifier as in `pg_authid.rolpassword`
+    /// (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`), or an md5 hash
+    /// (`md5` + 32 hex digits). Checked when clients log in; pgtarn logs in
+    /// upstream with the password, the md5 hash (md5 servers), or SCRAM
+    /// passthrough (verifier).
     pub password: String,
 }
 
@@ -264,11 +283,54 @@ impl Config {
                 return invalid(key("host"), "must not be empty".into());
             }
         }
+        for (name, user) in &self.users {
+            if let Err(reason) = crate::auth::Secret::parse(&user.password) {
+                return invalid(format!("users.{name}.password"), reason.to_string());
+            }
+        }
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                reason: reason.into(),
+            })
+        };
+        let c = &self.tls.client;
+        if c.mode != ClientTlsMode::Disable && (c.cert.is_none() || c.key.is_none()) {
+            return invalid(
+                "tls.client.mode",
+                "needs tls.client.cert and tls.client.key",
+            );
+        }
+        let s = &self.tls.server;
+        let modes = std::iter::once(s.mode)
+            .chain(self.databases.values().filter_map(|d| d.server_tls_mode));
+        if s.ca.is_none()
+            && modes
+                .clone()
+                .any(|m| matches!(m, ServerTlsMode::VerifyCa | ServerTlsMode::VerifyFull))
+        {
+            return invalid("tls.server.ca", "is required by verify-ca and verify-full");
+        }
+        if s.cert.is_some() != s.key.is_some() {
+            return invalid(
+                "tls.server.cert",
+                "tls.server.cert and tls.server.key go together",
+            );
+        }
         Ok(())
     }
 }
 
 impl Database {
+    /// The client authentication method for this database.
+    pub fn auth_type(&self, general: &General) -> AuthType {
+        self.auth_type.unwrap_or(general.auth_type)
+    }
+
     /// The database name to use upstream for client-facing name `name`.
     pub fn upstream_name<'a>(&'a self, name: &'a str) -> &'a str {
         self.dbname.as_deref().unwrap_or(name)

@@ -1,49 +1,80 @@
-//! Client authentication: trust, or SCRAM-SHA-256 against the user's
-//! configured password. An unknown user goes through the same exchange
-//! against a throwaway secret and gets the same error as a wrong password,
-//! so the answer does not reveal which users exist.
+//! Client authentication: SCRAM-SHA-256 (with `-PLUS` channel binding on
+//! TLS), md5, or trust, against the user's configured secret. An unknown
+//! user goes through the same exchange against a mock secret and gets the
+//! same error as a wrong password, so the answer does not reveal which users
+//! exist. Nothing here logs a password, a verifier or a proof.
 
 use bytes::{BufMut, BytesMut};
+use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 
 use super::error::ClientError;
 use super::handshake::read_frame;
+use crate::auth::Secret;
 use crate::auth::scram::{ChannelBinding, ScramSecret, ScramServer};
+use crate::auth::scram_client::ScramKeys;
+use crate::auth::secret::md5_response;
 use crate::config::AuthType;
 use crate::net::Stream;
 use crate::protocol::reader::Reader;
-use crate::protocol::{ProtocolError, Splitter, encode};
+use crate::protocol::{Frame, ProtocolError, Splitter, encode};
 
 /// Largest authentication message accepted from a client, bytes.
 const MAX_AUTH_MESSAGE: usize = 8192;
 
+/// A configured user's secrets, prepared once at start.
+#[derive(Debug, Clone)]
+pub struct UserAuth {
+    /// The secret as configured.
+    pub secret: Secret,
+    /// The SCRAM secret clients are checked against (none for md5 hashes).
+    pub scram: Option<ScramSecret>,
+}
+
+impl UserAuth {
+    /// Prepares `secret` (derives the SCRAM secret of a password).
+    pub fn new(secret: Secret) -> Self {
+        let scram = secret.scram();
+        UserAuth { secret, scram }
+    }
+}
+
 /// What the client's credentials are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct Credentials<'a> {
-    /// The user's secret, `None` for an unknown user.
-    pub secret: Option<&'a ScramSecret>,
+    /// The user, `None` if unknown.
+    pub user: Option<&'a UserAuth>,
     /// Per-process nonce that salts mock secrets for unknown users.
     pub mock_nonce: &'a [u8; 32],
+    /// tls-server-end-point data when the client is on TLS.
+    pub channel_binding: Option<&'a [u8]>,
 }
 
 /// Authenticates the client as `user`, ending with AuthenticationOk.
+/// Returns the SCRAM passthrough keys when the user's secret is a verifier
+/// and the client proved it with SCRAM.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     creds: Credentials<'_>,
-    auth_type: AuthType,
-) -> Result<(), ClientError> {
-    let secret = creds.secret;
-    if auth_type == AuthType::ScramSha256 {
-        scram(stream, buf, user, creds).await?;
-    } else if secret.is_none() {
-        return Err(ClientError::AuthFailed(user.to_owned()));
-    }
+    method: AuthType,
+) -> Result<Option<ScramKeys>, ClientError> {
+    let failed = || ClientError::AuthFailed(user.to_owned());
+    let md5_hash = creds.user.and_then(|u| u.secret.md5_hash(user));
+    let keys = match method {
+        AuthType::Trust if creds.user.is_some() => None,
+        AuthType::Trust => return Err(failed()),
+        AuthType::Md5 if md5_hash.is_some() || creds.user.is_none() => {
+            md5(stream, buf, user, md5_hash.as_deref()).await?;
+            None
+        }
+        AuthType::Md5 | AuthType::ScramSha256 => scram(stream, buf, user, creds).await?,
+    };
     let mut out = BytesMut::new();
     encode::auth_ok(&mut out);
     stream.write_all(&out).await?;
-    Ok(())
+    Ok(keys)
 }
 
 async fn scram(
@@ -51,14 +82,19 @@ async fn scram(
     buf: &mut BytesMut,
     user: &str,
     creds: Credentials<'_>,
-) -> Result<(), ClientError> {
+) -> Result<Option<ScramKeys>, ClientError> {
     let failed = || ClientError::AuthFailed(user.to_owned());
-    let known = creds.secret.is_some();
-    let secret = match creds.secret {
+    let known = creds.user.and_then(|u| u.scram.as_ref());
+    let secret = match known {
         Some(s) => s.clone(),
         None => ScramSecret::mock(user, creds.mock_nonce),
     };
-    let mut server = ScramServer::new(secret, ChannelBinding::None);
+    let server_key = secret.server_key;
+    let binding = match creds.channel_binding {
+        Some(hash) => ChannelBinding::TlsServerEndPoint(hash.to_vec()),
+        None => ChannelBinding::None,
+    };
+    let mut server = ScramServer::new(secret, binding);
     let mut splitter = Splitter::new(MAX_AUTH_MESSAGE, |_| false);
     send_auth(stream, 10, |b| {
         for m in server.mechanisms() {
@@ -73,10 +109,39 @@ async fn scram(
     send_auth(stream, 11, |b| b.put_slice(&first)).await?;
     let f = password_frame(stream, buf, &mut splitter).await?;
     let last = server.client_final(f.body()).map_err(|_| failed())?;
-    if !known {
+    if known.is_none() {
         return Err(failed());
     }
-    send_auth(stream, 12, |b| b.put_slice(&last)).await
+    send_auth(stream, 12, |b| b.put_slice(&last)).await?;
+    let passthrough = matches!(creds.user.map(|u| &u.secret), Some(Secret::Scram(_)));
+    Ok(server
+        .client_key()
+        .filter(|_| passthrough)
+        .map(|client_key| ScramKeys {
+            client_key,
+            server_key,
+        }))
+}
+
+/// The md5 challenge; `hash` is the user's md5 hash (`None`: unknown user).
+async fn md5(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+    hash: Option<&str>,
+) -> Result<(), ClientError> {
+    let salt: [u8; 4] = rand::random();
+    send_auth(stream, 5, |b| b.put_slice(&salt)).await?;
+    let mut splitter = Splitter::new(MAX_AUTH_MESSAGE, |_| false);
+    let f = password_frame(stream, buf, &mut splitter).await?;
+    let mut r = Reader::new(f.body(), "PasswordMessage");
+    let answer = r.cstr_bytes()?;
+    let ok = hash.is_some_and(|h| bool::from(md5_response(h, salt).as_bytes().ct_eq(answer)));
+    if ok {
+        Ok(())
+    } else {
+        Err(ClientError::AuthFailed(user.to_owned()))
+    }
 }
 
 async fn send_auth(
@@ -97,7 +162,7 @@ async fn password_frame(
     stream: &mut Stream,
     buf: &mut BytesMut,
     splitter: &mut Splitter,
-) -> Result<crate::protocol::Frame, ClientError> {
+) -> Result<Frame, ClientError> {
     let f = read_frame(stream, buf, splitter).await?;
     if f.tag() != b'p' {
         return Err(ProtocolError::Unexpected(f.tag() as char).into());

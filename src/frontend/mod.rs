@@ -1,6 +1,6 @@
 //! One client connection: startup, login, then the session loop.
 
-mod auth;
+pub mod auth;
 pub mod cancel;
 pub mod error;
 mod handshake;
@@ -110,16 +110,21 @@ async fn login_steps(
         .param("database")
         .filter(|d| !d.is_empty())
         .unwrap_or(user);
-    if !ctx.config.databases.contains_key(database) {
+    let Some(db) = ctx.config.databases.get(database) else {
         return Err(ClientError::UnknownDatabase(database.to_owned()));
-    }
+    };
     let params = ClientParams::from_startup(&startup.params)?;
     let creds = auth::Credentials {
-        secret: ctx.secrets.get(user),
+        user: ctx.users.get(user),
         mock_nonce: &ctx.mock_nonce,
+        channel_binding: None,
     };
-    auth::authenticate(stream, buf, user, creds, ctx.config.pgtarn.auth_type).await?;
+    let method = db.auth_type(&ctx.config.pgtarn);
+    let keys = auth::authenticate(stream, buf, user, creds, method).await?;
     let pool = ctx.registry.get(database, user)?;
+    if let Some(keys) = keys {
+        pool.learn_scram_keys(keys);
+    }
     let defaults = Arc::new(pool.login_params().await?);
     let registration = ctx.cancels.register();
     let mut out = BytesMut::new();

@@ -17,6 +17,7 @@ use std::time::Duration;
 use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
 use tracing::{debug, warn};
 
+use crate::auth::scram_client::ScramKeys;
 use crate::backend::{BackendError, Target};
 use crate::config::PoolMode;
 pub use guard::Checkout;
@@ -139,12 +140,20 @@ pub struct Pool {
     pub settings: PoolSettings,
     /// Statements known to parse on this pool's servers.
     pub known_statements: Arc<KnownStatements>,
+    /// SCRAM passthrough keys, learned from a client's SCRAM login; used
+    /// when the user's only secret is a verifier.
+    passthrough: Arc<Mutex<Option<ScramKeys>>>,
     inner: managed::Pool<Manager>,
 }
 
 impl Pool {
     /// A pool for `key` whose connections go to `target`.
-    pub fn new(key: PoolKey, target: Target, settings: PoolSettings) -> Arc<Pool> {
+    pub fn new(
+        key: PoolKey,
+        target: Target,
+        settings: PoolSettings,
+        passthrough: Arc<Mutex<Option<ScramKeys>>>,
+    ) -> Arc<Pool> {
         let manager = Manager::new(target, settings.lifetime, settings.connect_timeout);
         let inner = managed::Pool::builder(manager)
             .max_size(settings.size)
@@ -156,8 +165,15 @@ impl Pool {
             key,
             settings,
             known_statements: Arc::default(),
+            passthrough,
             inner,
         })
+    }
+
+    /// Records the keys a client's SCRAM login revealed, for SCRAM
+    /// passthrough upstream.
+    pub fn learn_scram_keys(&self, keys: ScramKeys) {
+        *self.passthrough.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
     }
 
     /// Waits (FIFO, bounded by `query_wait_timeout`) for a server.

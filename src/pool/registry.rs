@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Pool, PoolKey, PoolSettings};
-use crate::backend::Target;
+use crate::auth::Secret;
+use crate::backend::{Credential, Target};
 use crate::config::Config;
 
 /// Why no pool exists for a client's (database, user).
@@ -72,12 +73,19 @@ impl Registry {
             .users
             .get(&key.user)
             .ok_or_else(|| LookupError::UnknownUser(key.user.clone()))?;
+        let passthrough = Arc::new(Mutex::new(None));
+        let credential = match Secret::parse(&user.password) {
+            Ok(Secret::Password(p)) => Credential::Password(p),
+            Ok(Secret::Md5(h)) => Credential::Md5Hash(h),
+            Ok(Secret::Scram(_)) => Credential::ScramKeys(passthrough.clone()),
+            Err(_) => Credential::None,
+        };
         let target = Target {
             host: db.host.clone(),
             port: db.port,
             dbname: db.upstream_name(&key.database).to_owned(),
             user: key.user.clone(),
-            password: Some(user.password.clone()),
+            credential,
             max_message_len: c.pgtarn.max_message_len,
         };
         let g = &c.pgtarn;
@@ -97,7 +105,7 @@ impl Registry {
                 max_bytes: g.max_client_prepared_bytes,
             },
         };
-        Ok(Pool::new(key, target, settings))
+        Ok(Pool::new(key, target, settings, passthrough))
     }
 
     /// Closes every pool.
