@@ -6,6 +6,7 @@
 //! ([`pool`]).
 
 pub mod auth;
+pub mod auth_query;
 pub mod backend;
 pub mod config;
 pub mod frontend;
@@ -41,7 +42,9 @@ pub struct Context {
     /// One permit per allowed client connection (`max_client_conn`).
     pub client_slots: Arc<Semaphore>,
     /// Configured users' secrets, prepared once at start.
-    pub users: HashMap<String, frontend::auth::UserAuth>,
+    pub users: HashMap<String, Arc<frontend::auth::UserAuth>>,
+    /// Users looked up with `auth_query`.
+    pub auth_query: auth_query::AuthQuery,
     /// Random per process; salts the mock secrets of unknown users.
     pub mock_nonce: [u8; 32],
 }
@@ -66,7 +69,10 @@ impl Pgtarn {
             .iter()
             .filter_map(|(name, u)| {
                 let secret = auth::Secret::parse(&u.password).ok()?;
-                Some((name.clone(), frontend::auth::UserAuth::new(secret)))
+                Some((
+                    name.clone(),
+                    Arc::new(frontend::auth::UserAuth::new(secret)),
+                ))
             })
             .collect();
         let ctx = Context {
@@ -74,6 +80,7 @@ impl Pgtarn {
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
             users,
+            auth_query: Default::default(),
             mock_nonce: rand::random(),
             config,
         };

@@ -133,7 +133,11 @@ impl fmt::Debug for ServerTls {
 /// certificate is requested. ALPN `postgresql` is advertised but not
 /// required: a client offering no ALPN is accepted, one offering only other
 /// protocols is refused (`no_application_protocol`), as PostgreSQL does.
-pub fn server_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, TlsError> {
+pub fn server_tls(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTls, TlsError> {
     let chain = load_certs(cert)?;
     let end_point_hash = end_point_hash(&chain[0]);
     let key_der = load_key(key)?;
@@ -145,9 +149,9 @@ pub fn server_tls(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<S
         Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
-        TlsError::Rustls(format!("{} with {}: {e}", cert.display(), key.display()))
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| TlsError::Rustls(format!("{} with {}: {e}", cert.display(), key.display())))?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(ServerTls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -446,47 +450,63 @@ const SEQUENCE: u8 = 0x30;
 const OID: u8 = 0x06;
 const CONTEXT_0: u8 = 0xa0;
 
-/// Signature algorithm OIDs (DER contents) and their channel-binding hash.
-const SIGNATURE_HASHES: &[(&[u8], EndPointHash)] = &[
-    // md5WithRSAEncryption, sha1WithRSAEncryption (1.2.840.113549.1.1.4/5)
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 4], EndPointHash::Sha256),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 5], EndPointHash::Sha256),
-    // sha256/384/512/224WithRSAEncryption (1.2.840.113549.1.1.11-14)
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 11], EndPointHash::Sha256),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 12], EndPointHash::Sha384),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 13], EndPointHash::Sha512),
-    (&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 14], EndPointHash::Sha224),
-    // ecdsa-with-SHA1 (1.2.840.10045.4.1)
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 1], EndPointHash::Sha256),
-    // ecdsa-with-SHA224/256/384/512 (1.2.840.10045.4.3.1-4)
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 1], EndPointHash::Sha224),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 2], EndPointHash::Sha256),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 3], EndPointHash::Sha384),
-    (&[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, 4], EndPointHash::Sha512),
-    // dsa-with-sha1 (1.2.840.10040.4.3)
-    (&[0x2a, 0x86, 0x48, 0xce, 0x38, 4, 3], EndPointHash::Sha256),
-    // dsa-with-sha224/256 (2.16.840.1.101.3.4.3.1-2)
-    (&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 3, 1], EndPointHash::Sha224),
-    (&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 3, 2], EndPointHash::Sha256),
-];
+/// The channel-binding hash for a signature algorithm OID (DER contents).
+fn signature_oid_hash(oid: &[u8]) -> Option<EndPointHash> {
+    use EndPointHash as H;
+    match oid {
+        // {md5,sha1,sha256,sha384,sha512,sha224}WithRSAEncryption:
+        // 1.2.840.113549.1.1.{4,5,11,12,13,14}
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, n] => match n {
+            4 | 5 | 11 => Some(H::Sha256),
+            12 => Some(H::Sha384),
+            13 => Some(H::Sha512),
+            14 => Some(H::Sha224),
+            _ => None,
+        },
+        // ecdsa-with-SHA1: 1.2.840.10045.4.1; dsa-with-sha1: 1.2.840.10040.4.3
+        [0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 1] | [0x2a, 0x86, 0x48, 0xce, 0x38, 4, 3] => {
+            Some(H::Sha256)
+        }
+        // ecdsa-with-SHA{224,256,384,512}: 1.2.840.10045.4.3.{1,2,3,4}
+        [0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, n] => sha2_by_index(*n),
+        // dsa-with-sha{224,256}: 2.16.840.1.101.3.4.3.{1,2}
+        [0x60, 0x86, 0x48, 1, 0x65, 3, 4, 3, n @ (1 | 2)] => sha2_by_index(*n),
+        _ => None,
+    }
+}
 
-/// Digest algorithm OIDs (inside RSASSA-PSS parameters).
-const DIGEST_HASHES: &[(&[u8], EndPointHash)] = &[
-    // sha1 (1.3.14.3.2.26)
-    (&[0x2b, 0x0e, 3, 2, 0x1a], EndPointHash::Sha256),
-    // sha256/384/512/224 (2.16.840.1.101.3.4.2.1-4)
-    (&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 1], EndPointHash::Sha256),
-    (&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 2], EndPointHash::Sha384),
-    (&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 3], EndPointHash::Sha512),
-    (&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 4], EndPointHash::Sha224),
-];
+/// The channel-binding hash for a digest algorithm OID (DER contents), as
+/// found in RSASSA-PSS parameters.
+fn digest_oid_hash(oid: &[u8]) -> Option<EndPointHash> {
+    match oid {
+        // sha1: 1.3.14.3.2.26
+        [0x2b, 0x0e, 3, 2, 0x1a] => Some(EndPointHash::Sha256),
+        // sha256, sha384, sha512, sha224: 2.16.840.1.101.3.4.2.{1,2,3,4}
+        [0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, n] => match n {
+            1 => Some(EndPointHash::Sha256),
+            2 => Some(EndPointHash::Sha384),
+            3 => Some(EndPointHash::Sha512),
+            4 => Some(EndPointHash::Sha224),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// SHA-224/256/384/512 for 1/2/3/4 (the last arc of the ECDSA and DSA
+/// signature OIDs).
+fn sha2_by_index(n: u8) -> Option<EndPointHash> {
+    match n {
+        1 => Some(EndPointHash::Sha224),
+        2 => Some(EndPointHash::Sha256),
+        3 => Some(EndPointHash::Sha384),
+        4 => Some(EndPointHash::Sha512),
+        _ => None,
+    }
+}
 
 /// id-RSASSA-PSS (1.2.840.113549.1.1.10): the hash is in the parameters.
 const RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 10];
-
-fn lookup(table: &[(&[u8], EndPointHash)], oid: &[u8]) -> Option<EndPointHash> {
-    table.iter().find(|(o, _)| *o == oid).map(|&(_, h)| h)
-}
 
 /// The hash of the certificate's `signatureAlgorithm` (`Certificate ::=
 /// SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }`).
@@ -498,7 +518,7 @@ fn signature_hash(cert: &[u8]) -> Option<EndPointHash> {
     if oid == RSASSA_PSS {
         return pss_hash(params);
     }
-    lookup(SIGNATURE_HASHES, oid)
+    signature_oid_hash(oid)
 }
 
 /// `RSASSA-PSS-params ::= SEQUENCE { hashAlgorithm [0] AlgorithmIdentifier
@@ -509,7 +529,7 @@ fn pss_hash(params: &[u8]) -> Option<EndPointHash> {
         Some((CONTEXT_0, hash_algorithm, _)) => {
             let (algorithm, _) = der_expect(hash_algorithm, SEQUENCE)?;
             let (oid, _) = der_expect(algorithm, OID)?;
-            lookup(DIGEST_HASHES, oid)
+            digest_oid_hash(oid)
         }
         _ => Some(EndPointHash::Sha256),
     }
@@ -679,9 +699,11 @@ mod tests {
                 leaf: conn.peer_certificates().expect("server cert")[0].to_vec(),
             })
         };
-        tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(serve, connect) })
-            .await
-            .expect("handshake timed out")
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(serve, connect)
+        })
+        .await
+        .expect("handshake timed out")
     }
 
     fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
@@ -715,17 +737,26 @@ mod tests {
         let pki = Pki::new();
         let missing = pki.dir.path().join("nope.crt");
         let err = server_tls(&missing, &pki.server_key, None).unwrap_err();
-        assert!(matches!(&err, TlsError::Read { path, .. } if *path == missing), "{err:?}");
+        assert!(
+            matches!(&err, TlsError::Read { path, .. } if *path == missing),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("nope.crt"), "{err}");
         let err = server_tls(&pki.server_cert, &missing, None).unwrap_err();
-        assert!(matches!(&err, TlsError::Read { path, .. } if *path == missing), "{err:?}");
+        assert!(
+            matches!(&err, TlsError::Read { path, .. } if *path == missing),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn pem_without_key_is_no_key_error_naming_path() {
         let pki = Pki::new();
         let err = server_tls(&pki.server_cert, &pki.server_cert, None).unwrap_err();
-        assert!(matches!(&err, TlsError::NoKey { path } if *path == pki.server_cert), "{err:?}");
+        assert!(
+            matches!(&err, TlsError::NoKey { path } if *path == pki.server_cert),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("server.crt"), "{err}");
     }
 
@@ -748,7 +779,10 @@ mod tests {
         let text = std::fs::read_to_string(&pki.server_cert).expect("read");
         let cut = write(pki.dir.path(), "cut.crt", &text[..text.len() / 2]);
         let err = server_tls(&cut, &pki.server_key, None).unwrap_err();
-        assert!(matches!(&err, TlsError::Pem { path, .. } if *path == cut), "{err:?}");
+        assert!(
+            matches!(&err, TlsError::Pem { path, .. } if *path == cut),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -757,7 +791,10 @@ mod tests {
         let err = server_tls(&pki.server_cert, &pki.client_key, None).unwrap_err();
         assert!(matches!(err, TlsError::Rustls(_)), "{err:?}");
         let text = err.to_string();
-        assert!(text.contains("server.crt") && text.contains("client.key"), "{text}");
+        assert!(
+            text.contains("server.crt") && text.contains("client.key"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -783,11 +820,19 @@ mod tests {
         // The leaf's signature algorithm is the issuer's: the CA is P-256.
         assert_eq!(signature_hash(p384.der()), Some(EndPointHash::Sha256));
         assert_eq!(signature_hash(ed.der()), None);
-        assert_eq!(end_point_hash(ed.der()), Sha256::digest(ed.der().as_ref()).to_vec());
+        assert_eq!(
+            end_point_hash(ed.der()),
+            Sha256::digest(ed.der().as_ref()).to_vec()
+        );
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
-        let own = CertificateParams::default().self_signed(&key).expect("cert");
+        let own = CertificateParams::default()
+            .self_signed(&key)
+            .expect("cert");
         assert_eq!(signature_hash(own.der()), Some(EndPointHash::Sha384));
-        assert_eq!(end_point_hash(own.der()), Sha384::digest(own.der().as_ref()).to_vec());
+        assert_eq!(
+            end_point_hash(own.der()),
+            Sha384::digest(own.der().as_ref()).to_vec()
+        );
     }
 
     /// A minimal certificate-shaped DER: SEQUENCE { SEQUENCE {},
@@ -808,19 +853,65 @@ mod tests {
     fn signature_hash_table_and_pss_parameters() {
         let rsa = |n: u8| [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, n];
         let null = [0x05, 0];
-        assert_eq!(signature_hash(&fake_cert(&rsa(4), &null)), Some(EndPointHash::Sha256));
-        assert_eq!(signature_hash(&fake_cert(&rsa(5), &null)), Some(EndPointHash::Sha256));
-        assert_eq!(signature_hash(&fake_cert(&rsa(11), &null)), Some(EndPointHash::Sha256));
-        assert_eq!(signature_hash(&fake_cert(&rsa(12), &null)), Some(EndPointHash::Sha384));
-        assert_eq!(signature_hash(&fake_cert(&rsa(13), &null)), Some(EndPointHash::Sha512));
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(4), &null)),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(5), &null)),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(11), &null)),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(12), &null)),
+            Some(EndPointHash::Sha384)
+        );
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(13), &null)),
+            Some(EndPointHash::Sha512)
+        );
         let sha384 = [0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 2];
         let mut hash_alg = vec![SEQUENCE, 11, OID, 9];
         hash_alg.extend_from_slice(&sha384);
         let mut pss = vec![SEQUENCE, 15, CONTEXT_0, 13];
         pss.extend_from_slice(&hash_alg);
-        assert_eq!(signature_hash(&fake_cert(&rsa(10), &pss)), Some(EndPointHash::Sha384));
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(10), &pss)),
+            Some(EndPointHash::Sha384)
+        );
         let pss_default = [SEQUENCE, 0];
-        assert_eq!(signature_hash(&fake_cert(&rsa(10), &pss_default)), Some(EndPointHash::Sha256));
+        assert_eq!(
+            signature_hash(&fake_cert(&rsa(10), &pss_default)),
+            Some(EndPointHash::Sha256)
+        );
+        let ecdsa = |n: u8| [0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 3, n];
+        assert_eq!(signature_oid_hash(&ecdsa(1)), Some(EndPointHash::Sha224));
+        assert_eq!(signature_oid_hash(&ecdsa(4)), Some(EndPointHash::Sha512));
+        assert_eq!(signature_oid_hash(&ecdsa(9)), None);
+        assert_eq!(
+            signature_oid_hash(&[0x2a, 0x86, 0x48, 0xce, 0x3d, 4, 1]),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            signature_oid_hash(&[0x2a, 0x86, 0x48, 0xce, 0x38, 4, 3]),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            signature_oid_hash(&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 3, 2]),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(signature_oid_hash(&[0x2b, 0x65, 0x70]), None); // Ed25519
+        assert_eq!(
+            digest_oid_hash(&[0x2b, 0x0e, 3, 2, 0x1a]),
+            Some(EndPointHash::Sha256)
+        );
+        assert_eq!(
+            digest_oid_hash(&[0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 3]),
+            Some(EndPointHash::Sha512)
+        );
         assert_eq!(signature_hash(b"\x30\x05\x30\x00"), None);
         assert_eq!(signature_hash(&[]), None);
         assert_eq!(EndPointHash::Sha512.digest(b"x").len(), 64);
@@ -832,7 +923,12 @@ mod tests {
         let pki = Pki::new();
         let server = pki.server(None);
         for host in ["localhost", "127.0.0.1"] {
-            let (s, c) = handshake(&server, upstream(UpstreamMode::VerifyFull, Some(&pki.ca)), host).await;
+            let (s, c) = handshake(
+                &server,
+                upstream(UpstreamMode::VerifyFull, Some(&pki.ca)),
+                host,
+            )
+            .await;
             let seen = c.expect("client handshake");
             s.expect("server handshake");
             assert_eq!(Sha256::digest(&seen.leaf).to_vec(), server.end_point_hash);
@@ -849,7 +945,8 @@ mod tests {
             matches!(
                 rustls_error(&err),
                 Some(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
                 ))
             ),
             "{err:?}"
@@ -871,7 +968,9 @@ mod tests {
         assert!(
             matches!(
                 rustls_error(&err),
-                Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                Some(rustls::Error::InvalidCertificate(
+                    CertificateError::UnknownIssuer
+                ))
             ),
             "{err:?}"
         );
@@ -899,7 +998,11 @@ mod tests {
             assert!(matches!(err, TlsError::MissingCa { mode: m } if m == mode.as_str()));
             assert!(err.to_string().contains(mode.as_str()), "{err}");
         }
-        assert!(upstream_tls(UpstreamMode::Disable, None, None).expect("ok").is_none());
+        assert!(
+            upstream_tls(UpstreamMode::Disable, None, None)
+                .expect("ok")
+                .is_none()
+        );
         let pki = Pki::new();
         let err = upstream_tls(UpstreamMode::VerifyFull, Some(&pki.server_key), None).unwrap_err();
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
@@ -918,7 +1021,12 @@ mod tests {
                 .expect("upstream_tls")
                 .expect("config")
         };
-        let (s, c) = handshake(&server, with_cert(&pki.client_cert, &pki.client_key), "localhost").await;
+        let (s, c) = handshake(
+            &server,
+            with_cert(&pki.client_cert, &pki.client_key),
+            "localhost",
+        )
+        .await;
         assert_eq!(s.expect("client certificate accepted"), 1);
         c.expect("client handshake");
 
@@ -951,7 +1059,10 @@ mod tests {
         let (_, c) = handshake(&server, alpn(vec![]), "localhost").await;
         assert_eq!(c.expect("no ALPN is fine").alpn, None);
         let (s, c) = handshake(&server, alpn(vec![b"h2".to_vec()]), "localhost").await;
-        assert!(c.is_err() && s.is_err(), "only a foreign protocol is refused");
+        assert!(
+            c.is_err() && s.is_err(),
+            "only a foreign protocol is refused"
+        );
     }
 
     #[test]
@@ -980,9 +1091,18 @@ mod tests {
 
     #[test]
     fn server_name_parses_dns_names_and_ip_addresses() {
-        assert!(matches!(server_name("db.example.com"), Ok(ServerName::DnsName(_))));
-        assert!(matches!(server_name("localhost"), Ok(ServerName::DnsName(_))));
-        assert!(matches!(server_name("127.0.0.1"), Ok(ServerName::IpAddress(_))));
+        assert!(matches!(
+            server_name("db.example.com"),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("localhost"),
+            Ok(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
         assert!(matches!(server_name("::1"), Ok(ServerName::IpAddress(_))));
         assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
         let err = server_name("not a host").unwrap_err();

@@ -151,6 +151,29 @@ async fn copy_in_and_out_100k_rows() {
         .unwrap();
 }
 
+/// Drivers send Sync right after the Execute of a COPY FROM STDIN, and
+/// Postgres ignores it: the server must still be released afterwards.
+#[tokio::test]
+async fn copy_in_outside_a_transaction_releases_the_server() {
+    let p = pooler("", "pool_size = 1").await;
+    let t = table("copy_auto");
+    let c = p.connect().await;
+    c.batch_execute(&format!("create table {t} (id int)"))
+        .await
+        .unwrap();
+    let sink = c.copy_in(&format!("copy {t} from stdin")).await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n3\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 3);
+    let other = p.connect().await;
+    let sql = format!("select count(*) from {t}");
+    let count = tokio::time::timeout(DEADLINE, one(&other, &sql)).await;
+    assert_eq!(count.expect("the server was released"), "3");
+    c.batch_execute(&format!("drop table {t}")).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_large_row_is_streamed_through() {
     let p = pooler("max_message_len = 1048576", "").await;

@@ -4,6 +4,12 @@
 //! Query and Sync sent to it (each produces exactly one ReadyForQuery), no
 //! extended-protocol message is waiting for its Sync, and the last
 //! ReadyForQuery said `I` (no transaction open).
+//!
+//! One wrinkle: during COPY FROM STDIN Postgres ignores Sync and Flush.
+//! Drivers send Bind/Execute/Sync before they know the statement is a COPY,
+//! so when CopyInResponse arrives, the Syncs sent since the Execute (or
+//! Query) that started it are dropped from the count, and so are Syncs sent
+//! until the client's CopyDone or CopyFail.
 
 use crate::protocol::backend::TxStatus;
 
@@ -16,19 +22,43 @@ pub struct ServerState {
     unsynced: bool,
     /// Transaction status from the last ReadyForQuery.
     tx: TxStatus,
+    /// Syncs sent since the last Execute or Query.
+    syncs_since_execute: u32,
+    /// The server is in COPY FROM STDIN: Syncs are ignored.
+    copy_in: bool,
 }
 
 impl ServerState {
     /// Records a client message forwarded to the server.
     pub fn on_client_message(&mut self, tag: u8) {
         match tag {
-            b'Q' | b'F' | b'S' => {
+            b'S' if self.copy_in => {}
+            b'S' => {
                 self.pending_ready += 1;
                 self.unsynced = false;
+                self.syncs_since_execute += 1;
             }
-            b'P' | b'B' | b'E' | b'D' | b'C' => self.unsynced = true,
+            b'Q' | b'F' => {
+                self.pending_ready += 1;
+                self.unsynced = false;
+                self.syncs_since_execute = 0;
+            }
+            b'E' => {
+                self.unsynced = true;
+                self.syncs_since_execute = 0;
+            }
+            b'P' | b'B' | b'D' | b'C' => self.unsynced = true,
+            b'c' | b'f' => self.copy_in = false,
             _ => {}
         }
+    }
+
+    /// Records a CopyInResponse: the Syncs sent since the Execute that
+    /// started the copy will get no ReadyForQuery.
+    pub fn on_copy_in(&mut self) {
+        self.pending_ready = self.pending_ready.saturating_sub(self.syncs_since_execute);
+        self.syncs_since_execute = 0;
+        self.copy_in = true;
     }
 
     /// Records a ReadyForQuery received from the server.
@@ -97,6 +127,24 @@ mod tests {
         s.on_ready(TxStatus::Failed);
         assert!(!s.is_idle());
         assert_eq!(s.tx_status(), TxStatus::Failed);
+    }
+
+    #[test]
+    fn syncs_during_copy_in_are_ignored_as_postgres_does() {
+        let mut s = ServerState::default();
+        for tag in [b'B', b'E', b'S'] {
+            s.on_client_message(tag);
+        }
+        s.on_copy_in();
+        for tag in [b'd', b'S', b'd', b'c', b'S'] {
+            s.on_client_message(tag);
+        }
+        assert!(!s.is_idle());
+        s.on_ready(TxStatus::Idle);
+        assert!(
+            s.is_idle(),
+            "one ReadyForQuery, for the Sync after CopyDone"
+        );
     }
 
     #[test]

@@ -150,6 +150,17 @@ pub struct General {
     /// Most bytes of prepared-statement text (Parse messages) one client may
     /// have; the next Parse fails with 53400. Default 4194304 (4 MiB).
     pub max_client_prepared_bytes: usize,
+    /// User (configured in `[users]` with a plaintext password) that looks
+    /// up users missing from `[users]` with `auth_query`. Default: none
+    /// (unknown users are refused).
+    pub auth_user: Option<String>,
+    /// Query returning (user name, secret) for `$1`, run as `auth_user` in
+    /// the client's database. Default
+    /// `"SELECT usename, passwd FROM pg_shadow WHERE usename = $1"`.
+    pub auth_query: String,
+    /// How long an `auth_query` answer is reused. Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
 }
 
 impl Default for General {
@@ -170,6 +181,9 @@ impl Default for General {
             max_prepared_statements: 200,
             max_client_prepared_statements: 1000,
             max_client_prepared_bytes: 4 << 20,
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_cache_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -286,6 +300,16 @@ impl Config {
         for (name, user) in &self.users {
             if let Err(reason) = crate::auth::Secret::parse(&user.password) {
                 return invalid(format!("users.{name}.password"), reason.to_string());
+            }
+        }
+        if let Some(name) = &g.auth_user {
+            let plain = self
+                .users
+                .get(name)
+                .map(|u| crate::auth::Secret::parse(&u.password));
+            if !matches!(plain, Some(Ok(crate::auth::Secret::Password(_)))) {
+                let reason = format!("\"{name}\" must be in [users] with a plaintext password");
+                return invalid("pgtarn.auth_user".into(), reason);
             }
         }
         self.validate_tls()

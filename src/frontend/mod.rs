@@ -114,14 +114,19 @@ async fn login_steps(
         return Err(ClientError::UnknownDatabase(database.to_owned()));
     };
     let params = ClientParams::from_startup(&startup.params)?;
+    let found = match ctx.users.get(user) {
+        Some(u) => Some(u.clone()),
+        None => ctx.auth_query.lookup(&ctx.config, database, user).await,
+    };
     let creds = auth::Credentials {
-        user: ctx.users.get(user),
+        user: found.as_deref(),
         mock_nonce: &ctx.mock_nonce,
         channel_binding: None,
     };
     let method = db.auth_type(&ctx.config.pgtarn);
     let keys = auth::authenticate(stream, buf, user, creds, method).await?;
-    let pool = ctx.registry.get(database, user)?;
+    let secret = found.as_ref().map(|u| &u.secret);
+    let pool = ctx.registry.get(database, user, secret)?;
     if let Some(keys) = keys {
         pool.learn_scram_keys(keys);
     }

@@ -103,6 +103,8 @@ pub enum Route {
 pub struct ReplyQueue {
     entries: VecDeque<Entry>,
     skipping: bool,
+    /// The server is in COPY FROM STDIN, where it ignores Sync.
+    copy_in: bool,
 }
 
 impl ReplyQueue {
@@ -117,9 +119,18 @@ impl ReplyQueue {
         self.skipping
     }
 
+    /// Records a client message that ends COPY FROM STDIN (CopyDone or
+    /// CopyFail).
+    pub fn copy_ended(&mut self) {
+        self.copy_in = false;
+    }
+
     /// Records a message sent to the server.
     pub fn expect(&mut self, expect: Expect, visible: bool) {
         if expect == Expect::Sync {
+            if self.copy_in {
+                return;
+            }
             self.skipping = false;
         }
         self.entries.push_back(Entry::Server { expect, visible });
@@ -146,16 +157,15 @@ impl ReplyQueue {
         self.skipping = false;
     }
 
-    /// Routes one server message, releasing made-up replies that become
-    /// due into `out` and reporting cache effects into `effects`.
-    pub fn on_server(
-        &mut self,
-        tag: u8,
-        body: &[u8],
-        out: &mut Outbox,
-        effects: &mut Vec<Effect>,
-    ) -> Route {
+    /// Routes one server message and reports cache effects into `effects`.
+    /// Made-up replies it makes due are released by the next
+    /// [`ReplyQueue::release_due`], which must follow the message itself.
+    pub fn on_server(&mut self, tag: u8, body: &[u8], effects: &mut Vec<Effect>) -> Route {
         if matches!(tag, b'N' | b'S' | b'A') {
+            return Route::Forward;
+        }
+        if tag == b'G' {
+            self.on_copy_in();
             return Route::Forward;
         }
         let Some(Entry::Server { expect, visible }) = self.entries.front() else {
@@ -168,20 +178,36 @@ impl ReplyQueue {
         };
         if tag == b'E' && *expect != Expect::Query && *expect != Expect::Sync {
             self.on_extended_error(body, effects);
-            self.release_made(out);
             return Route::Forward;
         }
-        if expect.ended_by(tag) {
-            if let Some(Entry::Server {
+        if expect.ended_by(tag)
+            && let Some(Entry::Server {
                 expect: Expect::Parse(Some(p)),
                 ..
             }) = self.entries.pop_front()
-            {
-                effects.push(Effect::Prepared(p.global));
-            }
-            self.release_made(out);
+        {
+            effects.push(Effect::Prepared(p.global));
         }
         route
+    }
+
+    /// CopyInResponse: Postgres ignores the Syncs sent after the message
+    /// that started the copy, and those sent until the copy ends.
+    fn on_copy_in(&mut self) {
+        let head = self.entries.pop_front();
+        self.entries.retain(|e| {
+            !matches!(
+                e,
+                Entry::Server {
+                    expect: Expect::Sync,
+                    ..
+                }
+            )
+        });
+        if let Some(head) = head {
+            self.entries.push_front(head);
+        }
+        self.copy_in = true;
     }
 
     fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) {
@@ -221,7 +247,9 @@ impl ReplyQueue {
         self.skipping = true;
     }
 
-    fn release_made(&mut self, out: &mut Outbox) {
+    /// Sends the made-up replies that are now due (nothing owed before
+    /// them) to `out`.
+    pub fn release_due(&mut self, out: &mut Outbox) {
         while let Some(Entry::Made(_)) = self.entries.front() {
             if let Some(Entry::Made(reply)) = self.entries.pop_front() {
                 out.push(reply);
@@ -245,6 +273,23 @@ mod tests {
     use crate::protocol::encode::{self, Severity};
     use bytes::BytesMut;
 
+    /// What the translator does with a server message: route it, forward
+    /// it if so routed, then release made-up replies now due.
+    fn step(
+        q: &mut ReplyQueue,
+        tag: u8,
+        body: &[u8],
+        out: &mut Outbox,
+        fx: &mut Vec<Effect>,
+    ) -> Route {
+        let route = q.on_server(tag, body, fx);
+        if route == Route::Forward {
+            out.push(made(tag));
+        }
+        q.release_due(out);
+        route
+    }
+
     fn drain(out: &mut Outbox) -> Vec<Bytes> {
         out.take()
     }
@@ -267,11 +312,16 @@ mod tests {
         q.made(made(b'1'), &mut out);
         q.expect(Expect::Execute, true);
         assert!(out.is_empty(), "the BindComplete comes first");
-        assert_eq!(q.on_server(b'2', b"", &mut out, &mut fx), Route::Forward);
-        assert_eq!(drain(&mut out), [made(b'1')], "released right after it");
-        assert_eq!(q.on_server(b'D', b"", &mut out, &mut fx), Route::Forward);
-        assert_eq!(q.on_server(b'C', b"", &mut out, &mut fx), Route::Forward);
+        assert_eq!(step(&mut q, b'2', b"", &mut out, &mut fx), Route::Forward);
+        assert_eq!(
+            drain(&mut out),
+            [made(b'2'), made(b'1')],
+            "released right after it"
+        );
+        assert_eq!(step(&mut q, b'D', b"", &mut out, &mut fx), Route::Forward);
+        assert_eq!(step(&mut q, b'C', b"", &mut out, &mut fx), Route::Forward);
         assert!(q.is_empty());
+        assert_eq!(drain(&mut out), [made(b'D'), made(b'C')]);
         q.made(made(b'3'), &mut out);
         assert_eq!(drain(&mut out), [made(b'3')], "nothing owed: sent at once");
     }
@@ -282,14 +332,14 @@ mod tests {
         q.expect(Expect::Close(Some("old".into())), false);
         q.expect(Expect::Parse(Some(prepared("g"))), false);
         q.expect(Expect::Bind(Some(("g".into(), 0))), true);
-        assert_eq!(q.on_server(b'3', b"", &mut out, &mut fx), Route::Swallow);
+        assert_eq!(step(&mut q, b'3', b"", &mut out, &mut fx), Route::Swallow);
         assert_eq!(
-            q.on_server(b'N', b"", &mut out, &mut fx),
+            step(&mut q, b'N', b"", &mut out, &mut fx),
             Route::Forward,
             "notices always pass"
         );
-        assert_eq!(q.on_server(b'1', b"", &mut out, &mut fx), Route::Swallow);
-        assert_eq!(q.on_server(b'2', b"", &mut out, &mut fx), Route::Forward);
+        assert_eq!(step(&mut q, b'1', b"", &mut out, &mut fx), Route::Swallow);
+        assert_eq!(step(&mut q, b'2', b"", &mut out, &mut fx), Route::Forward);
         assert!(q.is_empty());
         assert_eq!(fx, [Effect::Prepared("g".into())]);
     }
@@ -306,11 +356,12 @@ mod tests {
         let mut err = BytesMut::new();
         encode::error_response(&mut err, Severity::Error, "42601", "syntax error", None);
         assert_eq!(
-            q.on_server(b'E', &err[5..], &mut out, &mut fx),
+            step(&mut q, b'E', &err[5..], &mut out, &mut fx),
             Route::Forward
         );
-        assert!(
-            out.is_empty(),
+        assert_eq!(
+            drain(&mut out),
+            [made(b'E')],
             "made replies after the error are dropped, as Postgres skips"
         );
         assert_eq!(
@@ -321,7 +372,7 @@ mod tests {
                 Effect::NotPrepared(prepared("later"))
             ]
         );
-        assert_eq!(q.on_server(b'Z', b"I", &mut out, &mut fx), Route::Forward);
+        assert_eq!(step(&mut q, b'Z', b"I", &mut out, &mut fx), Route::Forward);
         assert!(!q.is_empty(), "the Execute after the Sync is still owed");
     }
 
@@ -329,7 +380,7 @@ mod tests {
     fn an_error_before_the_sync_arrives_skips_later_client_messages() {
         let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
         q.expect(Expect::Bind(None), true);
-        q.on_server(b'E', b"", &mut out, &mut fx);
+        step(&mut q, b'E', b"", &mut out, &mut fx);
         assert!(q.skipping());
         q.expect(Expect::Sync, true);
         assert!(!q.skipping());
@@ -347,17 +398,40 @@ mod tests {
             "cached plan must not change result type",
             None,
         );
-        q.on_server(b'E', &err[5..], &mut out, &mut fx);
+        step(&mut q, b'E', &err[5..], &mut out, &mut fx);
         assert_eq!(fx, [Effect::Stale(("g".into(), 3))]);
+    }
+
+    #[test]
+    fn syncs_sent_into_copy_in_get_no_reply() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Bind(None), true);
+        q.expect(Expect::Execute, true);
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'2', b"", &mut out, &mut fx);
+        step(&mut q, b'G', b"", &mut out, &mut fx);
+        q.expect(Expect::Sync, true);
+        q.copy_ended();
+        q.expect(Expect::Sync, true);
+        q.made(made(b'3'), &mut out);
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'C', b"", &mut out, &mut fx);
+        step(&mut q, b'Z', b"T", &mut out, &mut fx);
+        assert_eq!(
+            drain(&mut out),
+            [made(b'2'), made(b'G'), made(b'C'), made(b'Z'), made(b'3')]
+        );
+        step(&mut q, b'Z', b"T", &mut out, &mut fx);
+        assert!(q.is_empty());
     }
 
     #[test]
     fn errors_inside_a_simple_query_do_not_end_it() {
         let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
         q.expect(Expect::Query, true);
-        q.on_server(b'E', b"", &mut out, &mut fx);
+        step(&mut q, b'E', b"", &mut out, &mut fx);
         assert!(!q.skipping() && !q.is_empty());
-        q.on_server(b'Z', b"I", &mut out, &mut fx);
+        step(&mut q, b'Z', b"I", &mut out, &mut fx);
         assert!(q.is_empty());
     }
 }

@@ -20,7 +20,6 @@ use super::cancel::CancelSlot;
 use super::error::ClientError;
 use super::params::{ClientParams, quote};
 use super::prepared::ClientStatements;
-use super::replies::Route;
 use super::settings::{Changed, changed_settings};
 use super::translate::Translator;
 use crate::backend::BackendError;
@@ -254,14 +253,12 @@ impl Session {
                             .state
                             .on_ready(msg::ready_for_query(f.body()).map_err(bad)?),
                         b'S' => note_setting(&mut server.settings, f.body()).map_err(bad)?,
+                        b'G' => server.state.on_copy_in(),
                         _ => {}
                     }
-                    let route = match self.translator.as_mut() {
-                        Some(t) => t.server_frame(&f, server, &mut self.to_client),
-                        None => Route::Forward,
-                    };
-                    if route == Route::Forward {
-                        self.to_client.push(f.into_raw());
+                    match self.translator.as_mut() {
+                        Some(t) => t.server_frame(f, server, &mut self.to_client),
+                        None => self.to_client.push(f.into_raw()),
                     }
                 }
             }

@@ -161,22 +161,26 @@ impl Translator {
                 Some(Expect::Query),
                 true,
             ),
+            b'c' | b'f' => {
+                self.replies.copy_ended();
+                sink.send(&mut self.replies, frame.into_raw(), tag, None, true)
+            }
             _ => sink.send(&mut self.replies, frame.into_raw(), tag, None, true),
         }
         Ok(())
     }
 
-    /// Routes a server frame; applies what it means to `server`'s cache
-    /// and to the client's statements.
-    pub fn server_frame(
-        &mut self,
-        frame: &Frame,
-        server: &mut ServerConn,
-        to_client: &mut Outbox,
-    ) -> Route {
+    /// Forwards a server frame to the client unless it answers pgtarn's
+    /// own message, then releases the made-up replies it made due; applies
+    /// what it means to `server`'s cache and to the client's statements.
+    pub fn server_frame(&mut self, frame: Frame, server: &mut ServerConn, to_client: &mut Outbox) {
         let route = self
             .replies
-            .on_server(frame.tag(), frame.body(), to_client, &mut self.effects);
+            .on_server(frame.tag(), frame.body(), &mut self.effects);
+        if route == Route::Forward {
+            to_client.push(frame.into_raw());
+        }
+        self.replies.release_due(to_client);
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Prepared(g) => self.known.insert(g),
@@ -193,7 +197,6 @@ impl Translator {
                 }
             }
         }
-        route
     }
 
     fn parse(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {

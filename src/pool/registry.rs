@@ -41,8 +41,14 @@ impl Registry {
     }
 
     /// The pool for `database` and `user`, created (with its maintenance
-    /// task) on first use.
-    pub fn get(&self, database: &str, user: &str) -> Result<Arc<Pool>, LookupError> {
+    /// task) on first use; `secret` is the user's, for logging in upstream
+    /// (from `[users]` or `auth_query`).
+    pub fn get(
+        &self,
+        database: &str,
+        user: &str,
+        secret: Option<&Secret>,
+    ) -> Result<Arc<Pool>, LookupError> {
         let key = PoolKey {
             database: database.to_owned(),
             user: user.to_owned(),
@@ -51,10 +57,20 @@ impl Registry {
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
-        let pool = self.build(key.clone())?;
+        let pool = self.build(key.clone(), secret)?;
         pools.insert(key, pool.clone());
         spawn_maintenance(Arc::downgrade(&pool));
         Ok(pool)
+    }
+
+    /// The pool for `database` and `user`, if a client created it.
+    pub fn find(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let key = PoolKey {
+            database: database.to_owned(),
+            user: user.to_owned(),
+        };
+        pools.get(&key).cloned()
     }
 
     /// Every pool created so far.
@@ -63,22 +79,18 @@ impl Registry {
         pools.values().cloned().collect()
     }
 
-    fn build(&self, key: PoolKey) -> Result<Arc<Pool>, LookupError> {
+    fn build(&self, key: PoolKey, secret: Option<&Secret>) -> Result<Arc<Pool>, LookupError> {
         let c = &self.config;
         let db = c
             .databases
             .get(&key.database)
             .ok_or_else(|| LookupError::UnknownDatabase(key.database.clone()))?;
-        let user = c
-            .users
-            .get(&key.user)
-            .ok_or_else(|| LookupError::UnknownUser(key.user.clone()))?;
+        let secret = secret.ok_or_else(|| LookupError::UnknownUser(key.user.clone()))?;
         let passthrough = Arc::new(Mutex::new(None));
-        let credential = match Secret::parse(&user.password) {
-            Ok(Secret::Password(p)) => Credential::Password(p),
-            Ok(Secret::Md5(h)) => Credential::Md5Hash(h),
-            Ok(Secret::Scram(_)) => Credential::ScramKeys(passthrough.clone()),
-            Err(_) => Credential::None,
+        let credential = match secret {
+            Secret::Password(p) => Credential::Password(p.clone()),
+            Secret::Md5(h) => Credential::Md5Hash(h.clone()),
+            Secret::Scram(_) => Credential::ScramKeys(passthrough.clone()),
         };
         let target = Target {
             host: db.host.clone(),

@@ -34,6 +34,12 @@ pub fn config(pg: &PgServer, general: &str, database: &str) -> String {
 impl Pooler {
     /// Starts pgtarn with the given TOML config.
     pub async fn start(toml: &str) -> Pooler {
+        if let Ok(filter) = std::env::var("PGTARN_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let config = pgtarn::config::Config::from_toml(toml).expect("test config is valid");
         let server = pgtarn::Pgtarn::bind(config).await.expect("bind pgtarn");
         let addr = server.local_addr().expect("local addr");
@@ -79,10 +85,14 @@ impl Pooler {
         (client, task)
     }
 
-    /// The pool for database `app`, user `app` (created if needed).
+    /// The pool for database `app`, user `app` (a client must have logged
+    /// in already).
     #[allow(dead_code)]
     pub fn pool(&self) -> Arc<pgtarn::pool::Pool> {
-        self.ctx.registry.get("app", "app").expect("pool app/app")
+        self.ctx
+            .registry
+            .find("app", "app")
+            .expect("pool app/app exists once a client logged in")
     }
 
     /// Signals shutdown and waits for pgtarn to stop.
