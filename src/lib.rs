@@ -14,6 +14,7 @@ pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod shutdown;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// One permit per allowed client connection (`max_client_conn`).
     pub client_slots: Arc<Semaphore>,
+    /// pgtarn's TLS identity for clients, unless `tls.client.mode` is
+    /// `disable`.
+    pub client_tls: Option<tls::ServerTls>,
     /// Configured users' secrets, prepared once at start.
     pub users: HashMap<String, Arc<frontend::auth::UserAuth>>,
     /// Users looked up with `auth_query`.
@@ -60,10 +64,14 @@ pub struct Pgtarn {
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pgtarn {
-    /// Binds `config.pgtarn.listen_addr` (port 0 picks a free port).
+    /// Binds `config.pgtarn.listen_addr` (port 0 picks a free port) and
+    /// loads TLS certificates; errors name the address or file.
     pub async fn bind(config: Config) -> std::io::Result<Pgtarn> {
-        let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
+        tls::install_crypto_provider();
         let config = Arc::new(config);
+        let client_tls = client_tls(&config.tls.client).map_err(std::io::Error::other)?;
+        let registry = Registry::new(config.clone()).map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
         let users = config
             .users
             .iter()
@@ -76,7 +84,8 @@ impl Pgtarn {
             })
             .collect();
         let ctx = Context {
-            registry: Registry::new(config.clone()),
+            registry,
+            client_tls,
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
             users,
@@ -129,6 +138,14 @@ impl Pgtarn {
         .await;
         self.ctx.registry.close_all();
         Ok(())
+    }
+}
+
+fn client_tls(c: &config::tls::ClientTls) -> Result<Option<tls::ServerTls>, tls::TlsError> {
+    match (c.mode, &c.cert, &c.key) {
+        (config::ClientTlsMode::Disable, _, _) => Ok(None),
+        (_, Some(cert), Some(key)) => tls::server_tls(cert, key, c.ca.as_deref()).map(Some),
+        _ => Ok(None),
     }
 }
 

@@ -14,6 +14,21 @@ use tokio::net::TcpStream;
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
+    /// A client connection over TLS (pgtarn is the TLS server).
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A connection to Postgres over TLS (pgtarn is the TLS client).
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Runs `$body` with `$s` bound to the inner stream, pinned.
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self.get_mut() {
+            Stream::Plain($s) => $body,
+            Stream::ServerTls($s) => $body,
+            Stream::ClientTls($s) => $body,
+        }
+    };
 }
 
 impl Stream {
@@ -21,7 +36,14 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
+            Stream::ServerTls(s) => s.get_ref().0,
+            Stream::ClientTls(s) => s.get_ref().0,
         }
+    }
+
+    /// True for a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self, Stream::Plain(_))
     }
 
     /// True if the peer has closed the connection or sent unexpected bytes,
@@ -33,9 +55,12 @@ impl Stream {
         !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
 
-    /// Best-effort, non-blocking write (used to send Terminate on close).
+    /// Best-effort, non-blocking write of a Terminate on close (plain
+    /// connections only: a TLS record cannot be written without awaiting).
     pub fn try_write_now(&self, data: &[u8]) {
-        let _ = self.tcp().try_write(data);
+        if let Stream::Plain(s) = self {
+            let _ = s.try_write(data);
+        }
     }
 }
 
@@ -45,9 +70,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-        }
+        each!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -57,9 +80,7 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-        }
+        each!(self, s => Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -67,27 +88,23 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
+        each!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
+            Stream::ServerTls(s) => s.is_write_vectored(),
+            Stream::ClientTls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-        }
+        each!(self, s => Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-        }
+        each!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }
 

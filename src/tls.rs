@@ -169,50 +169,8 @@ fn client_verifier(
         .map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.display())))
 }
 
-/// libpq's `sslmode` for pgtarn → Postgres.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum UpstreamMode {
-    /// Plain TCP; no SSLRequest.
-    Disable,
-    /// Ask for TLS, fall back to plain TCP on `N`; certificate not checked.
-    Prefer,
-    /// TLS or fail; certificate not checked.
-    Require,
-    /// TLS or fail; the chain must lead to the CA (host name not checked).
-    VerifyCa,
-    /// TLS or fail; chain and host name checked.
-    VerifyFull,
-}
-
-impl UpstreamMode {
-    /// The libpq spelling (`verify-full` ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamMode::Disable => "disable",
-            UpstreamMode::Prefer => "prefer",
-            UpstreamMode::Require => "require",
-            UpstreamMode::VerifyCa => "verify-ca",
-            UpstreamMode::VerifyFull => "verify-full",
-        }
-    }
-
-    /// True for Prefer..VerifyFull: send SSLRequest.
-    pub fn requests_tls(self) -> bool {
-        self != UpstreamMode::Disable
-    }
-
-    /// True for Require/VerifyCa/VerifyFull: an `N` answer is an error.
-    pub fn requires_tls(self) -> bool {
-        !matches!(self, UpstreamMode::Disable | UpstreamMode::Prefer)
-    }
-}
-
-impl fmt::Display for UpstreamMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// libpq's `sslmode` for pgtarn → Postgres (defined with the config).
+pub use crate::config::ServerTlsMode as UpstreamMode;
 
 /// The rustls client config for connecting to Postgres in `mode` (`None`
 /// for Disable), with libpq's semantics: Prefer/Require encrypt but accept

@@ -7,9 +7,11 @@
 //! connection's stream directly and reports every forwarded client message
 //! and every ReadyForQuery to its [`ServerState`].
 
+pub mod cancel;
 mod login;
 pub mod state;
 pub mod statements;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,8 +25,10 @@ use crate::protocol::backend::{self as msg, ErrorFields};
 use crate::protocol::frame::server_streamable;
 use crate::protocol::startup::CancelKey;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter, encode};
+pub use cancel::CancelTarget;
 pub use login::Credential;
 pub use state::ServerState;
+pub use tls::UpstreamTls;
 
 /// Where and as whom to connect upstream.
 #[derive(Clone)]
@@ -41,6 +45,8 @@ pub struct Target {
     pub credential: Credential,
     /// Largest message buffered whole, bytes.
     pub max_message_len: usize,
+    /// TLS towards this server, unless disabled.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl std::fmt::Debug for Target {
@@ -74,6 +80,9 @@ pub enum BackendError {
     /// A time limit passed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// TLS could not be set up as configured.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A logged-in server connection.
@@ -95,6 +104,8 @@ pub struct ServerConn {
     login_params: Vec<(String, String)>,
     key: CancelKey,
     addr: SocketAddr,
+    host: String,
+    tls: Option<UpstreamTls>,
     id: u64,
 }
 
@@ -104,8 +115,12 @@ impl ServerConn {
         let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
         tcp.set_nodelay(true)?;
         let addr = tcp.peer_addr()?;
+        let stream = match &target.tls {
+            Some(tls) => tls::negotiate(tcp, &target.host, tls).await?,
+            None => Stream::Plain(tcp),
+        };
         let mut conn = ServerConn {
-            stream: Stream::Plain(tcp),
+            stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             splitter: Splitter::new(target.max_message_len, server_streamable),
             state: ServerState::default(),
@@ -114,6 +129,8 @@ impl ServerConn {
             login_params: Vec::new(),
             key: CancelKey { pid: 0, secret: 0 },
             addr,
+            host: target.host.clone(),
+            tls: target.tls.clone(),
             id,
         };
         login::login(&mut conn, target).await?;
@@ -125,9 +142,14 @@ impl ServerConn {
         self.id
     }
 
-    /// The server's BackendKeyData and address, for cancel requests.
-    pub fn cancel_target(&self) -> (SocketAddr, CancelKey) {
-        (self.addr, self.key)
+    /// How to cancel this server's running query.
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
+            addr: self.addr,
+            host: self.host.clone(),
+            key: self.key,
+            tls: self.tls.clone(),
+        }
     }
 
     /// The ParameterStatus values reported at login.

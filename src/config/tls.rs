@@ -65,6 +65,12 @@ pub enum ServerTlsMode {
     VerifyFull,
 }
 
+impl std::fmt::Display for ServerTlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ServerTlsMode {
     /// The mode as written in the config.
     pub fn as_str(self) -> &'static str {

@@ -4,17 +4,13 @@
 //! are ignored, as Postgres does.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-use crate::protocol::encode;
 use crate::protocol::startup::CancelKey;
 
-/// Where a client's query runs now: the server's address and key.
-pub type CancelTarget = (SocketAddr, CancelKey);
+pub use crate::backend::CancelTarget;
 
 /// One client's current cancel target, updated as servers come and go.
 #[derive(Debug, Default)]
@@ -27,7 +23,7 @@ impl CancelSlot {
     }
 
     fn get(&self) -> Option<CancelTarget> {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -78,16 +74,11 @@ impl CancelRegistry {
     /// Forwards a cancel request for `key`, if it names a client whose
     /// query is running; otherwise does nothing.
     pub async fn cancel(&self, key: CancelKey) {
-        let Some((addr, server_key)) = self.lookup(key) else {
+        let Some(target) = self.lookup(key) else {
             debug!("cancel request for an unknown or idle client ignored");
             return;
         };
-        let sent = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await?;
-            s.write_all(&encode::cancel_request(server_key)).await?;
-            s.shutdown().await
-        };
-        if let Err(e) = sent.await {
+        if let Err(e) = target.send().await {
             debug!(error = %e, "forwarding cancel request failed");
         }
     }
@@ -112,20 +103,25 @@ mod tests {
     fn lookup_needs_the_right_secret_and_a_running_query() {
         let reg = Arc::new(CancelRegistry::default());
         let r = reg.register();
-        assert_eq!(reg.lookup(r.key), None, "idle client: nothing to cancel");
-        let target = (
-            SocketAddr::from(([127, 0, 0, 1], 5432)),
-            CancelKey { pid: 1, secret: 2 },
+        assert!(
+            reg.lookup(r.key).is_none(),
+            "idle client: nothing to cancel"
         );
-        r.slot.set(Some(target));
-        assert_eq!(reg.lookup(r.key), Some(target));
+        let server_key = CancelKey { pid: 1, secret: 2 };
+        r.slot.set(Some(CancelTarget {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+            host: "127.0.0.1".into(),
+            key: server_key,
+            tls: None,
+        }));
+        assert_eq!(reg.lookup(r.key).map(|t| t.key), Some(server_key));
         let wrong = CancelKey {
             secret: r.key.secret.wrapping_add(1),
             ..r.key
         };
-        assert_eq!(reg.lookup(wrong), None);
+        assert!(reg.lookup(wrong).is_none());
         let key = r.key;
         drop(r);
-        assert_eq!(reg.lookup(key), None, "unregistered on drop");
+        assert!(reg.lookup(key).is_none(), "unregistered on drop");
     }
 }

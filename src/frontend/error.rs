@@ -32,6 +32,14 @@ pub enum ClientError {
     /// Wrong password, unknown user, or failed SCRAM exchange.
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
+    /// The TLS handshake with the client failed (nothing can be sent).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// A plaintext login while `tls.client.mode = "require"`.
+    #[error(
+        "TLS is required: this server accepts only encrypted connections (tls.client.mode = \"require\")"
+    )]
+    TlsRequired,
     /// Over `max_client_conn`.
     #[error("no more connections allowed (max_client_conn)")]
     TooManyClients,
@@ -85,7 +93,8 @@ impl ClientError {
     pub fn reply(&self) -> Option<Reply> {
         let msg = self.to_string();
         match self {
-            ClientError::Io(_) => None,
+            ClientError::Io(_) | ClientError::Tls(_) => None,
+            ClientError::TlsRequired => reply(code::INVALID_AUTHORIZATION, msg, None),
             ClientError::Protocol(_) => reply(code::PROTOCOL_VIOLATION, msg, None),
             ClientError::Params(ParamError::Replication) => {
                 reply(code::FEATURE_NOT_SUPPORTED, msg, None)

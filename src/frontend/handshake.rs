@@ -8,6 +8,7 @@ use super::error::ClientError;
 use crate::net::Stream;
 use crate::protocol::startup::{self, CancelKey, StartupMessage, StartupPacket};
 use crate::protocol::{Frame, Item, ProtocolError, Splitter};
+use crate::tls::ServerTls;
 
 /// What a new connection asked for.
 #[derive(Debug)]
@@ -18,23 +19,74 @@ pub enum Hello {
     Cancel(CancelKey),
 }
 
-/// How many SSLRequest/GSSENCRequest refusals a client may get.
+/// How many SSLRequest/GSSENCRequest answers a client may get.
 const MAX_NEGOTIATIONS: usize = 2;
 
-/// Reads startup packets, refusing TLS and GSSAPI encryption with `N`,
-/// until a StartupMessage or CancelRequest arrives.
-pub async fn read_hello(stream: &mut Stream, buf: &mut BytesMut) -> Result<Hello, ClientError> {
+/// A failed start: the error, and the stream if it can still be told.
+pub type HelloError = (Option<Stream>, ClientError);
+
+/// Reads startup packets until a StartupMessage or CancelRequest arrives.
+/// SSLRequest gets `S` and a TLS handshake when `tls` is configured (`N`
+/// otherwise); so does a client that starts TLS directly (PostgreSQL 17
+/// `sslnegotiation=direct`). GSSENCRequest gets `N`.
+pub async fn read_hello(
+    mut stream: Stream,
+    buf: &mut BytesMut,
+    tls: Option<&ServerTls>,
+) -> Result<(Stream, Hello), HelloError> {
+    if let Some(tls) = tls
+        && starts_with_tls_record(&stream).await
+    {
+        stream = upgrade(stream, tls).await?;
+    }
     for _ in 0..=MAX_NEGOTIATIONS {
-        let packet = read_packet(stream, buf).await?;
-        match startup::parse(&packet)? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                stream.write_all(b"N").await?;
+        let packet = match read_packet(&mut stream, buf).await {
+            Ok(p) => p,
+            Err(e) => return Err((Some(stream), e)),
+        };
+        let parsed = match startup::parse(&packet) {
+            Ok(p) => p,
+            Err(e) => return Err((Some(stream), e.into())),
+        };
+        match (parsed, tls) {
+            (StartupPacket::SslRequest, Some(tls)) if !stream.is_tls() => {
+                if !buf.is_empty() {
+                    let e =
+                        ProtocolError::Unsupported("data received before the TLS handshake".into());
+                    return Err((None, e.into()));
+                }
+                if let Err(e) = stream.write_all(b"S").await {
+                    return Err((None, e.into()));
+                }
+                stream = upgrade(stream, tls).await?;
             }
-            StartupPacket::Cancel(key) => return Ok(Hello::Cancel(key)),
-            StartupPacket::Startup(m) => return Ok(Hello::Startup(m)),
+            (StartupPacket::SslRequest | StartupPacket::GssEncRequest, _) => {
+                if let Err(e) = stream.write_all(b"N").await {
+                    return Err((None, e.into()));
+                }
+            }
+            (StartupPacket::Cancel(key), _) => return Ok((stream, Hello::Cancel(key))),
+            (StartupPacket::Startup(m), _) => return Ok((stream, Hello::Startup(m))),
         }
     }
-    Err(ProtocolError::Unexpected('\0').into())
+    Err((Some(stream), ProtocolError::Unexpected('\0').into()))
+}
+
+/// True if the client's first byte is a TLS handshake record (0x16).
+async fn starts_with_tls_record(stream: &Stream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.tcp().peek(&mut first).await, Ok(1) if first[0] == 0x16)
+}
+
+/// The TLS handshake on a plain client connection.
+async fn upgrade(stream: Stream, tls: &ServerTls) -> Result<Stream, HelloError> {
+    let Stream::Plain(tcp) = stream else {
+        return Ok(stream);
+    };
+    match tls.acceptor.accept(tcp).await {
+        Ok(s) => Ok(Stream::ServerTls(Box::new(s))),
+        Err(e) => Err((None, ClientError::Tls(e.to_string()))),
+    }
 }
 
 async fn read_packet(stream: &mut Stream, buf: &mut BytesMut) -> Result<Bytes, ClientError> {

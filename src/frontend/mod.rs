@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, info};
 
 use crate::Context;
+use crate::config::ClientTlsMode;
 use crate::net::Stream;
 use crate::protocol::Splitter;
 use crate::protocol::backend::TxStatus;
@@ -35,17 +36,19 @@ use session::{End, Session};
 /// Serves one accepted client connection to the end.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shutdown: Shutdown) {
     let _ = tcp.set_nodelay(true);
-    let mut stream = Stream::Plain(tcp);
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = ctx.config.pgtarn.client_login_timeout;
-    let hello =
-        tokio::time::timeout(login_timeout, handshake::read_hello(&mut stream, &mut buf)).await;
-    let startup = match hello {
-        Ok(Ok(Hello::Startup(m))) => m,
-        Ok(Ok(Hello::Cancel(key))) => return ctx.cancels.cancel(key).await,
-        Ok(Err(e)) => return fail(&mut stream, peer, &e).await,
-        Err(_) => return fail(&mut stream, peer, &ClientError::LoginTimeout).await,
+    let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, ctx.client_tls.as_ref());
+    let (mut stream, startup) = match tokio::time::timeout(login_timeout, hello).await {
+        Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
+        Ok(Ok((_, Hello::Cancel(key)))) => return ctx.cancels.cancel(key).await,
+        Ok(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
+        Ok(Err((None, e))) => return info!(%peer, error = %e, "client connection refused"),
+        Err(_) => return info!(%peer, "client connection closed: client_login_timeout"),
     };
+    if ctx.config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() {
+        return fail(&mut stream, peer, &ClientError::TlsRequired).await;
+    }
     let Ok(_permit) = ctx.client_slots.clone().try_acquire_owned() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
@@ -121,7 +124,11 @@ async fn login_steps(
     let creds = auth::Credentials {
         user: found.as_deref(),
         mock_nonce: &ctx.mock_nonce,
-        channel_binding: None,
+        channel_binding: stream
+            .is_tls()
+            .then(|| ctx.client_tls.as_ref())
+            .flatten()
+            .map(|t| &t.end_point_hash[..]),
     };
     let method = db.auth_type(&ctx.config.pgtarn);
     let keys = auth::authenticate(stream, buf, user, creds, method).await?;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use super::{Pool, PoolKey, PoolSettings};
 use crate::auth::Secret;
-use crate::backend::{Credential, Target};
+use crate::backend::{Credential, Target, UpstreamTls};
 use crate::config::Config;
+use crate::tls::TlsError;
 
 /// Why no pool exists for a client's (database, user).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,18 +27,35 @@ pub enum LookupError {
 pub struct Registry {
     config: Arc<Config>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// TLS towards each database (by client-facing name), built at start.
+    upstream_tls: HashMap<String, Option<UpstreamTls>>,
 }
 
 /// How often pool maintenance runs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Registry {
-    /// An empty registry for `config`.
-    pub fn new(config: Arc<Config>) -> Self {
-        Registry {
+    /// An empty registry for `config`; fails if a database's TLS settings
+    /// cannot be loaded (the error names the files).
+    pub fn new(config: Arc<Config>) -> Result<Self, TlsError> {
+        let s = &config.tls.server;
+        let cert_key = s.cert.as_deref().zip(s.key.as_deref());
+        let mut upstream_tls = HashMap::new();
+        for (name, db) in &config.databases {
+            let mode = db.server_tls_mode.unwrap_or(s.mode);
+            let tls = crate::tls::upstream_tls(mode, s.ca.as_deref(), cert_key)?.map(|config| {
+                UpstreamTls {
+                    config,
+                    required: mode.requires_tls(),
+                }
+            });
+            upstream_tls.insert(name.clone(), tls);
+        }
+        Ok(Registry {
             config,
             pools: Mutex::new(HashMap::new()),
-        }
+            upstream_tls,
+        })
     }
 
     /// The pool for `database` and `user`, created (with its maintenance
@@ -99,6 +117,7 @@ impl Registry {
             user: key.user.clone(),
             credential,
             max_message_len: c.pgtarn.max_message_len,
+            tls: self.upstream_tls.get(&key.database).cloned().flatten(),
         };
         let g = &c.pgtarn;
         let settings = PoolSettings {

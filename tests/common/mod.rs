@@ -1,6 +1,8 @@
 //! Shared integration-test harness: throwaway PostgreSQL servers ([`pg`])
 //! and small async helpers. Every test binary does `mod common;`.
 
+#[allow(dead_code)]
+pub mod certs;
 pub mod pg;
 #[allow(dead_code)]
 pub mod pooler;
