@@ -27,6 +27,11 @@ impl PgtarnProcess {
     /// Starts the binary with `toml`, whose `listen_addr` must be
     /// `127.0.0.1:PORT`; waits (deadline 10 s) until it accepts.
     pub fn start(toml: &str, port: u16) -> PgtarnProcess {
+        Self::start_logging(toml, port, "warn")
+    }
+
+    /// Like [`PgtarnProcess::start`] with the given `RUST_LOG` filter.
+    pub fn start_logging(toml: &str, port: u16, filter: &str) -> PgtarnProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("pgtarn.toml");
         std::fs::write(&config_path, toml).expect("write config");
@@ -34,7 +39,7 @@ impl PgtarnProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_pgtarn"))
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -54,6 +59,11 @@ impl PgtarnProcess {
             _dir: dir,
             config_path,
         }
+    }
+
+    /// Everything pgtarn has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("pgtarn.log")).unwrap_or_default()
     }
 
     /// Resident memory of the process, in KiB (VmRSS).

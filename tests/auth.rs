@@ -1,0 +1,255 @@
+//! Client authentication and upstream login, end to end: md5, trust per
+//! database, SCRAM verifiers and md5 hashes in the config (SCRAM
+//! passthrough upstream), auth_query, hostile SASL input, and no secret in
+//! the logs.
+
+mod common;
+
+use common::pg::{PgOptions, PgServer};
+use common::pooler::Pooler;
+use common::process::{PgtarnProcess, free_port};
+use common::raw::{Raw, sqlstate};
+use pgtarn::protocol::encode;
+use tokio_postgres::NoTls;
+
+/// A config with database `app` on `pg` and the given extra lines.
+fn config(pg: &PgServer, general: &str, database: &str, users: &str) -> String {
+    format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\n{general}\n\
+         [databases.app]\nport = {}\n{database}\n{users}\n",
+        pg.port
+    )
+}
+
+fn conn_str(p: &Pooler, user: &str, password: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={} user={user} password={password} dbname=app",
+        p.addr.port()
+    )
+}
+
+async fn query_as(p: &Pooler, user: &str, password: &str) -> Result<String, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(&conn_str(p, user, password), NoTls).await?;
+    tokio::spawn(conn);
+    let row = c.query_one("select current_user::text", &[]).await?;
+    Ok(row.get(0))
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// `app`'s SCRAM verifier as Postgres stores it.
+async fn verifier(pg: &PgServer, role: &str) -> String {
+    let su = pg.superuser().await;
+    let row = su
+        .query_one(
+            "select rolpassword from pg_authid where rolname = $1",
+            &[&role],
+        )
+        .await
+        .unwrap();
+    row.get(0)
+}
+
+#[tokio::test]
+async fn md5_and_per_database_trust() {
+    let pg = PgServer::shared();
+    let users = "[users.app]\npassword = \"app-secret\"\n";
+    let p = Pooler::start(&config(pg, "auth_type = \"md5\"", "", users)).await;
+    assert_eq!(query_as(&p, "app", "app-secret").await.unwrap(), "app");
+    assert_eq!(
+        code(&query_as(&p, "app", "wrong").await.unwrap_err()),
+        "28P01"
+    );
+    assert_eq!(
+        code(&query_as(&p, "nobody", "x").await.unwrap_err()),
+        "28P01"
+    );
+    let trusted = Pooler::start(&config(pg, "", "auth_type = \"trust\"", users)).await;
+    let (c, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=app dbname=app",
+            trusted.addr.port()
+        ),
+        NoTls,
+    )
+    .await
+    .expect("trust needs no password");
+    tokio::spawn(conn);
+    c.simple_query("select 1").await.unwrap();
+}
+
+/// With only the verifier configured, clients log in with SCRAM and pgtarn
+/// logs in upstream with the ClientKey their proof revealed.
+#[tokio::test]
+async fn scram_verifier_in_config_logs_in_upstream_by_passthrough() {
+    let pg = PgServer::shared();
+    let users = format!(
+        "[users.app]\npassword = \"{}\"\n",
+        verifier(pg, "app").await
+    );
+    let p = Pooler::start(&config(pg, "", "", &users)).await;
+    assert_eq!(query_as(&p, "app", "app-secret").await.unwrap(), "app");
+    assert_eq!(
+        code(&query_as(&p, "app", "wrong").await.unwrap_err()),
+        "28P01"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            query_as(&p, "app", "app-secret").await.unwrap(),
+            "app",
+            "new servers log in too"
+        );
+    }
+}
+
+/// An md5 hash in the config works for md5 clients and md5 servers.
+#[tokio::test]
+async fn md5_hash_in_config_against_an_md5_server() {
+    let pg = PgServer::start(PgOptions {
+        extra_conf: vec!["password_encryption = md5".into()],
+        hba: Some("local all all trust\nhost all all 127.0.0.1/32 md5\n".into()),
+    });
+    let hash = postgres_protocol::password::md5(b"app-secret", "app");
+    let users = format!("[users.app]\npassword = \"{hash}\"\n");
+    let p = Pooler::start(&config(&pg, "auth_type = \"md5\"", "", &users)).await;
+    assert_eq!(query_as(&p, "app", "app-secret").await.unwrap(), "app");
+    assert_eq!(
+        code(&query_as(&p, "app", "wrong").await.unwrap_err()),
+        "28P01"
+    );
+}
+
+/// Users missing from `[users]` are looked up with auth_query.
+#[tokio::test]
+async fn auth_query_finds_users_that_are_not_configured() {
+    let pg = PgServer::shared();
+    let su = pg.superuser().await;
+    let role = format!("aq_{}", std::process::id());
+    su.batch_execute(&format!("drop role if exists {role}; create role {role} login password 'aq-pw'; grant connect on database app to {role}"))
+        .await
+        .unwrap();
+    let general = "auth_user = \"postgres\"\nauth_cache_ttl = \"1s\"";
+    let users = format!(
+        "[users.postgres]\npassword = \"{}\"\n",
+        pg.superuser_password
+    );
+    let p = Pooler::start(&config(pg, general, "", &users)).await;
+    assert_eq!(query_as(&p, &role, "aq-pw").await.unwrap(), role);
+    assert_eq!(
+        code(&query_as(&p, &role, "wrong").await.unwrap_err()),
+        "28P01"
+    );
+    assert_eq!(
+        code(&query_as(&p, "no_such_role", "x").await.unwrap_err()),
+        "28P01"
+    );
+    drop(p);
+    su.batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .ok();
+}
+
+/// SASL messages that are truncated, oversized, out of order, or a user
+/// name that is not UTF-8: each a clean error, and pgtarn keeps serving.
+#[tokio::test]
+async fn hostile_sasl_input_gets_clean_errors() {
+    let pg = PgServer::shared();
+    let users = "[users.app]\npassword = \"app-secret\"\n";
+    let p = Pooler::start(&config(pg, "", "", users)).await;
+    let start = encode::startup_message(&[("user", "app"), ("database", "app")]);
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut truncated = vec![b'p'];
+    truncated.extend_from_slice(&30u32.to_be_bytes());
+    truncated.extend_from_slice(b"SCRAM-SHA-256\0\0\0\0\x20n,,n=,r=");
+    cases.push(("truncated SASLInitialResponse", truncated));
+    cases.push(("oversized SASL message", {
+        let mut m = vec![b'p'];
+        m.extend_from_slice(&(100_000u32).to_be_bytes());
+        m.extend(vec![b'x'; 100_000 - 4]);
+        m
+    }));
+    cases.push((
+        "SASLResponse first",
+        encode::sasl_response(b"c=biws,r=abc,p=AAAA").to_vec(),
+    ));
+    cases.push(("wrong message type", encode::terminate().to_vec()));
+    for (what, msg) in cases {
+        let mut raw = Raw::open(p.addr).await;
+        raw.send(&start).await;
+        let (tag, _) = raw.read().await.expect("AuthenticationSASL");
+        assert_eq!(tag, b'R', "{what}");
+        raw.send(&msg).await;
+        let replies = raw.read_to_eof().await;
+        let errors: Vec<String> = replies
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| sqlstate(b))
+            .collect();
+        assert!(
+            errors == ["28P01"] || errors == ["08P01"],
+            "{what}: expected one 28P01 or 08P01 error, got {errors:?}"
+        );
+    }
+    let mut raw = Raw::open(p.addr).await;
+    let mut bad_user = encode::startup_message(&[("database", "app")]).to_vec();
+    bad_user.truncate(bad_user.len() - 1);
+    bad_user.extend_from_slice(b"user\0\xff\xfe\0\0");
+    let len = (bad_user.len() as u32).to_be_bytes();
+    bad_user[..4].copy_from_slice(&len);
+    raw.send(&bad_user).await;
+    let replies = raw.read_to_eof().await;
+    assert_eq!(
+        replies
+            .iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| sqlstate(b))
+            .collect::<Vec<_>>(),
+        ["08P01"]
+    );
+    assert_eq!(
+        query_as(&p, "app", "app-secret").await.unwrap(),
+        "app",
+        "pgtarn still serves"
+    );
+}
+
+/// Passwords, verifiers and proofs never reach the log, even at trace level.
+#[tokio::test]
+async fn no_secret_is_logged() {
+    let pg = PgServer::shared();
+    let port = free_port();
+    let toml = format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:{port}\"\n[databases.app]\nport = {}\n[users.app]\npassword = \"app-secret\"\n",
+        pg.port
+    );
+    let pgtarn = PgtarnProcess::start_logging(&toml, port, "trace");
+    let conn = |pw: &str| format!("host=127.0.0.1 port={port} user=app password={pw} dbname=app");
+    let (c, task) = tokio_postgres::connect(&conn("app-secret"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(task);
+    c.simple_query("select 1").await.unwrap();
+    assert!(
+        tokio_postgres::connect(&conn("hunter2-wrong"), NoTls)
+            .await
+            .is_err()
+    );
+    drop(c);
+    common::wait_until(
+        "pgtarn logged the disconnect",
+        std::time::Duration::from_secs(10),
+        || {
+            let log = pgtarn.log();
+            async move { log.contains("client disconnected") }
+        },
+    )
+    .await;
+    let log = pgtarn.log();
+    for secret in ["app-secret", "hunter2-wrong", "SCRAM-SHA-256$", "p="] {
+        assert!(!log.contains(secret), "the log contains {secret:?}");
+    }
+}
