@@ -54,16 +54,20 @@ fn psql_and_pgbench_run_through_pgtarn_without_failures() {
     for mode in [&["-S"][..], &[][..]] {
         let mut args = mode.to_vec();
         args.extend(["-c", "20", "-j", "2", "-t", "100", "app"]);
-        let out = run_tool(&pg, &pgtarn, "pgbench", &args);
-        assert!(
-            out.contains("number of failed transactions: 0 (0.000%)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("number of transactions actually processed: 2000/2000"),
-            "{out}"
-        );
+        assert_pgbench_ok(&run_tool(&pg, &pgtarn, "pgbench", &args), 2000);
     }
+}
+
+/// pgbench processed all `expected` transactions, none failed, no client
+/// aborted.
+fn assert_pgbench_ok(out: &str, expected: u32) {
+    assert!(
+        out.contains("number of failed transactions: 0 (0.000%)"),
+        "{out}"
+    );
+    let processed = format!("number of transactions actually processed: {expected}/{expected}");
+    assert!(out.contains(&processed), "{out}");
+    assert!(!out.contains("aborted"), "{out}");
 }
 
 /// pgbench with named prepared statements, 50 clients on 5 servers in
@@ -78,16 +82,7 @@ fn pgbench_prepared_mode_through_transaction_pooling() {
         let mut args = vec!["-M", "prepared", "-c", "50", "-j", "2", "-t", "40"];
         args.extend(script);
         args.push("app");
-        let out = run_tool(&pg, &pgtarn, "pgbench", &args);
-        assert!(
-            out.contains("number of failed transactions: 0 (0.000%)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("number of transactions actually processed: 2000/2000"),
-            "{out}"
-        );
-        assert!(!out.contains("aborted"), "{out}");
+        assert_pgbench_ok(&run_tool(&pg, &pgtarn, "pgbench", &args), 2000);
     }
 }
 

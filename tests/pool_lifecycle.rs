@@ -6,22 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::one;
 use common::pg::{PgOptions, PgServer};
 use common::pooler::{self, Pooler};
 use common::wait_until;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::NoTls;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    let msgs = client.simple_query(sql).await.expect(sql);
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .expect("a row")
-}
 
 /// Connects with `conn_str` and expects an ErrorResponse: (SQLSTATE, message).
 async fn login_error(conn_str: &str) -> (String, String) {

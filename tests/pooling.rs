@@ -6,6 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::one;
 use common::pg::{PgOptions, PgServer};
 use common::pooler::{self, Pooler};
 use common::wait_until;
@@ -28,10 +29,6 @@ async fn column(client: &tokio_postgres::Client, sql: &str) -> Vec<String> {
             _ => None,
         })
         .collect()
-}
-
-async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    column(client, sql).await.into_iter().next().expect("a row")
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> String {

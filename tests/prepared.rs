@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::one;
 use common::pg::PgServer;
 use common::pooler::{self, Pooler};
 use common::raw::{Raw, errors, ext, first_columns, tags};
-use tokio_postgres::SimpleQueryMessage;
 
 async fn trust_pooler(database: &str, general: &str) -> Pooler {
     let general = format!("auth_type = \"trust\"\n{general}");
@@ -188,17 +188,6 @@ async fn the_server_cache_evicts_and_prepares_again() {
         ["2"],
         "max_prepared_statements bounds the server side"
     );
-}
-
-/// The number of rows a simple query returned, as its first column text.
-async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
-    let msgs = c.simple_query(sql).await.expect(sql);
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {

@@ -11,6 +11,7 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use common::one;
 use common::pg::PgServer;
 use common::pooler::{self, Pooler};
 use common::raw::{self, Raw};
@@ -19,7 +20,6 @@ use pgtarn::protocol::backend::error_fields;
 use pgtarn::protocol::encode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
-use tokio_postgres::SimpleQueryMessage;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 /// Request codes from the protocol documentation.
@@ -30,16 +30,6 @@ const CANCEL_REQUEST: u32 = 80_877_102;
 async fn trust_pooler(general: &str) -> Pooler {
     let general = format!("auth_type = \"trust\"\n{general}");
     Pooler::start(&pooler::config(PgServer::shared(), &general, "")).await
-}
-
-async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
-    let msgs = client.simple_query(sql).await.expect(sql);
-    msgs.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("NULL").to_owned()),
-            _ => None,
-        })
-        .expect("a row")
 }
 
 /// An untagged startup-phase packet: length, code, then `rest`.

@@ -41,3 +41,19 @@ where
         tokio::time::sleep(WAIT_POLL).await;
     }
 }
+
+/// The first column of the first row a simple query returns, as text
+/// (`"NULL"` for NULL); panics naming the query if it fails or returns no
+/// row.
+#[allow(dead_code)]
+pub async fn one(client: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = client.simple_query(sql).await.expect(sql);
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some(r.get(0).unwrap_or("NULL").to_owned())
+            }
+            _ => None,
+        })
+        .expect("a row")
+}
