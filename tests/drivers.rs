@@ -121,6 +121,40 @@ async fn asyncpg_prepared_statements_in_transaction_mode() {
     p.stop().await;
 }
 
+/// psycopg 3 (libpq): SCRAM in plain and over TLS with and without channel
+/// binding, and automatic prepared statements in transaction mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_scram_tls_and_prepared_statements() {
+    if !runs_ok("python3", &["-c", "import psycopg"]).await {
+        driver_missing("python3 with psycopg", "pip install 'psycopg[binary]'");
+        return;
+    }
+    let certs = common::certs::TestCerts::generate("app");
+    let pg = PgServer::shared();
+    let toml = format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\n[tls.client]\nmode = \"allow\"\n\
+         cert = \"{}\"\nkey = \"{}\"\n[databases.app]\nport = {}\npool_size = {POOL_SIZE}\n\
+         [users.app]\npassword = \"app-secret\"\n",
+        certs.server_cert.display(),
+        certs.server_key.display(),
+        pg.port
+    );
+    let p = Pooler::start(&toml).await;
+    let port = p.addr.port().to_string();
+    let script = drivers_dir().join("psycopg_check.py");
+    let ca = certs.ca.display().to_string();
+    let out = run(
+        "psycopg_check.py",
+        Command::new("python3")
+            .arg(&script)
+            .args(["127.0.0.1", &port, &ca]),
+    )
+    .await;
+    assert_success("psycopg_check.py", &out);
+    assert_pooler_healthy(&p).await;
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgjdbc_prepared_statements_in_transaction_mode() {
     let jar = Path::new(PGJDBC_JAR);
