@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use crate::auth::scram_client::ScramKeys;
 use crate::backend::{BackendError, Target};
@@ -229,22 +229,19 @@ impl Pool {
     pub async fn maintain(&self) {
         let mut removable = self.size().saturating_sub(self.settings.min_size);
         let manager = self.inner.manager();
-        let removed = self.inner.retain(|_, m| {
-            if manager.expired(&m) {
-                false
+        // Closed connections are dropped with `retain`'s result.
+        let _closed = self.inner.retain(|conn, m| {
+            let reason = if manager.expired(&m) {
+                "server_lifetime reached"
             } else if m.last_used() >= self.settings.idle_timeout && removable > 0 {
                 removable -= 1;
-                false
+                "server_idle_timeout reached"
             } else {
-                true
-            }
+                return true;
+            };
+            info!(server = conn.id(), reason, "server connection closed");
+            false
         });
-        for conn in removed.removed {
-            debug!(
-                server = conn.id(),
-                "server connection closed: idle or lifetime timeout"
-            );
-        }
         self.fill_to_min().await;
     }
 
