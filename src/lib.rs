@@ -4,6 +4,7 @@
 //! until the shutdown signal. Each client runs in its own task
 //! ([`frontend::handle`]); servers come from per-(database, user) pools
 //! ([`pool`]).
+#![warn(missing_docs)]
 
 pub mod auth;
 pub mod auth_query;
