@@ -41,6 +41,13 @@ impl Stream {
         }
     }
 
+    /// Writes all of `data` and flushes it (TLS streams may otherwise hold
+    /// the last records back).
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_all(data).await?;
+        self.flush().await
+    }
+
     /// True for a TLS connection.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
@@ -136,7 +143,8 @@ impl Outbox {
         self.segments.is_empty()
     }
 
-    /// Writes everything queued to `w`, then empties the outbox.
+    /// Writes everything queued to `w` and flushes it, then empties the
+    /// outbox.
     pub async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
         let mut first = 0;
         let mut offset = 0;
@@ -164,7 +172,9 @@ impl Outbox {
             }
         }
         self.segments.clear();
-        Ok(())
+        // TLS streams may hold encrypted records back until flushed (a
+        // no-op for plain TCP).
+        w.flush().await
     }
 }
 

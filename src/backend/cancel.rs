@@ -32,7 +32,7 @@ impl CancelTarget {
             Some(tls) => negotiate(tcp, &self.host, tls).await?,
             None => Stream::Plain(tcp),
         };
-        stream.write_all(&encode::cancel_request(self.key)).await?;
+        stream.send(&encode::cancel_request(self.key)).await?;
         stream.shutdown().await?;
         Ok(())
     }

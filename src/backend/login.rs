@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
-use tokio::io::AsyncWriteExt;
 
 use super::{BackendError, ServerConn, Target};
 use crate::auth::scram_client::{PassthroughClient, ScramKeys};
@@ -50,14 +49,14 @@ enum Sasl {
 /// Logs `conn` in as `target.user`.
 pub(super) async fn login(conn: &mut ServerConn, target: &Target) -> Result<(), BackendError> {
     let startup = encode::startup_message(&[("user", &target.user), ("database", &target.dbname)]);
-    conn.stream.write_all(&startup).await?;
+    conn.stream.send(&startup).await?;
     let mut sasl = None;
     loop {
         let f = conn.read_frame().await?;
         match f.tag() {
             b'R' => {
                 if let Some(reply) = answer_auth(f.body(), target, &mut sasl)? {
-                    conn.stream.write_all(&reply).await?;
+                    conn.stream.send(&reply).await?;
                 }
             }
             b'S' => {

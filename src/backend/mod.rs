@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::net::Stream;
 use crate::protocol::backend::{self as msg, ErrorFields};
@@ -194,7 +194,7 @@ impl ServerConn {
     pub async fn run_internal_row(&mut self, sql: &str) -> Result<InternalResult, BackendError> {
         let mut buf = BytesMut::new();
         encode::query(&mut buf, sql);
-        self.stream.write_all(&buf).await?;
+        self.stream.send(&buf).await?;
         self.state.on_client_message(b'Q');
         let (mut row, mut error) = (None, None);
         loop {

@@ -6,7 +6,6 @@
 
 use bytes::{BufMut, BytesMut};
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 
 use super::error::ClientError;
 use super::handshake::read_frame;
@@ -73,7 +72,7 @@ pub async fn authenticate(
     };
     let mut out = BytesMut::new();
     encode::auth_ok(&mut out);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok(keys)
 }
 
@@ -154,7 +153,7 @@ async fn send_auth(
         b.put_i32(code);
         body(b);
     });
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! reading whole frames from the client during login.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::error::ClientError;
 use crate::net::Stream;
@@ -55,13 +55,13 @@ pub async fn read_hello(
                         ProtocolError::Unsupported("data received before the TLS handshake".into());
                     return Err((None, e.into()));
                 }
-                if let Err(e) = stream.write_all(b"S").await {
+                if let Err(e) = stream.send(b"S").await {
                     return Err((None, e.into()));
                 }
                 stream = upgrade(stream, tls).await?;
             }
             (StartupPacket::SslRequest | StartupPacket::GssEncRequest, _) => {
-                if let Err(e) = stream.write_all(b"N").await {
+                if let Err(e) = stream.send(b"N").await {
                     return Err((None, e.into()));
                 }
             }

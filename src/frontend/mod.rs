@@ -145,7 +145,7 @@ async fn login_steps(
     }
     encode::backend_key_data(&mut out, registration.key);
     encode::ready_for_query(&mut out, TxStatus::Idle);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok((pool, params, defaults, registration))
 }
 
@@ -166,7 +166,7 @@ async fn negotiate_version(
     }
     let mut out = BytesMut::new();
     encode::negotiate_protocol_version(&mut out, &options);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok(())
 }
 
@@ -180,7 +180,7 @@ async fn send_fatal(stream: &mut Stream, e: &ClientError) {
     if let Some(r) = e.reply() {
         let mut out = BytesMut::new();
         encode::error_response(&mut out, Severity::Fatal, &r.code, &r.message, r.hint);
-        let _ = stream.write_all(&out).await;
+        let _ = stream.send(&out).await;
         let _ = stream.shutdown().await;
     }
 }
