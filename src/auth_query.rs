@@ -2,7 +2,7 @@
 //!
 //! For a client naming an unknown user, pgtarn connects to the client's
 //! database as `auth_user` (tokio-postgres, a dedicated connection per
-//! lookup) and runs `auth_query` with the user name as `$1`; the secret it
+//! lookup, with the database's upstream TLS settings) and runs `auth_query` with the user name as `$1`; the secret it
 //! returns (a SCRAM verifier or an md5 hash from `pg_shadow`) authenticates
 //! the client, and pgtarn then logs in upstream by SCRAM passthrough or with
 //! the md5 hash. Answers, including "no such user", are cached for
@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use tracing::warn;
 
+use tokio_postgres::config::SslMode;
+
 use crate::auth::Secret;
+use crate::backend::UpstreamTls;
 use crate::config::Config;
 use crate::frontend::auth::UserAuth;
 
@@ -34,18 +37,22 @@ impl AuthQuery {
     /// The secret of `user` for `database`, or `None` if Postgres does not
     /// know the user, `auth_user` is not configured, or the lookup failed
     /// (logged; the client then gets the usual authentication error).
+    ///
+    /// `tls` is the database's upstream TLS setting: the lookup connection
+    /// uses it as pgtarn's server connections do.
     pub async fn lookup(
         &self,
         config: &Config,
         database: &str,
         user: &str,
+        tls: Option<&UpstreamTls>,
     ) -> Option<Arc<UserAuth>> {
         let auth_user = config.pgtarn.auth_user.as_deref()?;
         let key = (database.to_owned(), user.to_owned());
         if let Some(hit) = self.cached(&key, config) {
             return hit;
         }
-        let found = match fetch(config, auth_user, database, user).await {
+        let found = match fetch(config, (auth_user, database, user), tls).await {
             Ok(secret) => secret.map(|s| Arc::new(UserAuth::new(s))),
             Err(e) => {
                 warn!(user, database, error = %e, "auth_query failed");
@@ -69,9 +76,8 @@ impl AuthQuery {
 
 async fn fetch(
     config: &Config,
-    auth_user: &str,
-    database: &str,
-    user: &str,
+    (auth_user, database, user): (&str, &str, &str),
+    tls: Option<&UpstreamTls>,
 ) -> Result<Option<Secret>, String> {
     let db = config.databases.get(database).ok_or("unknown database")?;
     let Some(Ok(Secret::Password(password))) = config
@@ -89,13 +95,7 @@ async fn fetch(
         .password(password)
         .application_name("pgtarn auth_query")
         .connect_timeout(config.pgtarn.server_connect_timeout);
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let client = connect(&mut pg, tls).await.map_err(|e| e.to_string())?;
     let row = client
         .query_opt(&config.pgtarn.auth_query, &[&user])
         .await
@@ -103,4 +103,25 @@ async fn fetch(
     let Some(row) = row else { return Ok(None) };
     let secret: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
     Ok(secret.and_then(|s| Secret::parse(&s).ok()))
+}
+
+/// Connects the lookup connection, over TLS when the database uses it.
+async fn connect(
+    pg: &mut tokio_postgres::Config,
+    tls: Option<&UpstreamTls>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let Some(tls) = tls else {
+        let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        return Ok(client);
+    };
+    let mode = if tls.required {
+        SslMode::Require
+    } else {
+        SslMode::Prefer
+    };
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls.config).clone());
+    let (client, conn) = pg.ssl_mode(mode).connect(connector).await?;
+    tokio::spawn(conn);
+    Ok(client)
 }

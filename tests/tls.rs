@@ -1148,3 +1148,56 @@ async fn allow_and_prefer_accept_plaintext_and_tls_clients() {
         assert_select_1(&tls).await;
     }
 }
+
+/// auth_query uses the database's upstream TLS settings: against a server
+/// that accepts TLS logins only, an unconfigured role is looked up and
+/// logged in (SCRAM passthrough) through TLS.
+#[tokio::test]
+async fn auth_query_reaches_a_tls_only_upstream() {
+    let up = TlsUpstream::start();
+    let role = "aq_tls";
+    let create = format!("create role {role} login password 'aq-pw'");
+    let out = std::process::Command::new(up.pg.bin("psql"))
+        .args([
+            "-h",
+            &up.pg.socket_dir.display().to_string(),
+            "-p",
+            &up.pg.port.to_string(),
+        ])
+        .args(["-U", "postgres", "-d", "app", "-c", &create])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = toml_path(&up.certs.ca);
+    let general = "auth_user = \"postgres\"";
+    let toml = config(
+        up.pg.port,
+        general,
+        "",
+        &format!("mode = \"verify-full\"\nca = {ca}"),
+    ) + &format!(
+        "[users.postgres]\npassword = \"{}\"\n",
+        up.pg.superuser_password
+    );
+    let pooler = Pooler::start(&toml).await;
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={role} password=aq-pw dbname=app",
+        pooler.addr.port()
+    );
+    let (client, conn) = within(QUICK, "connect", tokio_postgres::connect(&conn_str, NoTls))
+        .await
+        .expect("an auth_query user logs in over a TLS-only upstream");
+    tokio::spawn(conn);
+    let row = within(
+        QUICK,
+        "query",
+        client.query_one("select current_user::text", &[]),
+    )
+    .await
+    .expect("query");
+    assert_eq!(row.get::<_, String>(0), role);
+}

@@ -119,7 +119,12 @@ async fn login_steps(
     let params = ClientParams::from_startup(&startup.params)?;
     let found = match ctx.users.get(user) {
         Some(u) => Some(u.clone()),
-        None => ctx.auth_query.lookup(&ctx.config, database, user).await,
+        None => {
+            let tls = ctx.registry.upstream_tls(database);
+            ctx.auth_query
+                .lookup(&ctx.config, database, user, tls)
+                .await
+        }
     };
     let creds = auth::Credentials {
         user: found.as_deref(),

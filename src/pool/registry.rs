@@ -81,6 +81,11 @@ impl Registry {
         Ok(pool)
     }
 
+    /// The TLS settings towards `database`'s server, if it uses TLS.
+    pub fn upstream_tls(&self, database: &str) -> Option<&UpstreamTls> {
+        self.upstream_tls.get(database)?.as_ref()
+    }
+
     /// The pool for `database` and `user`, if a client created it.
     pub fn find(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
