@@ -60,6 +60,11 @@ fn config(pg_port: u16, general: &str, client_tls: &str, server_tls: &str) -> St
     )
 }
 
+/// Starts pgtarn with [`config`]'s arguments.
+async fn tls_pooler(pg_port: u16, general: &str, client_tls: &str, server_tls: &str) -> Pooler {
+    Pooler::start(&config(pg_port, general, client_tls, server_tls)).await
+}
+
 /// `[tls.client]` body: `mode` with the test server certificate, and the
 /// CA for mTLS when `mtls`.
 fn client_tls(certs: &TestCerts, mode: &str, mtls: bool) -> String {
@@ -469,12 +474,12 @@ async fn sleep_and_cancel<F, Fut>(
 async fn psql_verify_full_with_and_without_channel_binding() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "",
         &client_tls(&certs, "require", false),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     let base = format!(
         "host=localhost port={} user=app dbname=app sslmode=verify-full sslrootcert={}",
@@ -534,12 +539,12 @@ async fn psql_verify_full_with_and_without_channel_binding() {
 async fn plaintext_login_is_refused_with_28000_when_tls_is_required() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "",
         &client_tls(&certs, "require", false),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     let err = connect_err(
         &pooler.conn_str("sslmode=disable"),
@@ -584,12 +589,12 @@ async fn plaintext_login_is_refused_with_28000_when_tls_is_required() {
 async fn tokio_postgres_rustls_scram_with_and_without_channel_binding() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "",
         &client_tls(&certs, "require", false),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     for cb in ["require", "disable"] {
         let client = connect(
@@ -721,12 +726,12 @@ async fn slow_reader_rounds(pooler: &Pooler, client: &Client, port: u16, how: &s
 async fn slow_tls_reader_receives_the_whole_result() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "",
         &client_tls(&certs, "prefer", false),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     let (plain, port) =
         connect_small_rcvbuf(&pooler.conn_str("sslmode=disable"), NoTls, SLOW_RCVBUF).await;
@@ -785,14 +790,14 @@ async fn copy_in_rounds(client: &Client, relay: &SlowProxy, how: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_to_a_slow_tls_upstream_completes() {
     let plain_relay = SlowProxy::start(PgServer::shared().port).await;
-    let pooler = Pooler::start(&config(plain_relay.port, "", "", "mode = \"disable\"")).await;
+    let pooler = tls_pooler(plain_relay.port, "", "", "mode = \"disable\"").await;
     let client = within(QUICK, "connect", pooler.connect()).await;
     copy_in_rounds(&client, &plain_relay, "plaintext upstream").await;
 
     let up = TlsUpstream::start();
     let tls_relay = SlowProxy::start(up.pg.port).await;
     let server_tls = format!("mode = \"verify-full\"\nca = {}", toml_path(&up.certs.ca));
-    let pooler = Pooler::start(&config(tls_relay.port, "", "", &server_tls)).await;
+    let pooler = tls_pooler(tls_relay.port, "", "", &server_tls).await;
     let client = within(QUICK, "connect", pooler.connect()).await;
     copy_in_rounds(&client, &tls_relay, "TLS upstream").await;
 }
@@ -814,7 +819,7 @@ async fn upstream_tls_modes_against_a_hostssl_only_server() {
         "mode = \"prefer\"".to_owned(),
     ];
     for server_tls in &modes {
-        let pooler = Pooler::start(&config(up.pg.port, "", "", server_tls)).await;
+        let pooler = tls_pooler(up.pg.port, "", "", server_tls).await;
         let client = within(QUICK, "connect", pooler.connect()).await;
         let row = within(
             QUICK,
@@ -856,7 +861,7 @@ async fn upstream_tls_modes_against_a_hostssl_only_server() {
 
     // disable: Postgres refuses the plaintext login; its error reaches the
     // client with its SQLSTATE.
-    let pooler = Pooler::start(&config(up.pg.port, "", "", "mode = \"disable\"")).await;
+    let pooler = tls_pooler(up.pg.port, "", "", "mode = \"disable\"").await;
     let err = connect_err(
         &pooler.conn_str(""),
         NoTls,
@@ -871,7 +876,7 @@ async fn upstream_tls_modes_against_a_hostssl_only_server() {
     // certificate problem, no hang.
     let other = TestCerts::generate("app");
     let wrong = format!("mode = \"verify-full\"\nca = {}", toml_path(&other.ca));
-    let pooler = Pooler::start(&config(up.pg.port, "", "", &wrong)).await;
+    let pooler = tls_pooler(up.pg.port, "", "", &wrong).await;
     let started = Instant::now();
     let err = connect_err(
         &pooler.conn_str(""),
@@ -898,10 +903,10 @@ async fn upstream_tls_modes_against_a_hostssl_only_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_prefer_falls_back_and_require_fails_without_server_tls() {
     let pg = PgServer::shared();
-    let pooler = Pooler::start(&config(pg.port, "", "", "")).await;
+    let pooler = tls_pooler(pg.port, "", "", "").await;
     assert_select_1(&within(QUICK, "connect", pooler.connect()).await).await;
 
-    let pooler = Pooler::start(&config(pg.port, "", "", "mode = \"require\"")).await;
+    let pooler = tls_pooler(pg.port, "", "", "mode = \"require\"").await;
     let started = Instant::now();
     let err = connect_err(&pooler.conn_str(""), NoTls, "require without server TLS").await;
     let (code, message) = db_error(&err);
@@ -925,7 +930,7 @@ async fn cancel_reaches_a_tls_upstream_over_tls() {
     let server_tls = format!("mode = \"verify-full\"\nca = {ca}");
 
     // Client plain to pgtarn, pgtarn TLS to Postgres.
-    let pooler = Pooler::start(&config(proxy.port, "", "", &server_tls)).await;
+    let pooler = tls_pooler(proxy.port, "", "", &server_tls).await;
     let observer = within(QUICK, "connect", pooler.connect()).await;
     let client = within(QUICK, "connect", pooler.connect()).await;
     sleep_and_cancel(client, &observer, Some(&proxy), |t| async move {
@@ -942,12 +947,12 @@ async fn cancel_reaches_a_tls_upstream_over_tls() {
 
     // Client TLS to pgtarn too: the client's own cancel goes over TLS.
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         proxy.port,
         "",
         &client_tls(&certs, "require", false),
         &server_tls,
-    ))
+    )
     .await;
     let conn_str = tls_conn_str(&pooler, "app-secret", "");
     let observer = connect(&conn_str, certs.tokio_postgres_tls(false)).await;
@@ -981,12 +986,12 @@ async fn cancel_reaches_a_tls_upstream_over_tls() {
 async fn mtls_requires_a_client_certificate_from_the_ca() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "",
         &client_tls(&certs, "require", true),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     let conn_str = tls_conn_str(&pooler, "app-secret", "");
 
@@ -1028,12 +1033,12 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
 async fn hostile_tls_handshakes_are_closed_and_others_still_served() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "client_login_timeout = \"1s\"",
         &client_tls(&certs, "require", false),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     let conn_str = tls_conn_str(&pooler, "app-secret", "");
 
@@ -1102,12 +1107,12 @@ async fn hostile_tls_handshakes_are_closed_and_others_still_served() {
 async fn direct_tls_without_sslrequest() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
-    let pooler = Pooler::start(&config(
+    let pooler = tls_pooler(
         pg.port,
         "",
         &client_tls(&certs, "require", false),
         "mode = \"disable\"",
-    ))
+    )
     .await;
     let conn_str = tls_conn_str(
         &pooler,
@@ -1131,12 +1136,12 @@ async fn allow_and_prefer_accept_plaintext_and_tls_clients() {
     let pg = PgServer::shared();
     let certs = TestCerts::generate("app");
     for mode in ["allow", "prefer"] {
-        let pooler = Pooler::start(&config(
+        let pooler = tls_pooler(
             pg.port,
             "",
             &client_tls(&certs, mode, false),
             "mode = \"disable\"",
-        ))
+        )
         .await;
         let plain = connect(&pooler.conn_str("sslmode=disable"), NoTls).await;
         assert_select_1(&plain).await;
