@@ -65,6 +65,22 @@ async fn tls_pooler(pg_port: u16, general: &str, client_tls: &str, server_tls: &
     Pooler::start(&config(pg_port, general, client_tls, server_tls)).await
 }
 
+/// pgtarn in front of the shared Postgres (plain upstream) with client TLS
+/// in `mode`, requiring client certificates when `mtls`; returns the fresh
+/// test certificates with it.
+async fn client_tls_pooler(general: &str, mode: &str, mtls: bool) -> (TestCerts, Pooler) {
+    let certs = TestCerts::generate("app");
+    let client = client_tls(&certs, mode, mtls);
+    let pooler = tls_pooler(
+        PgServer::shared().port,
+        general,
+        &client,
+        "mode = \"disable\"",
+    )
+    .await;
+    (certs, pooler)
+}
+
 /// `[tls.client]` body: `mode` with the test server certificate, and the
 /// CA for mTLS when `mtls`.
 fn client_tls(certs: &TestCerts, mode: &str, mtls: bool) -> String {
@@ -472,15 +488,7 @@ async fn sleep_and_cancel<F, Fut>(
 /// (SCRAM-SHA-256-PLUS) and disabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_verify_full_with_and_without_channel_binding() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "",
-        &client_tls(&certs, "require", false),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) = client_tls_pooler("", "require", false).await;
     let base = format!(
         "host=localhost port={} user=app dbname=app sslmode=verify-full sslrootcert={}",
         pooler.addr.port(),
@@ -537,15 +545,7 @@ async fn psql_verify_full_with_and_without_channel_binding() {
 /// required", both for tokio-postgres and for psql `sslmode=disable`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_login_is_refused_with_28000_when_tls_is_required() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "",
-        &client_tls(&certs, "require", false),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) = client_tls_pooler("", "require", false).await;
     let err = connect_err(
         &pooler.conn_str("sslmode=disable"),
         NoTls,
@@ -587,15 +587,7 @@ async fn plaintext_login_is_refused_with_28000_when_tls_is_required() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_postgres_rustls_scram_with_and_without_channel_binding() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "",
-        &client_tls(&certs, "require", false),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) = client_tls_pooler("", "require", false).await;
     for cb in ["require", "disable"] {
         let client = connect(
             &tls_conn_str(&pooler, "app-secret", &format!("channel_binding={cb}")),
@@ -724,15 +716,7 @@ async fn slow_reader_rounds(pooler: &Pooler, client: &Client, port: u16, how: &s
 /// it forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_tls_reader_receives_the_whole_result() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "",
-        &client_tls(&certs, "prefer", false),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) = client_tls_pooler("", "prefer", false).await;
     let (plain, port) =
         connect_small_rcvbuf(&pooler.conn_str("sslmode=disable"), NoTls, SLOW_RCVBUF).await;
     slow_reader_rounds(&pooler, &plain, port, "plaintext").await;
@@ -984,15 +968,7 @@ async fn cancel_reaches_a_tls_upstream_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_requires_a_client_certificate_from_the_ca() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "",
-        &client_tls(&certs, "require", true),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) = client_tls_pooler("", "require", true).await;
     let conn_str = tls_conn_str(&pooler, "app-secret", "");
 
     let err = connect_err(
@@ -1031,15 +1007,8 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_tls_handshakes_are_closed_and_others_still_served() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "client_login_timeout = \"1s\"",
-        &client_tls(&certs, "require", false),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) =
+        client_tls_pooler("client_login_timeout = \"1s\"", "require", false).await;
     let conn_str = tls_conn_str(&pooler, "app-secret", "");
 
     // SSLRequest, 'S', then 200 bytes of garbage instead of a ClientHello:
@@ -1105,15 +1074,7 @@ async fn hostile_tls_handshakes_are_closed_and_others_still_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_without_sslrequest() {
-    let pg = PgServer::shared();
-    let certs = TestCerts::generate("app");
-    let pooler = tls_pooler(
-        pg.port,
-        "",
-        &client_tls(&certs, "require", false),
-        "mode = \"disable\"",
-    )
-    .await;
+    let (certs, pooler) = client_tls_pooler("", "require", false).await;
     let conn_str = tls_conn_str(
         &pooler,
         "app-secret",
