@@ -121,6 +121,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 for knob in DURATION REPS SCALE POOL_SIZE JOBS BUILD_TIMEOUT; do
@@ -146,33 +148,8 @@ PG_BIN=""
 PG_STARTED=0
 PGB_PID=""
 PGT_PID=""
-CHILD_PID="" # the foreground job (build, pgbench), run in the background so signals are handled at once
 
-# Runs a command as the postgres OS user when we are root, else as ourselves.
-as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
-}
 
-# Stops one process by PID: TERM, up to 10 s, then KILL.
-stop_pid() {
-  local pid=$1 name=$2 i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) ignored TERM; killing"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?
@@ -214,41 +191,9 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-# run_bounded SECS OUTFILE CMD...: runs CMD in the background under
-# `timeout SECS`, stdout and stderr to OUTFILE ("-": our stderr), and waits
-# for it, so a signal reaches our trap at once (the function itself must not
-# be redirected: the trap would inherit that). Returns CMD's exit status.
-run_bounded() {
-  local secs=$1 out=$2 rc=0
-  shift 2
-  if [ "$out" = - ]; then
-    timeout --kill-after=10 "$secs" "$@" >&2 &
-  else
-    timeout --kill-after=10 "$secs" "$@" >"$out" 2>&1 &
-  fi
-  CHILD_PID=$!
-  wait "$CHILD_PID" || rc=$?
-  CHILD_PID=""
-  return "$rc"
-}
 
 # A TCP port on 127.0.0.1 that nothing listens on (and that we have not
 # taken), into FREE_PORT. Not to be called in a subshell.
-TAKEN_PORTS=" "
-FREE_PORT=""
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $TAKEN_PORTS == *" $p "* ]] && continue
-    if ! timeout 1 bash -c "exec 3<>/dev/tcp/$HOST/$p" 2>/dev/null; then
-      TAKEN_PORTS+="$p "
-      FREE_PORT=$p
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 # Waits until `select 1` works as app through HOST:PORT, while PID is alive.
 wait_ready() {
@@ -267,16 +212,6 @@ wait_ready() {
   return 1
 }
 
-# utime+stime (fields 14, 15) of PID, in clock ticks, into the variable named $2.
-proc_ticks() {
-  local line f
-  if ! read -r line 2>/dev/null <"/proc/$1/stat"; then
-    printf -v "$2" '%s' ""
-    return 1
-  fi
-  read -r -a f <<<"${line##*) }" # f[0] is field 3
-  printf -v "$2" '%s' "$((f[11] + f[12]))"
-}
 
 # utime+stime+cutime+cstime of the postmaster plus utime+stime of its live
 # children: all CPU used so far by the cluster.
@@ -315,20 +250,8 @@ machine_ticks() {
   printf -v "$2" '%s' "$((user + nice + system + idle + iowait + irq + softirq + steal))"
 }
 
-median() {
-  [ $# -gt 0 ] || return 0
-  printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (NR%2) v=a[(NR+1)/2]; else v=(a[NR/2]+a[NR/2+1])/2; printf "%.6g\n", v }'
-}
 
-fmt() { # fmt DECIMALS VALUE (empty stays empty)
-  [ -n "${2:-}" ] || return 0
-  awk -v d="$1" -v v="$2" 'BEGIN{ printf "%.*f", d, v }'
-}
 
-ratio() { # ratio A B: A/B with 2 decimals, empty if either is missing
-  [ -n "${1:-}" ] && [ -n "${2:-}" ] || return 0
-  awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b }'
-}
 
 version_ge() { # version_ge A B: A >= B
   [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -1)" = "$2" ]

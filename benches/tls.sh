@@ -82,6 +82,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 
 for knob in DURATION_CONNECT DURATION_STEADY REPS JOBS SCALE POOL_SIZE; do
   [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || die "$knob must be a positive integer (got '${!knob}')"
@@ -98,28 +100,8 @@ PG_BIN=""
 PG_DATA=""
 PG_PM_PID=""
 PGT_PID=""
-CHILD_PID="" # the foreground job (build, pgbench), run in the background so signals are handled at once
 
-as_pg() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 
-# Stops one process by PID: TERM, up to 10 s, then KILL.
-stop_pid() {
-  local pid=$1 name=$2 i
-  [ -n "$pid" ] || return 0
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$name (pid $pid) ignored TERM; killing"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
   local rc=$?
@@ -158,38 +140,8 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
-# run_bounded SECS OUTFILE CMD...: CMD in the background under timeout,
-# output to OUTFILE ("-": our stderr), waited for (so traps run at once).
-run_bounded() {
-  local secs=$1 out=$2 rc=0
-  shift 2
-  if [ "$out" = - ]; then
-    timeout --kill-after=10 "$secs" "$@" >&2 &
-  else
-    timeout --kill-after=10 "$secs" "$@" >"$out" 2>&1 &
-  fi
-  CHILD_PID=$!
-  wait "$CHILD_PID" || rc=$?
-  CHILD_PID=""
-  return "$rc"
-}
 
 # A port on 127.0.0.1 nobody listens on, into FREE_PORT.
-TAKEN_PORTS=" "
-FREE_PORT=""
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 40000))
-    [[ $TAKEN_PORTS == *" $p "* ]] && continue
-    if ! timeout 1 bash -c "exec 3<>/dev/tcp/$HOST/$p" 2>/dev/null; then
-      TAKEN_PORTS+="$p "
-      FREE_PORT=$p
-      return 0
-    fi
-  done
-  die "no free port found"
-}
 
 # psql as app over TLS to HOST:PORT; extra args follow.
 app_psql() {
@@ -211,28 +163,7 @@ wait_ready() {
   return 1
 }
 
-# utime+stime of PID in clock ticks, into the variable named $2.
-proc_ticks() {
-  local line f
-  if ! read -r line 2>/dev/null <"/proc/$1/stat"; then
-    printf -v "$2" '%s' ""
-    return 1
-  fi
-  read -r -a f <<<"${line##*) }"
-  printf -v "$2" '%s' "$((f[11] + f[12]))"
-}
 
-median() {
-  printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{ if (!NR) exit; if (NR%2) v=a[(NR+1)/2]; else v=(a[NR/2]+a[NR/2+1])/2; printf "%.6g\n", v }'
-}
-fmt() { # fmt DECIMALS VALUE (empty stays empty)
-  if [ -n "${2:-}" ]; then awk -v d="$1" -v v="$2" 'BEGIN{ printf "%.*f", d, v }'; fi
-}
-ratio() { # ratio A B: A/B with 2 decimals, empty if either is missing
-  if [ -n "${1:-}" ] && [ -n "${2:-}" ]; then
-    awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b }'
-  fi
-}
 
 # ------------------------------------------------------------------- pgtarn --
 
