@@ -811,26 +811,20 @@ mod tests {
     fn signature_hash_table_and_pss_parameters() {
         let rsa = |n: u8| [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, n];
         let null = [0x05, 0];
-        assert_eq!(
-            signature_hash(&fake_cert(&rsa(4), &null)),
-            Some(EndPointHash::Sha256)
-        );
-        assert_eq!(
-            signature_hash(&fake_cert(&rsa(5), &null)),
-            Some(EndPointHash::Sha256)
-        );
-        assert_eq!(
-            signature_hash(&fake_cert(&rsa(11), &null)),
-            Some(EndPointHash::Sha256)
-        );
-        assert_eq!(
-            signature_hash(&fake_cert(&rsa(12), &null)),
-            Some(EndPointHash::Sha384)
-        );
-        assert_eq!(
-            signature_hash(&fake_cert(&rsa(13), &null)),
-            Some(EndPointHash::Sha512)
-        );
+        // md5WithRSA, sha1WithRSA, sha256/384/512WithRSA.
+        for (n, expected) in [
+            (4, EndPointHash::Sha256),
+            (5, EndPointHash::Sha256),
+            (11, EndPointHash::Sha256),
+            (12, EndPointHash::Sha384),
+            (13, EndPointHash::Sha512),
+        ] {
+            assert_eq!(
+                signature_hash(&fake_cert(&rsa(n), &null)),
+                Some(expected),
+                "rsa oid {n}"
+            );
+        }
         let sha384 = [0x60, 0x86, 0x48, 1, 0x65, 3, 4, 2, 2];
         let mut hash_alg = vec![SEQUENCE, 11, OID, 9];
         hash_alg.extend_from_slice(&sha384);
