@@ -218,7 +218,7 @@ impl Translator {
                 return Ok(());
             }
         };
-        match self.lookup(&stmt.name, sink) {
+        match Self::lookup(&stmt, sink) {
             Cached::Fresh => self.replies.made(parse_complete(), sink.to_client),
             cached => self.prepare(&stmt, cached, Some(p.name.to_owned()), true, sink),
         }
@@ -251,11 +251,10 @@ impl Translator {
         Ok(true)
     }
 
-    /// What the server has of statement `name`.
-    fn lookup(&self, name: &str, sink: &mut Sink<'_>) -> Cached {
-        sink.server
-            .statements
-            .lookup(name, self.known.generation(name))
+    /// What the server has of `stmt`, at the generation the client parsed
+    /// it (the pool's current one wherever this is called).
+    fn lookup(stmt: &Statement, sink: &mut Sink<'_>) -> Cached {
+        sink.server.statements.lookup(&stmt.name, stmt.generation)
     }
 
     /// Sends the Parse for `stmt` (after closing an outdated copy or an
@@ -271,12 +270,11 @@ impl Translator {
         if cached == Cached::Outdated {
             self.close_on_server(stmt.name.clone(), false, sink);
         }
-        let generation = self.known.generation(&stmt.name);
         let capacity = self.max_server_statements;
-        if let Some(victim) = sink
-            .server
-            .statements
-            .insert(stmt.name.clone(), generation, capacity)
+        if let Some(victim) =
+            sink.server
+                .statements
+                .insert(stmt.name.clone(), stmt.generation, capacity)
         {
             self.close_on_server(victim, true, sink);
         }
@@ -311,7 +309,7 @@ impl Translator {
         if stmt.generation != generation {
             return Some(Err(()));
         }
-        match self.lookup(&stmt.name, sink) {
+        match Self::lookup(&stmt, sink) {
             Cached::Fresh => {}
             cached => self.prepare(&stmt, cached, None, false, sink),
         }
