@@ -14,6 +14,9 @@ use serde::Deserialize;
 pub mod tls;
 pub use tls::{ClientTlsMode, ServerTlsMode};
 
+/// Database names that reach the admin console rather than a pool.
+pub const ADMIN_DATABASES: [&str; 2] = ["pgtarn", "pgbouncer"];
+
 /// A configuration that failed to load; the message names the bad key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -161,6 +164,53 @@ pub struct General {
     /// How long an `auth_query` answer is reused. Default `"60s"`.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
+    /// Users allowed into the admin console (virtual database `pgtarn`,
+    /// also `pgbouncer`) with every command. They authenticate like any
+    /// user. Default: none.
+    pub admin_users: Vec<String>,
+    /// Users allowed into the admin console for read-only `SHOW` commands.
+    /// Default: none.
+    pub stats_users: Vec<String>,
+    /// Address of the HTTP endpoint serving `/metrics` (Prometheus text
+    /// format), `/healthz` and `/readyz`. Default: none (no endpoint).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Window over which `SHOW STATS` averages are computed. Default `"60s"`.
+    #[serde(with = "humantime_serde")]
+    pub stats_period: Duration,
+    /// A logged-in client idle (outside a transaction) this long is
+    /// disconnected; 0 disables. Default `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client idle inside a transaction this long gets 25P03 and is
+    /// disconnected (its server is discarded); 0 disables. Default `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub idle_transaction_timeout: Duration,
+    /// A query running this long is cancelled on the server and the client
+    /// gets an error; 0 disables. Default `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// After a failed upstream login, new clients of that pool fail at once
+    /// with the same error for this long instead of each trying again.
+    /// Default `"15s"`.
+    #[serde(with = "humantime_serde")]
+    pub server_login_retry: Duration,
+    /// Time limit for delivering a cancel request to Postgres. Default
+    /// `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub cancel_wait_timeout: Duration,
+    /// SQL run on a server connection that sat idle longer than
+    /// `server_check_delay` before it is handed out; empty disables the
+    /// check. Default `"SELECT 1"`.
+    pub server_check_query: String,
+    /// How long a server connection may sit idle before it is checked with
+    /// `server_check_query`. Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub server_check_delay: Duration,
+    /// On `SIGTERM` or admin `SHUTDOWN`, how long running transactions get
+    /// to finish before remaining clients are disconnected with 57P01.
+    /// Default `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for General {
@@ -184,6 +234,18 @@ impl Default for General {
             auth_user: None,
             auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
             auth_cache_ttl: Duration::from_secs(60),
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            metrics_addr: None,
+            stats_period: Duration::from_secs(60),
+            client_idle_timeout: Duration::ZERO,
+            idle_transaction_timeout: Duration::ZERO,
+            query_timeout: Duration::ZERO,
+            server_login_retry: Duration::from_secs(15),
+            cancel_wait_timeout: Duration::from_secs(10),
+            server_check_query: "SELECT 1".into(),
+            server_check_delay: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -279,6 +341,9 @@ impl Config {
             ("server_connect_timeout", g.server_connect_timeout),
             ("client_login_timeout", g.client_login_timeout),
             ("server_reset_timeout", g.server_reset_timeout),
+            ("cancel_wait_timeout", g.cancel_wait_timeout),
+            ("stats_period", g.stats_period),
+            ("shutdown_timeout", g.shutdown_timeout),
         ] {
             if d.is_zero() {
                 return invalid(format!("pgtarn.{key}"), "must be greater than 0".into());
@@ -286,6 +351,12 @@ impl Config {
         }
         for (name, db) in &self.databases {
             let key = |k: &str| format!("databases.{name}.{k}");
+            if crate::config::ADMIN_DATABASES.contains(&name.as_str()) {
+                return invalid(
+                    format!("databases.{name}"),
+                    "is the admin console's name".into(),
+                );
+            }
             if db.pool_size == 0 {
                 return invalid(key("pool_size"), "must be at least 1".into());
             }
