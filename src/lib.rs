@@ -11,15 +11,18 @@ pub mod auth_query;
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod shutdown;
+pub mod stats;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -52,12 +55,35 @@ pub struct Context {
     pub auth_query: auth_query::AuthQuery,
     /// Random per process; salts the mock secrets of unknown users.
     pub mock_nonce: [u8; 32],
+    /// Logged-in clients (`SHOW CLIENTS`).
+    pub clients: Arc<stats::clients::ConnList>,
+    /// Clients still in startup or authentication.
+    pub logging_in: AtomicUsize,
+}
+
+impl Context {
+    /// Counts a client as logging in until the returned guard drops.
+    pub fn count_login(&self) -> LoggingIn<'_> {
+        self.logging_in.fetch_add(1, Ordering::Relaxed);
+        LoggingIn(&self.logging_in)
+    }
+}
+
+/// A client counted in [`Context::logging_in`].
+#[derive(Debug)]
+pub struct LoggingIn<'a>(&'a AtomicUsize);
+
+impl Drop for LoggingIn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A bound, not yet running, pgtarn.
 #[derive(Debug)]
 pub struct Pgtarn {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     ctx: Arc<Context>,
 }
 
@@ -71,8 +97,13 @@ impl Pgtarn {
         tls::install_crypto_provider();
         let config = Arc::new(config);
         let client_tls = client_tls(&config.tls.client).map_err(std::io::Error::other)?;
-        let registry = Registry::new(config.clone()).map_err(std::io::Error::other)?;
+        let metrics = stats::Metrics::new();
+        let registry = Registry::new(config.clone(), metrics).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
+        let metrics = match config.pgtarn.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
         let users = config
             .users
             .iter()
@@ -92,10 +123,13 @@ impl Pgtarn {
             users,
             auth_query: Default::default(),
             mock_nonce: rand::random(),
+            clients: stats::clients::ConnList::new(1),
+            logging_in: AtomicUsize::new(0),
             config,
         };
         Ok(Pgtarn {
             listener,
+            metrics,
             ctx: Arc::new(ctx),
         })
     }
@@ -103,6 +137,11 @@ impl Pgtarn {
     /// The address clients connect to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The metrics endpoint's address, if `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
     }
 
     /// The shared state (pools, settings), for inspection.
@@ -114,6 +153,9 @@ impl Pgtarn {
     /// a deadline) and closes the pools.
     pub async fn run(self, mut shutdown: Shutdown) -> std::io::Result<()> {
         info!(addr = %self.local_addr()?, "pgtarn listening");
+        if let Some(l) = self.metrics {
+            tokio::spawn(metrics::serve(l, self.ctx.clone(), shutdown.clone()));
+        }
         let mut clients = JoinSet::new();
         loop {
             tokio::select! {

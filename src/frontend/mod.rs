@@ -13,6 +13,7 @@ pub mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -28,6 +29,7 @@ use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::client_streamable;
 use crate::protocol::startup::StartupMessage;
 use crate::shutdown::Shutdown;
+use crate::stats::clients::{ConnState, NewConn};
 use error::ClientError;
 use handshake::Hello;
 use params::ClientParams;
@@ -39,7 +41,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = ctx.config.pgtarn.client_login_timeout;
     let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, ctx.client_tls.as_ref());
-    let (mut stream, startup) = match tokio::time::timeout(login_timeout, hello).await {
+    let logging_in = ctx.count_login();
+    let hello = tokio::time::timeout(login_timeout, hello).await;
+    count_tls(&ctx, &hello);
+    let (mut stream, startup) = match hello {
         Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
         Ok(Ok((_, Hello::Cancel(key)))) => return ctx.cancels.cancel(key).await,
         Ok(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
@@ -66,11 +71,62 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
         Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
         Err(_) => return info!(%peer, client = %who, "client login timed out"),
     };
+    drop(logging_in);
     info!(%peer, client = %who, "client connected");
+    let _member = list_client(&ctx, &mut session, &startup, peer);
     let span = tracing::debug_span!("client", %peer);
     let end = session.run(&mut shutdown).instrument(span).await;
     drop(registration);
+    if let Err(e) = &end
+        && let Some(r) = e.reply()
+    {
+        session.pool.stats.error(&r.code);
+    }
     report_end(&mut session.client, peer, &who, end).await;
+}
+
+/// Lists a logged-in client (`SHOW CLIENTS`) and counts it in its pool
+/// until the returned guard drops.
+fn list_client(
+    ctx: &Context,
+    session: &mut Session,
+    startup: &StartupMessage,
+    peer: SocketAddr,
+) -> PoolMember {
+    let pool = session.pool.clone();
+    let new = NewConn {
+        user: pool.key.user.clone(),
+        database: pool.key.database.clone(),
+        peer: Some(peer),
+        local: session.client.tcp().local_addr().ok(),
+        tls: session.client.is_tls(),
+        application_name: startup.param("application_name").unwrap_or("").to_owned(),
+    };
+    session.listed = Some(ctx.clients.add(new, ConnState::Idle));
+    pool.stats.logins.inc();
+    pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+    PoolMember(pool)
+}
+
+/// A logged-in client's place in its pool's client count.
+struct PoolMember(Arc<crate::pool::Pool>);
+
+impl Drop for PoolMember {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of reading a client's first packets, under the login timeout.
+type HelloResult =
+    Result<Result<(Stream, Hello), handshake::HelloError>, tokio::time::error::Elapsed>;
+
+fn count_tls(ctx: &Context, hello: &HelloResult) {
+    match hello {
+        Ok(Ok((s, _))) if s.is_tls() => ctx.registry.metrics.tls_handshake("client", true),
+        Ok(Err((_, ClientError::Tls(_)))) => ctx.registry.metrics.tls_handshake("client", false),
+        _ => {}
+    }
 }
 
 /// Logs in a client; on failure hands the stream back with the error.

@@ -4,14 +4,16 @@
 //! (idle, not past `server_lifetime`, peer still there); resets happen on
 //! release, before a connection is returned.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tracing::info;
 
 use crate::backend::{BackendError, ServerConn, Target};
+use crate::stats::PoolStats;
+use crate::stats::clients::{ConnList, ConnState, NewConn};
 
 /// Creates and checks server connections for one pool.
 #[derive(Debug)]
@@ -21,20 +23,51 @@ pub struct Manager {
     connect_timeout: Duration,
     /// The ParameterStatus set of the first server connection.
     pub(super) defaults: OnceLock<Vec<(String, String)>>,
+    /// The pool's statistics.
+    pub(super) stats: Arc<PoolStats>,
+    /// Where server connections are listed (`SHOW SERVERS`).
+    pub(super) servers: Arc<ConnList>,
+    /// The database name clients use, for the list.
+    pub(super) database: String,
 }
 
 /// Server connection ids, unique in the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Manager {
-    /// A manager connecting to `target`.
-    pub fn new(target: Target, lifetime: Duration, connect_timeout: Duration) -> Self {
+    /// A manager connecting to `target`, recording into `stats` and
+    /// listing its connections in `servers`.
+    pub fn new(
+        target: Target,
+        lifetime: Duration,
+        connect_timeout: Duration,
+        stats: Arc<PoolStats>,
+        servers: Arc<ConnList>,
+        database: String,
+    ) -> Self {
         Manager {
             target,
             lifetime,
             connect_timeout,
             defaults: OnceLock::new(),
+            stats,
+            servers,
+            database,
         }
+    }
+
+    async fn connect(&self, id: u64) -> Result<ServerConn, BackendError> {
+        self.stats.connecting.fetch_add(1, Ordering::Relaxed);
+        let connect = ServerConn::connect(&self.target, id);
+        let result = tokio::time::timeout(self.connect_timeout, connect).await;
+        self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
+        let result = result.map_err(|_| BackendError::Timeout(self.connect_timeout))?;
+        match &result {
+            Ok(conn) if conn.is_tls() => self.stats.server_tls(true),
+            Err(BackendError::Tls(_)) => self.stats.server_tls(false),
+            _ => {}
+        }
+        result
     }
 
     /// Whether a connection is past `server_lifetime`.
@@ -49,11 +82,21 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let connect = ServerConn::connect(&self.target, id);
-        let conn = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| BackendError::Timeout(self.connect_timeout))??;
+        let mut conn = self.connect(id).await?;
         info!(server = id, target = ?self.target, "server connection opened");
+        self.stats.opened.inc();
+        let listed = self.servers.add(
+            NewConn {
+                user: self.target.user.clone(),
+                database: self.database.clone(),
+                peer: Some(conn.addr()),
+                tls: conn.is_tls(),
+                ..Default::default()
+            },
+            ConnState::Idle,
+        );
+        listed.set_remote_pid(conn.backend_pid());
+        conn.listed = Some(listed);
         self.defaults.get_or_init(|| conn.login_params().to_vec());
         Ok(conn)
     }
@@ -71,6 +114,7 @@ impl managed::Manager for Manager {
             return Ok(());
         };
         info!(server = conn.id(), reason, "server connection closed");
+        self.stats.server_closed(reason);
         Err(RecycleError::message(reason))
     }
 }

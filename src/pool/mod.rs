@@ -11,8 +11,12 @@ mod manager;
 mod registry;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
 use tracing::{info, warn};
@@ -20,6 +24,8 @@ use tracing::{info, warn};
 use crate::auth::scram_client::ScramKeys;
 use crate::backend::{BackendError, Target};
 use crate::config::PoolMode;
+use crate::stats::PoolStats;
+use crate::stats::clients::ConnList;
 pub use guard::Checkout;
 pub use manager::Manager;
 pub use registry::{LookupError, Registry};
@@ -143,7 +149,26 @@ pub struct Pool {
     /// SCRAM passthrough keys, learned from a client's SCRAM login; used
     /// when the user's only secret is a verifier.
     passthrough: Arc<Mutex<Option<ScramKeys>>>,
+    /// Counters, histograms and live counts.
+    pub stats: Arc<PoolStats>,
     inner: managed::Pool<Manager>,
+}
+
+/// A point-in-time view of a pool's servers and clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Logged-in clients not waiting for a server.
+    pub cl_active: usize,
+    /// Clients waiting for a server.
+    pub cl_waiting: usize,
+    /// Servers lent to clients.
+    pub sv_active: usize,
+    /// Idle servers, recently used.
+    pub sv_idle: usize,
+    /// Idle servers due for a `server_check_query` before reuse.
+    pub sv_used: usize,
+    /// Servers being connected.
+    pub sv_login: usize,
 }
 
 impl Pool {
@@ -153,8 +178,17 @@ impl Pool {
         target: Target,
         settings: PoolSettings,
         passthrough: Arc<Mutex<Option<ScramKeys>>>,
+        stats: Arc<PoolStats>,
+        servers: Arc<ConnList>,
     ) -> Arc<Pool> {
-        let manager = Manager::new(target, settings.lifetime, settings.connect_timeout);
+        let manager = Manager::new(
+            target,
+            settings.lifetime,
+            settings.connect_timeout,
+            stats.clone(),
+            servers,
+            key.database.clone(),
+        );
         let inner = managed::Pool::builder(manager)
             .max_size(settings.size)
             .queue_mode(QueueMode::Lifo)
@@ -166,6 +200,7 @@ impl Pool {
             settings,
             known_statements: Arc::default(),
             passthrough,
+            stats,
             inner,
         })
     }
@@ -176,16 +211,31 @@ impl Pool {
         *self.passthrough.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
     }
 
-    /// Waits (FIFO, bounded by `query_wait_timeout`) for a server.
+    /// Waits (FIFO, bounded by `query_wait_timeout`) for a server. A
+    /// checkout that cannot complete at once is counted as waiting.
     pub async fn checkout(&self) -> Result<Checkout, CheckoutError> {
         let timeouts = Timeouts {
             wait: Some(self.settings.wait_timeout),
             create: None,
             recycle: None,
         };
-        match self.inner.timeout_get(&timeouts).await {
+        let started = Instant::now();
+        let get = self.inner.timeout_get(&timeouts);
+        let mut get = std::pin::pin!(get);
+        let result = match poll_once(get.as_mut()).await {
+            Some(r) => r,
+            None => {
+                let _waiting = self.stats.start_wait();
+                get.await
+            }
+        };
+        self.stats.wait.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(obj) => Ok(Checkout::new(obj)),
-            Err(PoolError::Timeout(_)) => Err(CheckoutError::WaitTimeout),
+            Err(PoolError::Timeout(_)) => {
+                self.stats.wait_timeouts.inc();
+                Err(CheckoutError::WaitTimeout)
+            }
             Err(PoolError::Backend(e)) => Err(CheckoutError::Connect(e)),
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
             Err(e) => Err(CheckoutError::Connect(BackendError::Auth(e.to_string()))),
@@ -206,6 +256,30 @@ impl Pool {
             .get()
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// Clients and servers by state, as `SHOW POOLS` reports them.
+    pub fn counts(&self, check_delay: Option<Duration>) -> PoolCounts {
+        let status = self.inner.status();
+        let mut used = 0;
+        if let Some(delay) = check_delay {
+            // `retain` visits the idle connections; keeping all of them.
+            self.inner.retain(|_, m| {
+                used += usize::from(m.last_used() >= delay);
+                true
+            });
+        }
+        let waiting = self.stats.waiting();
+        let clients = self.stats.clients.load(Ordering::Relaxed);
+        let idle = status.available.min(status.size);
+        PoolCounts {
+            cl_active: clients.saturating_sub(waiting),
+            cl_waiting: waiting,
+            sv_active: status.size - idle,
+            sv_idle: idle - used.min(idle),
+            sv_used: used.min(idle),
+            sv_login: self.stats.connecting.load(Ordering::Relaxed),
+        }
     }
 
     /// Server connections open (busy or idle).
@@ -240,6 +314,7 @@ impl Pool {
                 return true;
             };
             info!(server = conn.id(), reason, "server connection closed");
+            self.stats.server_closed(reason);
             false
         });
         self.fill_to_min().await;
@@ -269,4 +344,14 @@ impl Pool {
     pub fn close(&self) {
         self.inner.close();
     }
+}
+
+/// Polls `f` once: its output if it is ready at once, else `None` (and
+/// `f` keeps its place, e.g. in the pool's wait queue).
+async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }

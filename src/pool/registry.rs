@@ -9,6 +9,8 @@ use super::{Pool, PoolKey, PoolSettings};
 use crate::auth::Secret;
 use crate::backend::{Credential, Target, UpstreamTls};
 use crate::config::Config;
+use crate::stats::clients::ConnList;
+use crate::stats::{Metrics, PoolStats};
 use crate::tls::TlsError;
 
 /// Why no pool exists for a client's (database, user).
@@ -26,6 +28,10 @@ pub enum LookupError {
 #[derive(Debug)]
 pub struct Registry {
     config: Arc<Config>,
+    /// Metric families pools record into.
+    pub metrics: Metrics,
+    /// Every server connection (`SHOW SERVERS`).
+    pub servers: Arc<ConnList>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// TLS towards each database (by client-facing name), built at start.
     upstream_tls: HashMap<String, Option<UpstreamTls>>,
@@ -37,7 +43,7 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 impl Registry {
     /// An empty registry for `config`; fails if a database's TLS settings
     /// cannot be loaded (the error names the files).
-    pub fn new(config: Arc<Config>) -> Result<Self, TlsError> {
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> Result<Self, TlsError> {
         let s = &config.tls.server;
         let cert_key = s.cert.as_deref().zip(s.key.as_deref());
         let mut upstream_tls = HashMap::new();
@@ -53,6 +59,8 @@ impl Registry {
         }
         Ok(Registry {
             config,
+            metrics,
+            servers: ConnList::new(1),
             pools: Mutex::new(HashMap::new()),
             upstream_tls,
         })
@@ -141,7 +149,21 @@ impl Registry {
                 max_bytes: g.max_client_prepared_bytes,
             },
         };
-        Ok(Pool::new(key, target, settings, passthrough))
+        let stats = PoolStats::new(
+            &self.metrics,
+            &key.database,
+            &key.user,
+            db.pool_mode.as_str(),
+        );
+        let servers = self.servers.clone();
+        Ok(Pool::new(
+            key,
+            target,
+            settings,
+            passthrough,
+            Arc::new(stats),
+            servers,
+        ))
     }
 
     /// Closes every pool.
