@@ -41,6 +41,8 @@ pub enum End {
     Closed,
     /// pgtarn is shutting down.
     Shutdown,
+    /// An admin ran `KILL` on the client's database.
+    Killed,
 }
 
 /// One client's relay state.
@@ -76,6 +78,7 @@ pub struct Session {
 }
 
 enum Event {
+    Killed,
     Client(usize),
     Server(std::io::Result<usize>),
     Shutdown,
@@ -101,7 +104,7 @@ impl Session {
         defaults: Arc<Vec<(String, String)>>,
         cancel: Arc<CancelSlot>,
     ) -> Session {
-        let s = &pool.settings;
+        let s = pool.settings();
         let translator =
             (s.mode == PoolMode::Transaction && s.max_prepared_statements > 0).then(|| {
                 Translator::new(
@@ -148,12 +151,14 @@ impl Session {
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     _ = shutdown.wait() => Event::Shutdown,
+                    _ = killed(&mut self.listed) => Event::Killed,
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                 },
                 Some(server) => {
                     let server = &mut **server;
                     make_room(&mut server.rbuf);
                     tokio::select! {
+                        _ = killed(&mut self.listed) => Event::Killed,
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
                     }
@@ -161,6 +166,7 @@ impl Session {
             };
             match event {
                 Event::Shutdown => return Ok(End::Shutdown),
+                Event::Killed => return Ok(End::Killed),
                 Event::Client(0) => return Ok(End::Closed),
                 Event::Client(n) => {
                     self.pool.stats.received.inc_by(n as u64);
@@ -221,7 +227,7 @@ impl Session {
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
         }
-        if f.tag() == b'Q' && self.pool.settings.mode == PoolMode::Transaction {
+        if f.tag() == b'Q' && self.pool.settings().mode == PoolMode::Transaction {
             let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
             self.changed.merge(changed_settings(sql));
         }
@@ -302,7 +308,7 @@ impl Session {
             .is_none_or(|t| t.replies.is_empty());
         let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
         self.to_client.flush(&mut self.client).await?;
-        if idle && self.pool.settings.mode == PoolMode::Transaction {
+        if idle && self.pool.settings().mode == PoolMode::Transaction {
             if !self.changed.is_empty() {
                 self.track_settings().await?;
             }
@@ -376,8 +382,8 @@ impl Session {
             server.discard("session ended with an error");
             return;
         }
-        if self.pool.settings.mode == PoolMode::Session && server.is_reusable() {
-            let s = &self.pool.settings;
+        if self.pool.settings().mode == PoolMode::Session && server.is_reusable() {
+            let s = self.pool.settings();
             let reset =
                 tokio::time::timeout(s.reset_timeout, server.run_internal(&s.reset_query)).await;
             if !matches!(reset, Ok(Ok(None))) {
@@ -388,6 +394,14 @@ impl Session {
             server.settings = lowercase_map(&self.defaults);
         }
         drop(server);
+    }
+}
+
+/// Completes when an admin kills the client.
+async fn killed(listed: &mut Option<Listed>) {
+    match listed {
+        Some(l) => l.killed().await,
+        None => std::future::pending().await,
     }
 }
 

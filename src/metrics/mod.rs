@@ -46,11 +46,11 @@ pub fn refresh(ctx: &Context) {
                 .with_label_values(&with(&l, state))
                 .set(n as i64);
         }
-        let size = pool.settings.size.max(1);
+        let size = pool.settings().size.max(1);
         m.pool_size.with_label_values(&l).set(pool.size() as i64);
         m.pool_max_size
             .with_label_values(&l)
-            .set(pool.settings.size as i64);
+            .set(pool.settings().size as i64);
         m.pool_saturation
             .with_label_values(&l)
             .set(c.sv_active as f64 / size as f64);
@@ -74,7 +74,8 @@ pub fn refresh(ctx: &Context) {
 
 /// `server_check_delay` when health checks are on.
 pub fn check_delay(ctx: &Context) -> Option<Duration> {
-    let g = &ctx.config.pgtarn;
+    let config = ctx.config();
+    let g = &config.pgtarn;
     (!g.server_check_query.is_empty()).then_some(g.server_check_delay)
 }
 
@@ -91,7 +92,8 @@ pub fn render(ctx: &Context) -> String {
 /// Whether every configured upstream accepts a TCP connection within
 /// `limit`; the error names the first one that does not.
 pub async fn ready(ctx: &Arc<Context>, limit: Duration) -> Result<(), String> {
-    for (name, db) in &ctx.config.databases {
+    let config = ctx.config();
+    for (name, db) in &config.databases {
         let addr = (db.host.as_str(), db.port);
         match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
             Ok(Ok(_)) => {}

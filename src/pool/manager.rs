@@ -5,12 +5,15 @@
 //! release, before a connection is returned.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use tracing::info;
 
+use super::PoolSettings;
 use crate::backend::{BackendError, ServerConn, Target};
 use crate::stats::PoolStats;
 use crate::stats::clients::{ConnList, ConnState, NewConn};
@@ -19,8 +22,10 @@ use crate::stats::clients::{ConnList, ConnState, NewConn};
 #[derive(Debug)]
 pub struct Manager {
     target: Target,
-    lifetime: Duration,
-    connect_timeout: Duration,
+    settings: Arc<ArcSwap<PoolSettings>>,
+    /// Connections created before this instant are closed at their next
+    /// checkout (admin `RECONNECT`).
+    retire_before: Mutex<Option<Instant>>,
     /// The ParameterStatus set of the first server connection.
     pub(super) defaults: OnceLock<Vec<(String, String)>>,
     /// The pool's statistics.
@@ -39,16 +44,15 @@ impl Manager {
     /// listing its connections in `servers`.
     pub fn new(
         target: Target,
-        lifetime: Duration,
-        connect_timeout: Duration,
+        settings: Arc<ArcSwap<PoolSettings>>,
         stats: Arc<PoolStats>,
         servers: Arc<ConnList>,
         database: String,
     ) -> Self {
         Manager {
             target,
-            lifetime,
-            connect_timeout,
+            settings,
+            retire_before: Mutex::new(None),
             defaults: OnceLock::new(),
             stats,
             servers,
@@ -59,9 +63,10 @@ impl Manager {
     async fn connect(&self, id: u64) -> Result<ServerConn, BackendError> {
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
         let connect = ServerConn::connect(&self.target, id);
-        let result = tokio::time::timeout(self.connect_timeout, connect).await;
+        let limit = self.settings.load().connect_timeout;
+        let result = tokio::time::timeout(limit, connect).await;
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
-        let result = result.map_err(|_| BackendError::Timeout(self.connect_timeout))?;
+        let result = result.map_err(|_| BackendError::Timeout(limit))?;
         match &result {
             Ok(conn) if conn.is_tls() => self.stats.server_tls(true),
             Err(BackendError::Tls(_)) => self.stats.server_tls(false),
@@ -70,9 +75,17 @@ impl Manager {
         result
     }
 
-    /// Whether a connection is past `server_lifetime`.
+    /// Whether a connection is past `server_lifetime` or older than a
+    /// `RECONNECT`.
     pub fn expired(&self, metrics: &Metrics) -> bool {
-        metrics.age() >= self.lifetime
+        let retired = self.retire_before.lock().unwrap_or_else(|p| p.into_inner());
+        metrics.age() >= self.settings.load().lifetime
+            || retired.is_some_and(|t| metrics.created < t)
+    }
+
+    /// Closes connections created before `t` at their next checkout.
+    pub fn retire_older_than(&self, t: Instant) {
+        *self.retire_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
     }
 }
 

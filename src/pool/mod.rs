@@ -13,11 +13,12 @@ mod registry;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
 use tracing::{info, warn};
 
@@ -142,8 +143,11 @@ pub enum CheckoutError {
 pub struct Pool {
     /// Which database and user it serves.
     pub key: PoolKey,
-    /// Its settings.
-    pub settings: PoolSettings,
+    /// Its settings (swapped on reload).
+    settings: Arc<ArcSwap<PoolSettings>>,
+    /// What the pool's connections depend on (upstream address, TLS,
+    /// credentials): a reload that changes it retires the pool.
+    pub fingerprint: String,
     /// Statements known to parse on this pool's servers.
     pub known_statements: Arc<KnownStatements>,
     /// SCRAM passthrough keys, learned from a client's SCRAM login; used
@@ -151,6 +155,8 @@ pub struct Pool {
     passthrough: Arc<Mutex<Option<ScramKeys>>>,
     /// Counters, histograms and live counts.
     pub stats: Arc<PoolStats>,
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
     inner: managed::Pool<Manager>,
 }
 
@@ -180,17 +186,19 @@ impl Pool {
         passthrough: Arc<Mutex<Option<ScramKeys>>>,
         stats: Arc<PoolStats>,
         servers: Arc<ConnList>,
+        fingerprint: String,
     ) -> Arc<Pool> {
+        let size = settings.size;
+        let settings = Arc::new(ArcSwap::from_pointee(settings));
         let manager = Manager::new(
             target,
-            settings.lifetime,
-            settings.connect_timeout,
+            settings.clone(),
             stats.clone(),
             servers,
             key.database.clone(),
         );
         let inner = managed::Pool::builder(manager)
-            .max_size(settings.size)
+            .max_size(size)
             .queue_mode(QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
@@ -198,11 +206,35 @@ impl Pool {
         Arc::new(Pool {
             key,
             settings,
+            fingerprint,
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
             known_statements: Arc::default(),
             passthrough,
             stats,
             inner,
         })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings.load()
+    }
+
+    /// Applies new settings (reload): the size limit changes at once,
+    /// timeouts from the next use.
+    pub fn update(&self, settings: PoolSettings) {
+        if settings.size != self.settings().size {
+            self.inner.resize(settings.size);
+        }
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Closes idle connections now and every busy one when it is
+    /// released (admin `RECONNECT`, reload of the upstream address).
+    pub fn reconnect(&self) {
+        self.inner.manager().retire_older_than(Instant::now());
+        let _ = self.inner.retain(|_, _| false);
     }
 
     /// Records the keys a client's SCRAM login revealed, for SCRAM
@@ -215,11 +247,15 @@ impl Pool {
     /// checkout that cannot complete at once is counted as waiting.
     pub async fn checkout(&self) -> Result<Checkout, CheckoutError> {
         let timeouts = Timeouts {
-            wait: Some(self.settings.wait_timeout),
+            wait: Some(self.settings().wait_timeout),
             create: None,
             recycle: None,
         };
         let started = Instant::now();
+        if self.paused.load(Ordering::Relaxed) {
+            let _waiting = self.stats.start_wait();
+            self.wait_resumed().await;
+        }
         let get = self.inner.timeout_get(&timeouts);
         let mut get = std::pin::pin!(get);
         let result = match poll_once(get.as_mut()).await {
@@ -301,13 +337,13 @@ impl Pool {
     /// `min_pool_size`) or `server_lifetime`, then opens connections up to
     /// `min_pool_size`.
     pub async fn maintain(&self) {
-        let mut removable = self.size().saturating_sub(self.settings.min_size);
+        let mut removable = self.size().saturating_sub(self.settings().min_size);
         let manager = self.inner.manager();
         // Closed connections are dropped with `retain`'s result.
         let _closed = self.inner.retain(|conn, m| {
             let reason = if manager.expired(&m) {
                 "server_lifetime reached"
-            } else if m.last_used() >= self.settings.idle_timeout && removable > 0 {
+            } else if m.last_used() >= self.settings().idle_timeout && removable > 0 {
                 removable -= 1;
                 "server_idle_timeout reached"
             } else {
@@ -322,14 +358,14 @@ impl Pool {
 
     async fn fill_to_min(&self) {
         let status = self.inner.status();
-        if status.size >= self.settings.min_size || status.waiting > 0 {
+        if status.size >= self.settings().min_size || status.waiting > 0 {
             return;
         }
         // Holding `min_size` connections at once makes the pool create
         // whatever is missing; dropping them returns all of them.
         let timeouts = Timeouts::wait_millis(0);
         let mut held = Vec::new();
-        for _ in 0..self.settings.min_size {
+        for _ in 0..self.settings().min_size {
             match self.inner.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
                 Err(e) => {
@@ -337,6 +373,27 @@ impl Pool {
                     break;
                 }
             }
+        }
+    }
+
+    /// Pauses or resumes checkouts: while paused, clients wait (without
+    /// `query_wait_timeout`) instead of getting a server.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    async fn wait_resumed(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            let mut resumed = std::pin::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            resumed.await;
         }
     }
 

@@ -60,6 +60,7 @@ pub struct ConnInfo {
     request_time: AtomicU64,
     link: AtomicU64,
     remote_pid: AtomicI32,
+    kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// The facts a connection is listed with.
@@ -136,6 +137,15 @@ impl ConnInfo {
         self.remote_pid.load(Ordering::Relaxed)
     }
 
+    /// Asks the connection's task to end (admin `KILL`); see
+    /// [`Listed::killed`].
+    pub fn kill(&self) {
+        let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = sender {
+            let _ = s.send(());
+        }
+    }
+
     /// Records the Postgres backend's process id.
     pub fn set_remote_pid(&self, pid: i32) {
         self.remote_pid.store(pid, Ordering::Relaxed);
@@ -165,6 +175,7 @@ impl ConnList {
     /// Lists a new connection in `state` until the returned guard drops.
     pub fn add(self: &Arc<Self>, c: NewConn, state: ConnState) -> Listed {
         let now = SystemTime::now();
+        let (kill, killed) = tokio::sync::oneshot::channel();
         let info = Arc::new(ConnInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user: c.user,
@@ -179,11 +190,13 @@ impl ConnList {
             request_time: AtomicU64::new(unix_micros(now)),
             link: AtomicU64::new(0),
             remote_pid: AtomicI32::new(0),
+            kill: Mutex::new(Some(kill)),
         });
         self.lock().insert(info.id, info.clone());
         Listed {
             list: self.clone(),
             info,
+            killed,
         }
     }
 
@@ -209,6 +222,16 @@ pub struct Listed {
     list: Arc<ConnList>,
     /// The entry.
     pub info: Arc<ConnInfo>,
+    killed: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Listed {
+    /// Completes once [`ConnInfo::kill`] was called (never otherwise).
+    pub async fn killed(&mut self) {
+        if (&mut self.killed).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Drop for Listed {
