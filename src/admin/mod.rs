@@ -11,12 +11,12 @@ mod show;
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tracing::info;
 
 use crate::Context;
-use crate::config::{AuthType, Config};
+use crate::config::Config;
 use crate::frontend::auth::{self, Credentials};
 use crate::frontend::error::ClientError;
 use crate::net::Stream;
@@ -131,16 +131,13 @@ async fn login(
     let config = ctx.config();
     let users = ctx.users();
     let found = users.get(user).cloned();
+    let tls = ctx.client_tls().filter(|_| stream.is_tls());
     let creds = Credentials {
         user: found.as_deref(),
         mock_nonce: &ctx.mock_nonce,
-        channel_binding: None,
+        channel_binding: tls.as_ref().map(|t| &t.end_point_hash[..]),
     };
-    let method = match config.pgtarn.auth_type {
-        AuthType::Trust => AuthType::Trust,
-        other => other,
-    };
-    auth::authenticate(stream, buf, user, creds, method).await?;
+    auth::authenticate(stream, buf, user, creds, config.pgtarn.auth_type).await?;
     let Some(role) = role(&config, user) else {
         return Err(ClientError::NotAdmin(user.to_owned()));
     };
@@ -161,7 +158,6 @@ async fn login(
     );
     encode::ready_for_query(&mut out, TxStatus::Idle);
     stream.send(&out).await?;
-    let _ = buf.remaining();
     Ok(role)
 }
 

@@ -204,7 +204,7 @@ async fn login_steps(
         mock_nonce: &ctx.mock_nonce,
         channel_binding: stream
             .is_tls()
-            .then(|| client_tls.as_deref())
+            .then_some(client_tls.as_deref())
             .flatten()
             .map(|t| &t.end_point_hash[..]),
     };
