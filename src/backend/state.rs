@@ -72,6 +72,11 @@ impl ServerState {
         self.tx
     }
 
+    /// True while a ReadyForQuery is still due: a query is running.
+    pub fn awaiting_server(&self) -> bool {
+        self.pending_ready > 0
+    }
+
     /// True when the connection can serve another client as it is.
     pub fn is_idle(&self) -> bool {
         self.pending_ready == 0 && !self.unsynced && self.tx == TxStatus::Idle

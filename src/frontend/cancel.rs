@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::protocol::startup::CancelKey;
 
@@ -72,14 +73,24 @@ impl CancelRegistry {
     }
 
     /// Forwards a cancel request for `key`, if it names a client whose
-    /// query is running; otherwise does nothing.
-    pub async fn cancel(&self, key: CancelKey) {
+    /// query is running; otherwise does nothing. Delivery is abandoned
+    /// after `limit` (`cancel_wait_timeout`).
+    pub async fn cancel(&self, key: CancelKey, limit: Duration) {
         let Some(target) = self.lookup(key) else {
             debug!("cancel request for an unknown or idle client ignored");
             return;
         };
-        if let Err(e) = target.send().await {
-            debug!(error = %e, "forwarding cancel request failed");
+        send_cancel(&target, limit).await;
+    }
+}
+
+/// Sends a cancel request to a server, giving up after `limit`.
+pub async fn send_cancel(target: &CancelTarget, limit: Duration) {
+    match tokio::time::timeout(limit, target.send()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "forwarding cancel request failed"),
+        Err(_) => {
+            info!(server = %target.addr, "cancel request not delivered within cancel_wait_timeout")
         }
     }
 }

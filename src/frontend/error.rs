@@ -58,6 +58,21 @@ pub enum ClientError {
     /// pgtarn is shutting down.
     #[error("pgtarn is shutting down")]
     Shutdown,
+    /// The client stayed idle longer than `client_idle_timeout`.
+    #[error("client_idle_timeout")]
+    ClientIdleTimeout,
+    /// The client stayed idle inside a transaction longer than
+    /// `idle_transaction_timeout`.
+    #[error("idle transaction timeout")]
+    IdleTransactionTimeout,
+    /// A cancelled query (`query_timeout`) did not end within
+    /// `cancel_wait_timeout`.
+    #[error("query_timeout")]
+    QueryTimeout,
+    /// The client stopped reading a result for longer than `query_timeout`;
+    /// a message may be cut, so the connection is closed without one.
+    #[error("client stopped reading its result for longer than query_timeout")]
+    StuckClient,
     /// An admin ran `KILL` on the client's database.
     #[error("terminating connection due to administrator command (KILL)")]
     Killed,
@@ -99,7 +114,7 @@ impl ClientError {
     pub fn reply(&self) -> Option<Reply> {
         let msg = self.to_string();
         match self {
-            ClientError::Io(_) | ClientError::Tls(_) => None,
+            ClientError::Io(_) | ClientError::Tls(_) | ClientError::StuckClient => None,
             ClientError::TlsRequired => reply(code::INVALID_AUTHORIZATION, msg, None),
             ClientError::Protocol(_) => reply(code::PROTOCOL_VIOLATION, msg, None),
             ClientError::Params(ParamError::Replication) => {
@@ -115,6 +130,11 @@ impl ClientError {
             ClientError::SettingRejected(f) => reply(&f.code, f.message.clone(), None),
             ClientError::ServerLost(_) => reply(code::CONNECTION_FAILURE, msg, None),
             ClientError::Shutdown => reply(code::ADMIN_SHUTDOWN, msg, None),
+            ClientError::ClientIdleTimeout => reply(code::IDLE_SESSION_TIMEOUT, msg, None),
+            ClientError::IdleTransactionTimeout => {
+                reply(code::IDLE_IN_TRANSACTION_TIMEOUT, msg, None)
+            }
+            ClientError::QueryTimeout => reply(code::QUERY_CANCELED, msg, None),
             ClientError::Killed => reply(code::ADMIN_SHUTDOWN, msg, None),
             ClientError::NotAdmin(_) => reply(code::INSUFFICIENT_PRIVILEGE, msg, None),
         }

@@ -48,7 +48,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
     count_tls(&ctx, &hello);
     let (mut stream, startup) = match hello {
         Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
-        Ok(Ok((_, Hello::Cancel(key)))) => return ctx.cancels.cancel(key).await,
+        Ok(Ok((_, Hello::Cancel(key)))) => {
+            let limit = config.pgtarn.cancel_wait_timeout;
+            return ctx.cancels.cancel(key, limit).await;
+        }
         Ok(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
         Ok(Err((None, e))) => return info!(%peer, error = %e, "client connection refused"),
         Err(_) => return info!(%peer, "client connection closed: client_login_timeout"),
@@ -155,7 +158,8 @@ async fn login(
         Ok((pool, params, defaults, registration)) => {
             let splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
             let slot = registration.slot.clone();
-            let session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
+            let mut session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
+            session.timeouts = session::SessionTimeouts::from_config(&ctx.config().pgtarn);
             Ok((session, registration))
         }
         Err(e) => Err((stream, e)),

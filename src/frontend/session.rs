@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -28,6 +28,8 @@ use crate::config::PoolMode;
 use crate::net::{Outbox, Stream};
 use crate::pool::{Checkout, Pool};
 use crate::protocol::backend as msg;
+use crate::protocol::encode;
+use crate::protocol::sqlstate::QUERY_CANCELED;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter};
 use crate::shutdown::Shutdown;
 use crate::stats::clients::{ConnState, Listed};
@@ -75,9 +77,48 @@ pub struct Session {
     /// When the query and transaction in progress started.
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
+    /// Client-side time limits (0 = off).
+    pub timeouts: SessionTimeouts,
+    /// When pgtarn cancelled the running query for `query_timeout`.
+    cancelled_at: Option<Instant>,
+}
+
+/// The time limits a session enforces; zero disables one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionTimeouts {
+    /// `client_idle_timeout`: idle outside a transaction.
+    pub client_idle: Duration,
+    /// `idle_transaction_timeout`: idle inside a transaction.
+    pub idle_transaction: Duration,
+    /// `query_timeout`: one query running.
+    pub query: Duration,
+    /// `cancel_wait_timeout`: a cancel request's delivery and effect.
+    pub cancel_wait: Duration,
+}
+
+impl SessionTimeouts {
+    /// The limits configured in `[pgtarn]`.
+    pub fn from_config(g: &crate::config::General) -> Self {
+        SessionTimeouts {
+            client_idle: g.client_idle_timeout,
+            idle_transaction: g.idle_transaction_timeout,
+            query: g.query_timeout,
+            cancel_wait: g.cancel_wait_timeout,
+        }
+    }
+}
+
+/// Which time limit expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    ClientIdle,
+    IdleTransaction,
+    Query,
+    CancelWait,
 }
 
 enum Event {
+    Timeout(Timer),
     Killed,
     Client(usize),
     Server(std::io::Result<usize>),
@@ -129,6 +170,8 @@ impl Session {
             listed: None,
             query_start: None,
             xact_start: None,
+            timeouts: SessionTimeouts::default(),
+            cancelled_at: None,
         }
     }
 
@@ -148,10 +191,12 @@ impl Session {
         }
         loop {
             make_room(&mut self.cbuf);
+            let timer = self.next_timer();
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     _ = shutdown.wait() => Event::Shutdown,
                     _ = killed(&mut self.listed) => Event::Killed,
+                    t = expiry(timer) => Event::Timeout(t),
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                 },
                 Some(server) => {
@@ -159,6 +204,7 @@ impl Session {
                     make_room(&mut server.rbuf);
                     tokio::select! {
                         _ = killed(&mut self.listed) => Event::Killed,
+                        t = expiry(timer) => Event::Timeout(t),
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
                     }
@@ -167,6 +213,7 @@ impl Session {
             match event {
                 Event::Shutdown => return Ok(End::Shutdown),
                 Event::Killed => return Ok(End::Killed),
+                Event::Timeout(t) => self.on_timeout(t)?,
                 Event::Client(0) => return Ok(End::Closed),
                 Event::Client(n) => {
                     self.pool.stats.received.inc_by(n as u64);
@@ -180,6 +227,62 @@ impl Session {
                     self.on_server_data().await?
                 }
                 Event::Server(Err(e)) => return Err(ClientError::ServerLost(e.into())),
+            }
+        }
+    }
+
+    /// Writes the server's output to the client. A client that stops
+    /// reading while a query runs is bounded by `query_timeout` (its
+    /// server is then discarded).
+    async fn flush_to_client(&mut self) -> Result<(), ClientError> {
+        let limit = match self.next_timer() {
+            Some((at, Timer::Query | Timer::CancelWait)) => at,
+            _ => return Ok(self.to_client.flush(&mut self.client).await?),
+        };
+        match tokio::time::timeout_at(limit.into(), self.to_client.flush(&mut self.client)).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClientError::StuckClient),
+        }
+    }
+
+    /// The time limit that applies in the current state, and when it ends.
+    fn next_timer(&self) -> Option<(Instant, Timer)> {
+        let t = &self.timeouts;
+        let after = |d: Duration, timer| (!d.is_zero()).then(|| (Instant::now() + d, timer));
+        let Some(server) = self.server.as_ref() else {
+            return after(t.client_idle, Timer::ClientIdle);
+        };
+        if let Some(at) = self.cancelled_at {
+            return Some((at + t.cancel_wait, Timer::CancelWait));
+        }
+        if server.state.awaiting_server() {
+            let start = self.query_start?;
+            return (!t.query.is_zero()).then(|| (start + t.query, Timer::Query));
+        }
+        if server.state.is_idle() {
+            after(t.client_idle, Timer::ClientIdle)
+        } else {
+            after(t.idle_transaction, Timer::IdleTransaction)
+        }
+    }
+
+    /// Acts on an expired time limit: ends the session, or cancels the
+    /// running query (`query_timeout`).
+    fn on_timeout(&mut self, timer: Timer) -> Result<(), ClientError> {
+        match timer {
+            Timer::ClientIdle => Err(ClientError::ClientIdleTimeout),
+            Timer::IdleTransaction => Err(ClientError::IdleTransactionTimeout),
+            Timer::CancelWait => Err(ClientError::QueryTimeout),
+            Timer::Query => {
+                let Some(server) = self.server.as_ref() else {
+                    return Ok(());
+                };
+                debug!(server = server.id(), "query_timeout: cancelling the query");
+                self.cancelled_at = Some(Instant::now());
+                let target = server.cancel_target();
+                let limit = self.timeouts.cancel_wait;
+                tokio::spawn(async move { super::cancel::send_cancel(&target, limit).await });
+                Ok(())
             }
         }
     }
@@ -278,9 +381,10 @@ impl Session {
         while let Some(item) = server.splitter.next(&mut server.rbuf).map_err(bad)? {
             match item {
                 Item::Chunk(b) => self.to_client.push(b),
-                Item::Frame(f) => {
+                Item::Frame(mut f) => {
                     match f.tag() {
                         b'Z' => {
+                            self.cancelled_at = None;
                             let status = msg::ready_for_query(f.body()).map_err(bad)?;
                             server.state.on_ready(status);
                             finish_timers(
@@ -290,7 +394,12 @@ impl Session {
                                 status,
                             );
                         }
-                        b'E' => count_error(&self.pool, f.body()),
+                        b'E' => {
+                            count_error(&self.pool, f.body());
+                            if self.cancelled_at.is_some() {
+                                f = query_timeout_error(f);
+                            }
+                        }
                         b'S' => note_setting(&mut server.settings, f.body()).map_err(bad)?,
                         b'G' => server.state.on_copy_in(),
                         _ => {}
@@ -307,7 +416,7 @@ impl Session {
             .as_ref()
             .is_none_or(|t| t.replies.is_empty());
         let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
-        self.to_client.flush(&mut self.client).await?;
+        self.flush_to_client().await?;
         if idle && self.pool.settings().mode == PoolMode::Transaction {
             if !self.changed.is_empty() {
                 self.track_settings().await?;
@@ -395,6 +504,35 @@ impl Session {
         }
         drop(server);
     }
+}
+
+/// Completes when `timer` expires (never if there is none).
+async fn expiry(timer: Option<(Instant, Timer)>) -> Timer {
+    match timer {
+        Some((at, t)) => {
+            tokio::time::sleep_until(at.into()).await;
+            t
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The server's "canceling statement due to user request", when pgtarn
+/// sent the cancel for `query_timeout`, says so instead.
+fn query_timeout_error(f: Frame) -> Frame {
+    let is_cancel = msg::error_fields(f.body()).is_ok_and(|e| e.code == QUERY_CANCELED);
+    if !is_cancel {
+        return f;
+    }
+    let mut out = BytesMut::new();
+    encode::error_response(
+        &mut out,
+        encode::Severity::Error,
+        QUERY_CANCELED,
+        "canceling statement due to query_timeout",
+        Some("The query ran longer than pgtarn's query_timeout and was cancelled on the server."),
+    );
+    Frame::from_raw(out.freeze()).unwrap_or(f)
 }
 
 /// Completes when an admin kills the client.

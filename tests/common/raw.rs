@@ -39,6 +39,18 @@ impl Raw {
         raw
     }
 
+    /// Reads and discards bytes until end of file; returns how many.
+    pub async fn drain(&mut self) -> usize {
+        let mut n = 0;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk).await {
+                Ok(0) | Err(_) => return n,
+                Ok(k) => n += k,
+            }
+        }
+    }
+
     /// Writes raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");

@@ -1,0 +1,155 @@
+//! Client-side time limits, end to end: `client_idle_timeout`,
+//! `idle_transaction_timeout` and `query_timeout` (including a client that
+//! stops reading a large result), each with its SQLSTATE, and the pool
+//! left clean afterwards.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::pg::PgServer;
+use common::pooler::{self, Pooler};
+use common::raw::Raw;
+use common::wait_until;
+use tokio_postgres::NoTls;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+async fn pooler(general: &str) -> Pooler {
+    let general = format!("auth_type = \"trust\"\n{general}");
+    Pooler::start(&pooler::config(
+        PgServer::shared(),
+        &general,
+        "pool_size = 1",
+    ))
+    .await
+}
+
+/// Connects and returns the client plus the connection task, whose result
+/// carries the error pgtarn ended the connection with.
+async fn connect(
+    p: &Pooler,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let (client, conn) = tokio_postgres::connect(&p.conn_str(""), NoTls)
+        .await
+        .expect("connect through pgtarn");
+    (client, tokio::spawn(conn))
+}
+
+async fn ended_with(conn: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>) -> String {
+    let result = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("pgtarn ended the connection");
+    let e = result
+        .expect("join")
+        .expect_err("the connection ends with an error");
+    e.as_db_error()
+        .map(|d| format!("{} {}", d.code().code(), d.message()))
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Backends of the test user that are idle inside a transaction.
+async fn idle_in_transaction() -> i64 {
+    let su = PgServer::shared().superuser().await;
+    let row = su
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity");
+    row.get(0)
+}
+
+#[tokio::test]
+async fn client_idle_timeout_disconnects_an_idle_client_with_57p05() {
+    let p = pooler("client_idle_timeout = \"300ms\"").await;
+    let (client, conn) = connect(&p).await;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("works at first");
+    assert_eq!(ended_with(conn).await, "57P05 client_idle_timeout");
+    // A busy client is not idle: queries spaced below the limit go on.
+    let (busy, _conn) = connect(&p).await;
+    for _ in 0..4 {
+        busy.simple_query("SELECT pg_sleep(0.1)")
+            .await
+            .expect("busy client keeps working");
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn idle_transaction_timeout_ends_the_session_and_frees_the_server() {
+    let p = pooler("idle_transaction_timeout = \"300ms\"").await;
+    let (client, conn) = connect(&p).await;
+    client.simple_query("BEGIN; SELECT 1").await.expect("begin");
+    assert_eq!(ended_with(conn).await, "25P03 idle transaction timeout");
+    wait_until("no backend left idle in transaction", DEADLINE, || async {
+        idle_in_transaction().await == 0
+    })
+    .await;
+    let (next, _conn) = connect(&p).await;
+    assert_eq!(
+        common::one(&next, "SELECT 2").await,
+        "2",
+        "pool_size 1 serves the next client"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn query_timeout_cancels_the_query_and_keeps_the_client() {
+    let p = pooler("query_timeout = \"300ms\"").await;
+    let (client, _conn) = connect(&p).await;
+    let started = Instant::now();
+    let e = client
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .expect_err("timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57014");
+    assert_eq!(db.message(), "canceling statement due to query_timeout");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("the client goes on");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn query_timeout_ends_a_client_that_stops_reading() {
+    let p = pooler("query_timeout = \"1s\"").await;
+    let mut raw = Raw::login(p.addr, "app", "app").await;
+    // About 100 MB of rows; the client reads none of it.
+    raw.query(
+        "SELECT repeat('x', 1000) FROM generate_series(1, 100000) a, generate_series(1, 1) b",
+    )
+    .await;
+    wait_until("the stuck client's server is gone", DEADLINE, || async {
+        let pool = p.pool();
+        pool.size() == 0
+    })
+    .await;
+    // pgtarn closed the connection (a message may have been cut, so no
+    // ErrorResponse can follow it): reading drains to end of file.
+    let drained = tokio::time::timeout(DEADLINE, raw.drain()).await;
+    assert!(
+        drained.is_ok(),
+        "pgtarn closed the stuck client's connection"
+    );
+    let (next, _conn) = connect(&p).await;
+    next.simple_query("SELECT 1")
+        .await
+        .expect("the pool recovered");
+    p.stop().await;
+}
