@@ -64,6 +64,8 @@ pub struct Context {
     pub logging_in: AtomicUsize,
     /// Signals shutdown to the accept loop and every session.
     shutdown: shutdown::Trigger,
+    /// Set for a fast shutdown: no time for transactions to finish.
+    fast_shutdown: std::sync::atomic::AtomicBool,
 }
 
 /// Configured users by name.
@@ -153,8 +155,16 @@ impl Context {
         Ok(())
     }
 
-    /// Starts a graceful shutdown (admin `SHUTDOWN`).
+    /// Starts a graceful shutdown (admin `SHUTDOWN`, `SIGTERM`): running
+    /// transactions get `shutdown_timeout` to finish.
     pub fn request_shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Starts a fast shutdown (`SIGINT`): every client is disconnected
+    /// with 57P01 at once.
+    pub fn request_fast_shutdown(&self) {
+        self.fast_shutdown.store(true, Ordering::SeqCst);
         self.shutdown.trigger();
     }
 
@@ -162,7 +172,7 @@ impl Context {
     pub fn kill_clients(&self, database: &str) {
         for c in self.clients.snapshot() {
             if c.database == database {
-                c.kill();
+                c.kill(stats::clients::KillReason::Admin);
             }
         }
     }
@@ -214,6 +224,7 @@ impl Pgtarn {
             client_tls: ArcSwapOption::from(client_tls.map(Arc::new)),
             config_path: Default::default(),
             shutdown: trigger,
+            fast_shutdown: Default::default(),
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
             users: ArcSwap::from_pointee(users),
@@ -275,14 +286,32 @@ impl Pgtarn {
         drop(self.listener);
         self.ctx.shutdown.trigger();
         info!(clients = clients.len(), "shutting down");
-        let drain = self.ctx.config().pgtarn.shutdown_timeout;
-        let _ = tokio::time::timeout(drain, async {
-            while clients.join_next().await.is_some() {}
-        })
-        .await;
+        let drain = match self.ctx.fast_shutdown.load(Ordering::SeqCst) {
+            true => std::time::Duration::ZERO,
+            false => self.ctx.config().pgtarn.shutdown_timeout,
+        };
+        if !drained(&mut clients, drain).await {
+            info!(
+                clients = clients.len(),
+                "shutdown_timeout passed: disconnecting the remaining clients"
+            );
+            for c in self.ctx.clients.snapshot() {
+                c.kill(stats::clients::KillReason::Shutdown);
+            }
+            drained(&mut clients, FAREWELL_TIME).await;
+        }
         self.ctx.registry.close_all();
         Ok(())
     }
+}
+
+/// How long disconnected clients get to receive their 57P01.
+const FAREWELL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits up to `limit` for every client task to end; true if they did.
+async fn drained(clients: &mut JoinSet<()>, limit: std::time::Duration) -> bool {
+    let all = async { while clients.join_next().await.is_some() {} };
+    tokio::time::timeout(limit, all).await.is_ok()
 }
 
 fn resize_slots(slots: &Semaphore, old: usize, new: usize) {

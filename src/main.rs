@@ -67,9 +67,12 @@ fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
         let server = pgtarn::Pgtarn::bind(config).await?;
         let ctx = server.context();
         *ctx.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
-        tokio::spawn(reload_on_sighup(ctx));
+        tokio::spawn(reload_on_sighup(ctx.clone()));
         tokio::spawn(async move {
-            wait_for_signal().await;
+            match wait_for_signal().await {
+                Signal::Term => ctx.request_shutdown(),
+                Signal::Int => ctx.request_fast_shutdown(),
+            }
             trigger.trigger();
         });
         server.run(shutdown).await
@@ -89,7 +92,13 @@ async fn reload_on_sighup(ctx: std::sync::Arc<pgtarn::Context>) {
     }
 }
 
-async fn wait_for_signal() {
+/// The shutdown signals: `SIGTERM` drains, `SIGINT` is fast.
+enum Signal {
+    Term,
+    Int,
+}
+
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -98,7 +107,13 @@ async fn wait_for_signal() {
         return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received: graceful shutdown (shutdown_timeout)");
+            Signal::Term
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT received: fast shutdown");
+            Signal::Int
+        }
     }
 }

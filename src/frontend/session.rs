@@ -32,7 +32,7 @@ use crate::protocol::encode;
 use crate::protocol::sqlstate::QUERY_CANCELED;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter};
 use crate::shutdown::Shutdown;
-use crate::stats::clients::{ConnState, Listed};
+use crate::stats::clients::{ConnState, KillReason, Listed};
 
 /// How a session ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ enum Timer {
 
 enum Event {
     Timeout(Timer),
-    Killed,
+    Killed(KillReason),
     Client(usize),
     Server(std::io::Result<usize>),
     Shutdown,
@@ -195,7 +195,7 @@ impl Session {
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     _ = shutdown.wait() => Event::Shutdown,
-                    _ = killed(&mut self.listed) => Event::Killed,
+                    r = killed(&mut self.listed) => Event::Killed(r),
                     t = expiry(timer) => Event::Timeout(t),
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                 },
@@ -203,7 +203,7 @@ impl Session {
                     let server = &mut **server;
                     make_room(&mut server.rbuf);
                     tokio::select! {
-                        _ = killed(&mut self.listed) => Event::Killed,
+                        r = killed(&mut self.listed) => Event::Killed(r),
                         t = expiry(timer) => Event::Timeout(t),
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
@@ -212,7 +212,8 @@ impl Session {
             };
             match event {
                 Event::Shutdown => return Ok(End::Shutdown),
-                Event::Killed => return Ok(End::Killed),
+                Event::Killed(KillReason::Admin) => return Ok(End::Killed),
+                Event::Killed(KillReason::Shutdown) => return Ok(End::Shutdown),
                 Event::Timeout(t) => self.on_timeout(t)?,
                 Event::Client(0) => return Ok(End::Closed),
                 Event::Client(n) => {
@@ -536,7 +537,7 @@ fn query_timeout_error(f: Frame) -> Frame {
 }
 
 /// Completes when an admin kills the client.
-async fn killed(listed: &mut Option<Listed>) {
+async fn killed(listed: &mut Option<Listed>) -> KillReason {
     match listed {
         Some(l) => l.killed().await,
         None => std::future::pending().await,

@@ -11,6 +11,15 @@ use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+/// Why a connection was asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    /// Admin `KILL`.
+    Admin,
+    /// Shutdown after `shutdown_timeout` (or a fast shutdown).
+    Shutdown,
+}
+
 /// What a connection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -60,7 +69,7 @@ pub struct ConnInfo {
     request_time: AtomicU64,
     link: AtomicU64,
     remote_pid: AtomicI32,
-    kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    kill: Mutex<Option<tokio::sync::oneshot::Sender<KillReason>>>,
 }
 
 /// The facts a connection is listed with.
@@ -139,10 +148,10 @@ impl ConnInfo {
 
     /// Asks the connection's task to end (admin `KILL`); see
     /// [`Listed::killed`].
-    pub fn kill(&self) {
+    pub fn kill(&self, reason: KillReason) {
         let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = sender {
-            let _ = s.send(());
+            let _ = s.send(reason);
         }
     }
 
@@ -222,14 +231,15 @@ pub struct Listed {
     list: Arc<ConnList>,
     /// The entry.
     pub info: Arc<ConnInfo>,
-    killed: tokio::sync::oneshot::Receiver<()>,
+    killed: tokio::sync::oneshot::Receiver<KillReason>,
 }
 
 impl Listed {
     /// Completes once [`ConnInfo::kill`] was called (never otherwise).
-    pub async fn killed(&mut self) {
-        if (&mut self.killed).await.is_err() {
-            std::future::pending::<()>().await;
+    pub async fn killed(&mut self) -> KillReason {
+        match (&mut self.killed).await {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
         }
     }
 }
