@@ -6,22 +6,26 @@
 //! ([`pool`]).
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod auth_query;
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod shutdown;
+pub mod stats;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -35,8 +39,10 @@ use shutdown::Shutdown;
 /// What every client task shares.
 #[derive(Debug)]
 pub struct Context {
-    /// The configuration in force.
-    pub config: Arc<Config>,
+    /// The configuration in force (swapped on reload).
+    config: ArcSwap<Config>,
+    /// Where the configuration was read from, for `RELOAD` and `SIGHUP`.
+    pub config_path: std::sync::Mutex<Option<std::path::PathBuf>>,
     /// The pools.
     pub registry: Registry,
     /// Client cancel keys.
@@ -45,24 +51,147 @@ pub struct Context {
     pub client_slots: Arc<Semaphore>,
     /// pgtarn's TLS identity for clients, unless `tls.client.mode` is
     /// `disable`.
-    pub client_tls: Option<tls::ServerTls>,
-    /// Configured users' secrets, prepared once at start.
-    pub users: HashMap<String, Arc<frontend::auth::UserAuth>>,
+    client_tls: ArcSwapOption<tls::ServerTls>,
+    /// Configured users' secrets, prepared at start and on reload.
+    users: ArcSwap<Users>,
     /// Users looked up with `auth_query`.
     pub auth_query: auth_query::AuthQuery,
     /// Random per process; salts the mock secrets of unknown users.
     pub mock_nonce: [u8; 32],
+    /// Logged-in clients (`SHOW CLIENTS`).
+    pub clients: Arc<stats::clients::ConnList>,
+    /// Clients still in startup or authentication.
+    pub logging_in: AtomicUsize,
+    /// Signals shutdown to the accept loop and every session.
+    shutdown: shutdown::Trigger,
+}
+
+/// Configured users by name.
+pub type Users = HashMap<String, Arc<frontend::auth::UserAuth>>;
+
+fn users_of(config: &Config) -> Users {
+    config
+        .users
+        .iter()
+        .filter_map(|(name, u)| {
+            let secret = auth::Secret::parse(&u.password).ok()?;
+            Some((
+                name.clone(),
+                Arc::new(frontend::auth::UserAuth::new(secret)),
+            ))
+        })
+        .collect()
+}
+
+impl Context {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Configured users.
+    pub fn users(&self) -> Arc<Users> {
+        self.users.load_full()
+    }
+
+    /// pgtarn's TLS identity for clients, if client TLS is on.
+    pub fn client_tls(&self) -> Option<Arc<tls::ServerTls>> {
+        self.client_tls.load_full()
+    }
+
+    /// Re-reads the configuration file and applies it; on any error the
+    /// old configuration stays in force and the error is returned.
+    pub fn reload(&self) -> Result<(), String> {
+        let path = self
+            .config_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(path) = path else {
+            return Err("pgtarn was not started from a configuration file".into());
+        };
+        let result = Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.apply(c));
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.registry
+            .metrics
+            .reloads
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(()) => info!(path = %path.display(), "configuration reloaded"),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "reload failed; the old configuration stays in force")
+            }
+        }
+        result
+    }
+
+    /// Applies a new, already validated configuration: users, passwords,
+    /// pool sizes, timeouts, TLS certificates and databases change without
+    /// dropping connected clients. `listen_addr`, `metrics_addr` and
+    /// `workers` need a restart.
+    pub fn apply(&self, new: Config) -> Result<(), String> {
+        new.validate().map_err(|e| e.to_string())?;
+        let client_tls = client_tls(&new.tls.client).map_err(|e| e.to_string())?;
+        let new = Arc::new(new);
+        let users = users_of(&new);
+        let old = self.config();
+        let secret_of = |user: &str| users.get(user).map(|u| u.secret.clone());
+        self.registry
+            .apply(new.clone(), secret_of)
+            .map_err(|e| e.to_string())?;
+        resize_slots(
+            &self.client_slots,
+            old.pgtarn.max_client_conn,
+            new.pgtarn.max_client_conn,
+        );
+        self.client_tls.store(client_tls.map(Arc::new));
+        self.users.store(Arc::new(users));
+        self.config.store(new);
+        Ok(())
+    }
+
+    /// Starts a graceful shutdown (admin `SHUTDOWN`).
+    pub fn request_shutdown(&self) {
+        self.shutdown.trigger();
+    }
+
+    /// Disconnects every client of `database` (admin `KILL`).
+    pub fn kill_clients(&self, database: &str) {
+        for c in self.clients.snapshot() {
+            if c.database == database {
+                c.kill();
+            }
+        }
+    }
+
+    /// Counts a client as logging in until the returned guard drops.
+    pub fn count_login(&self) -> LoggingIn<'_> {
+        self.logging_in.fetch_add(1, Ordering::Relaxed);
+        LoggingIn(&self.logging_in)
+    }
+}
+
+/// A client counted in [`Context::logging_in`].
+#[derive(Debug)]
+pub struct LoggingIn<'a>(&'a AtomicUsize);
+
+impl Drop for LoggingIn<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A bound, not yet running, pgtarn.
 #[derive(Debug)]
 pub struct Pgtarn {
+    internal: Shutdown,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     ctx: Arc<Context>,
 }
-
-/// How long running client sessions get to finish after shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pgtarn {
     /// Binds `config.pgtarn.listen_addr` (port 0 picks a free port) and
@@ -71,31 +200,33 @@ impl Pgtarn {
         tls::install_crypto_provider();
         let config = Arc::new(config);
         let client_tls = client_tls(&config.tls.client).map_err(std::io::Error::other)?;
-        let registry = Registry::new(config.clone()).map_err(std::io::Error::other)?;
+        let metrics = stats::Metrics::new();
+        let registry = Registry::new(config.clone(), metrics).map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
-        let users = config
-            .users
-            .iter()
-            .filter_map(|(name, u)| {
-                let secret = auth::Secret::parse(&u.password).ok()?;
-                Some((
-                    name.clone(),
-                    Arc::new(frontend::auth::UserAuth::new(secret)),
-                ))
-            })
-            .collect();
+        let metrics = match config.pgtarn.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let users = users_of(&config);
+        let (trigger, internal) = shutdown::channel();
         let ctx = Context {
             registry,
-            client_tls,
+            client_tls: ArcSwapOption::from(client_tls.map(Arc::new)),
+            config_path: Default::default(),
+            shutdown: trigger,
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
-            users,
+            users: ArcSwap::from_pointee(users),
             auth_query: Default::default(),
             mock_nonce: rand::random(),
-            config,
+            clients: stats::clients::ConnList::new(1),
+            logging_in: AtomicUsize::new(0),
+            config: ArcSwap::new(config),
         };
         Ok(Pgtarn {
+            internal,
             listener,
+            metrics,
             ctx: Arc::new(ctx),
         })
     }
@@ -105,6 +236,11 @@ impl Pgtarn {
         self.listener.local_addr()
     }
 
+    /// The metrics endpoint's address, if `metrics_addr` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
+    }
+
     /// The shared state (pools, settings), for inspection.
     pub fn context(&self) -> Arc<Context> {
         self.ctx.clone()
@@ -112,11 +248,16 @@ impl Pgtarn {
 
     /// Accepts clients until `shutdown`, then lets sessions finish (up to
     /// a deadline) and closes the pools.
-    pub async fn run(self, mut shutdown: Shutdown) -> std::io::Result<()> {
+    pub async fn run(self, mut external: Shutdown) -> std::io::Result<()> {
         info!(addr = %self.local_addr()?, "pgtarn listening");
+        let mut shutdown = self.internal.clone();
+        if let Some(l) = self.metrics {
+            tokio::spawn(metrics::serve(l, self.ctx.clone(), shutdown.clone()));
+        }
         let mut clients = JoinSet::new();
         loop {
             tokio::select! {
+                _ = external.wait() => break,
                 _ = shutdown.wait() => break,
                 accepted = self.listener.accept() => {
                     let (tcp, peer) = match accepted {
@@ -132,13 +273,23 @@ impl Pgtarn {
             }
         }
         drop(self.listener);
+        self.ctx.shutdown.trigger();
         info!(clients = clients.len(), "shutting down");
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let drain = self.ctx.config().pgtarn.shutdown_timeout;
+        let _ = tokio::time::timeout(drain, async {
             while clients.join_next().await.is_some() {}
         })
         .await;
         self.ctx.registry.close_all();
         Ok(())
+    }
+}
+
+fn resize_slots(slots: &Semaphore, old: usize, new: usize) {
+    if new > old {
+        slots.add_permits(new - old);
+    } else {
+        slots.forget_permits(old - new);
     }
 }
 

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match serve(config) {
+    match serve(config, args.config.clone()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pgtarn: {e}");
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> std::io::Result<()> {
+fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if config.pgtarn.workers > 0 {
         runtime.worker_threads(config.pgtarn.workers);
@@ -65,12 +65,28 @@ fn serve(config: Config) -> std::io::Result<()> {
     runtime.enable_all().build()?.block_on(async {
         let (trigger, shutdown) = pgtarn::shutdown::channel();
         let server = pgtarn::Pgtarn::bind(config).await?;
+        let ctx = server.context();
+        *ctx.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+        tokio::spawn(reload_on_sighup(ctx));
         tokio::spawn(async move {
             wait_for_signal().await;
             trigger.trigger();
         });
         server.run(shutdown).await
     })
+}
+
+/// Re-reads the configuration at every `SIGHUP`.
+async fn reload_on_sighup(ctx: std::sync::Arc<pgtarn::Context>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        // `reload` logs the outcome.
+        let _ = ctx.reload();
+    }
 }
 
 async fn wait_for_signal() {

@@ -107,6 +107,8 @@ pub struct ServerConn {
     host: String,
     tls: Option<UpstreamTls>,
     id: u64,
+    /// The connection's entry in `SHOW SERVERS`, set by the pool.
+    pub listed: Option<crate::stats::clients::Listed>,
 }
 
 impl ServerConn {
@@ -132,6 +134,7 @@ impl ServerConn {
             host: target.host.clone(),
             tls: target.tls.clone(),
             id,
+            listed: None,
         };
         login::login(&mut conn, target).await?;
         Ok(conn)
@@ -140,6 +143,21 @@ impl ServerConn {
     /// The pgtarn-wide id of this connection.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The Postgres backend process id.
+    pub fn backend_pid(&self) -> i32 {
+        self.key.pid
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
     }
 
     /// How to cancel this server's running query.

@@ -82,7 +82,7 @@ impl PoolMode {
 }
 
 /// How pgtarn authenticates clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 pub enum AuthType {
     /// SCRAM-SHA-256 against the user's configured password.
     #[default]
@@ -99,7 +99,7 @@ pub enum AuthType {
 }
 
 /// `[pgtarn]`: process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct General {
     /// Address clients connect to. Default `"127.0.0.1:6432"`.
@@ -211,6 +211,25 @@ pub struct General {
     /// Default `"30s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+}
+
+impl General {
+    /// Every setting as (key, value text), sorted by key; unset optional
+    /// settings are left out.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let Ok(toml::Value::Table(t)) = toml::Value::try_from(self) else {
+            return BTreeMap::new();
+        };
+        t.into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect()
+    }
 }
 
 impl Default for General {

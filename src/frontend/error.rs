@@ -58,6 +58,12 @@ pub enum ClientError {
     /// pgtarn is shutting down.
     #[error("pgtarn is shutting down")]
     Shutdown,
+    /// An admin ran `KILL` on the client's database.
+    #[error("terminating connection due to administrator command (KILL)")]
+    Killed,
+    /// A console login by a user in neither `admin_users` nor `stats_users`.
+    #[error("not allowed: user \"{0}\" is not in admin_users or stats_users")]
+    NotAdmin(String),
 }
 
 impl From<LookupError> for ClientError {
@@ -109,6 +115,8 @@ impl ClientError {
             ClientError::SettingRejected(f) => reply(&f.code, f.message.clone(), None),
             ClientError::ServerLost(_) => reply(code::CONNECTION_FAILURE, msg, None),
             ClientError::Shutdown => reply(code::ADMIN_SHUTDOWN, msg, None),
+            ClientError::Killed => reply(code::ADMIN_SHUTDOWN, msg, None),
+            ClientError::NotAdmin(_) => reply(code::INSUFFICIENT_PRIVILEGE, msg, None),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod translate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -28,6 +29,7 @@ use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::client_streamable;
 use crate::protocol::startup::StartupMessage;
 use crate::shutdown::Shutdown;
+use crate::stats::clients::{ConnState, NewConn};
 use error::ClientError;
 use handshake::Hello;
 use params::ClientParams;
@@ -37,17 +39,30 @@ use session::{End, Session};
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shutdown: Shutdown) {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
-    let login_timeout = ctx.config.pgtarn.client_login_timeout;
-    let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, ctx.client_tls.as_ref());
-    let (mut stream, startup) = match tokio::time::timeout(login_timeout, hello).await {
+    let config = ctx.config();
+    let login_timeout = config.pgtarn.client_login_timeout;
+    let client_tls = ctx.client_tls();
+    let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, client_tls.as_deref());
+    let logging_in = ctx.count_login();
+    let hello = tokio::time::timeout(login_timeout, hello).await;
+    count_tls(&ctx, &hello);
+    let (mut stream, startup) = match hello {
         Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
         Ok(Ok((_, Hello::Cancel(key)))) => return ctx.cancels.cancel(key).await,
         Ok(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
         Ok(Err((None, e))) => return info!(%peer, error = %e, "client connection refused"),
         Err(_) => return info!(%peer, "client connection closed: client_login_timeout"),
     };
-    if ctx.config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() {
+    if config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() {
         return fail(&mut stream, peer, &ClientError::TlsRequired).await;
+    }
+    if is_admin_database(&startup) {
+        drop(logging_in);
+        let served = crate::admin::serve(stream, buf, &startup, ctx.clone(), shutdown).await;
+        if let Err((mut stream, e)) = served {
+            fail(&mut stream, peer, &e).await;
+        }
+        return;
     }
     let Ok(_permit) = ctx.client_slots.clone().try_acquire_owned() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
@@ -66,11 +81,67 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
         Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
         Err(_) => return info!(%peer, client = %who, "client login timed out"),
     };
+    drop(logging_in);
     info!(%peer, client = %who, "client connected");
+    let _member = list_client(&ctx, &mut session, &startup, peer);
     let span = tracing::debug_span!("client", %peer);
     let end = session.run(&mut shutdown).instrument(span).await;
     drop(registration);
+    if let Err(e) = &end
+        && let Some(r) = e.reply()
+    {
+        session.pool.stats.error(&r.code);
+    }
     report_end(&mut session.client, peer, &who, end).await;
+}
+
+fn is_admin_database(startup: &StartupMessage) -> bool {
+    let db = startup.param("database").or(startup.param("user"));
+    db.is_some_and(|d| crate::config::ADMIN_DATABASES.contains(&d))
+}
+
+/// Lists a logged-in client (`SHOW CLIENTS`) and counts it in its pool
+/// until the returned guard drops.
+fn list_client(
+    ctx: &Context,
+    session: &mut Session,
+    startup: &StartupMessage,
+    peer: SocketAddr,
+) -> PoolMember {
+    let pool = session.pool.clone();
+    let new = NewConn {
+        user: pool.key.user.clone(),
+        database: pool.key.database.clone(),
+        peer: Some(peer),
+        local: session.client.tcp().local_addr().ok(),
+        tls: session.client.is_tls(),
+        application_name: startup.param("application_name").unwrap_or("").to_owned(),
+    };
+    session.listed = Some(ctx.clients.add(new, ConnState::Idle));
+    pool.stats.logins.inc();
+    pool.stats.clients.fetch_add(1, Ordering::Relaxed);
+    PoolMember(pool)
+}
+
+/// A logged-in client's place in its pool's client count.
+struct PoolMember(Arc<crate::pool::Pool>);
+
+impl Drop for PoolMember {
+    fn drop(&mut self) {
+        self.0.stats.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The outcome of reading a client's first packets, under the login timeout.
+type HelloResult =
+    Result<Result<(Stream, Hello), handshake::HelloError>, tokio::time::error::Elapsed>;
+
+fn count_tls(ctx: &Context, hello: &HelloResult) {
+    match hello {
+        Ok(Ok((s, _))) if s.is_tls() => ctx.registry.metrics.tls_handshake("client", true),
+        Ok(Err((_, ClientError::Tls(_)))) => ctx.registry.metrics.tls_handshake("client", false),
+        _ => {}
+    }
 }
 
 /// Logs in a client; on failure hands the stream back with the error.
@@ -82,7 +153,7 @@ async fn login(
 ) -> Result<(Session, cancel::Registration), (Stream, ClientError)> {
     match login_steps(&mut stream, &mut buf, startup, ctx).await {
         Ok((pool, params, defaults, registration)) => {
-            let splitter = Splitter::new(ctx.config.pgtarn.max_message_len, client_streamable);
+            let splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
             let slot = registration.slot.clone();
             let session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
             Ok((session, registration))
@@ -113,29 +184,31 @@ async fn login_steps(
         .param("database")
         .filter(|d| !d.is_empty())
         .unwrap_or(user);
-    let Some(db) = ctx.config.databases.get(database) else {
+    let config = ctx.config();
+    let Some(db) = config.databases.get(database) else {
         return Err(ClientError::UnknownDatabase(database.to_owned()));
     };
     let params = ClientParams::from_startup(&startup.params)?;
-    let found = match ctx.users.get(user) {
+    let found = match ctx.users().get(user) {
         Some(u) => Some(u.clone()),
         None => {
             let tls = ctx.registry.upstream_tls(database);
             ctx.auth_query
-                .lookup(&ctx.config, database, user, tls)
+                .lookup(&config, database, user, tls.as_ref())
                 .await
         }
     };
+    let client_tls = ctx.client_tls();
     let creds = auth::Credentials {
         user: found.as_deref(),
         mock_nonce: &ctx.mock_nonce,
         channel_binding: stream
             .is_tls()
-            .then(|| ctx.client_tls.as_ref())
+            .then_some(client_tls.as_deref())
             .flatten()
             .map(|t| &t.end_point_hash[..]),
     };
-    let method = db.auth_type(&ctx.config.pgtarn);
+    let method = db.auth_type(&config.pgtarn);
     let keys = auth::authenticate(stream, buf, user, creds, method).await?;
     let secret = found.as_ref().map(|u| &u.secret);
     let pool = ctx.registry.get(database, user, secret)?;
@@ -199,6 +272,10 @@ async fn report_end(
     match end {
         Ok(End::Terminated) => info!(%peer, client = %who, "client disconnected"),
         Ok(End::Closed) => info!(%peer, client = %who, "client disconnected: connection closed"),
+        Ok(End::Killed) => {
+            info!(%peer, client = %who, "client disconnected: KILL");
+            send_fatal(client, &ClientError::Killed).await;
+        }
         Ok(End::Shutdown) => {
             info!(%peer, client = %who, "client disconnected: shutdown");
             send_fatal(client, &ClientError::Shutdown).await;

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -29,6 +30,7 @@ use crate::pool::{Checkout, Pool};
 use crate::protocol::backend as msg;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter};
 use crate::shutdown::Shutdown;
+use crate::stats::clients::{ConnState, Listed};
 
 /// How a session ended without error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum End {
     Closed,
     /// pgtarn is shutting down.
     Shutdown,
+    /// An admin ran `KILL` on the client's database.
+    Killed,
 }
 
 /// One client's relay state.
@@ -66,9 +70,15 @@ pub struct Session {
     changed: Changed,
     to_server: Outbox,
     to_client: Outbox,
+    /// This client's entry in `SHOW CLIENTS`.
+    pub listed: Option<Listed>,
+    /// When the query and transaction in progress started.
+    query_start: Option<Instant>,
+    xact_start: Option<Instant>,
 }
 
 enum Event {
+    Killed,
     Client(usize),
     Server(std::io::Result<usize>),
     Shutdown,
@@ -94,7 +104,7 @@ impl Session {
         defaults: Arc<Vec<(String, String)>>,
         cancel: Arc<CancelSlot>,
     ) -> Session {
-        let s = &pool.settings;
+        let s = pool.settings();
         let translator =
             (s.mode == PoolMode::Transaction && s.max_prepared_statements > 0).then(|| {
                 Translator::new(
@@ -116,6 +126,9 @@ impl Session {
             server: None,
             to_server: Outbox::default(),
             to_client: Outbox::default(),
+            listed: None,
+            query_start: None,
+            xact_start: None,
         }
     }
 
@@ -138,12 +151,14 @@ impl Session {
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     _ = shutdown.wait() => Event::Shutdown,
+                    _ = killed(&mut self.listed) => Event::Killed,
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                 },
                 Some(server) => {
                     let server = &mut **server;
                     make_room(&mut server.rbuf);
                     tokio::select! {
+                        _ = killed(&mut self.listed) => Event::Killed,
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
                     }
@@ -151,14 +166,19 @@ impl Session {
             };
             match event {
                 Event::Shutdown => return Ok(End::Shutdown),
+                Event::Killed => return Ok(End::Killed),
                 Event::Client(0) => return Ok(End::Closed),
-                Event::Client(_) => {
+                Event::Client(n) => {
+                    self.pool.stats.received.inc_by(n as u64);
                     if let Some(end) = self.on_client_data().await? {
                         return Ok(end);
                     }
                 }
                 Event::Server(Ok(0)) => return Err(ClientError::ServerLost(BackendError::Closed)),
-                Event::Server(Ok(_)) => self.on_server_data().await?,
+                Event::Server(Ok(n)) => {
+                    self.pool.stats.sent.inc_by(n as u64);
+                    self.on_server_data().await?
+                }
                 Event::Server(Err(e)) => return Err(ClientError::ServerLost(e.into())),
             }
         }
@@ -202,7 +222,12 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
-        if f.tag() == b'Q' && self.pool.settings.mode == PoolMode::Transaction {
+        if self.query_start.is_none() {
+            let now = Instant::now();
+            self.query_start = Some(now);
+            self.xact_start.get_or_insert(now);
+        }
+        if f.tag() == b'Q' && self.pool.settings().mode == PoolMode::Transaction {
             let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
             self.changed.merge(changed_settings(sql));
         }
@@ -222,7 +247,13 @@ impl Session {
         if self.server.is_some() {
             return Ok(());
         }
+        self.set_state(ConnState::Waiting);
         let mut server = self.pool.checkout().await?;
+        if let (Some(me), Some(sv)) = (&self.listed, &server.listed) {
+            me.set_link(sv.id);
+            sv.set_link(me.id);
+        }
+        self.set_state(ConnState::Active);
         if let Some(sql) = self.params.sync_sql(&mut server.settings, &self.defaults) {
             match server.run_internal(&sql).await {
                 Ok(None) => {}
@@ -249,9 +280,17 @@ impl Session {
                 Item::Chunk(b) => self.to_client.push(b),
                 Item::Frame(f) => {
                     match f.tag() {
-                        b'Z' => server
-                            .state
-                            .on_ready(msg::ready_for_query(f.body()).map_err(bad)?),
+                        b'Z' => {
+                            let status = msg::ready_for_query(f.body()).map_err(bad)?;
+                            server.state.on_ready(status);
+                            finish_timers(
+                                &self.pool,
+                                &mut self.query_start,
+                                &mut self.xact_start,
+                                status,
+                            );
+                        }
+                        b'E' => count_error(&self.pool, f.body()),
                         b'S' => note_setting(&mut server.settings, f.body()).map_err(bad)?,
                         b'G' => server.state.on_copy_in(),
                         _ => {}
@@ -269,7 +308,7 @@ impl Session {
             .is_none_or(|t| t.replies.is_empty());
         let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
         self.to_client.flush(&mut self.client).await?;
-        if idle && self.pool.settings.mode == PoolMode::Transaction {
+        if idle && self.pool.settings().mode == PoolMode::Transaction {
             if !self.changed.is_empty() {
                 self.track_settings().await?;
             }
@@ -320,6 +359,16 @@ impl Session {
     fn release(&mut self) {
         self.cancel.set(None);
         self.server = None;
+        self.set_state(ConnState::Idle);
+    }
+
+    fn set_state(&self, state: ConnState) {
+        if let Some(l) = &self.listed {
+            l.set_state(state);
+            if state == ConnState::Idle {
+                l.set_link(0);
+            }
+        }
     }
 
     /// Gives the server back at the end of the session: reset first in
@@ -333,8 +382,8 @@ impl Session {
             server.discard("session ended with an error");
             return;
         }
-        if self.pool.settings.mode == PoolMode::Session && server.is_reusable() {
-            let s = &self.pool.settings;
+        if self.pool.settings().mode == PoolMode::Session && server.is_reusable() {
+            let s = self.pool.settings();
             let reset =
                 tokio::time::timeout(s.reset_timeout, server.run_internal(&s.reset_query)).await;
             if !matches!(reset, Ok(Ok(None))) {
@@ -345,6 +394,38 @@ impl Session {
             server.settings = lowercase_map(&self.defaults);
         }
         drop(server);
+    }
+}
+
+/// Completes when an admin kills the client.
+async fn killed(listed: &mut Option<Listed>) {
+    match listed {
+        Some(l) => l.killed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Records the query (and, at idle, the transaction) that a
+/// ReadyForQuery ended.
+fn finish_timers(
+    pool: &Pool,
+    query: &mut Option<Instant>,
+    xact: &mut Option<Instant>,
+    status: msg::TxStatus,
+) {
+    if let Some(start) = query.take() {
+        pool.stats.query_done(start.elapsed());
+    }
+    if status == msg::TxStatus::Idle
+        && let Some(start) = xact.take()
+    {
+        pool.stats.transaction_done(start.elapsed());
+    }
+}
+
+fn count_error(pool: &Pool, body: &[u8]) {
+    if let Ok(e) = msg::error_fields(body) {
+        pool.stats.error(&e.code);
     }
 }
 

@@ -12,6 +12,7 @@ use tracing::info;
 
 use super::manager::Manager;
 use crate::backend::ServerConn;
+use crate::stats::clients::ConnState;
 
 /// A checked-out server connection.
 #[derive(Debug)]
@@ -21,6 +22,9 @@ pub struct Checkout {
 
 impl Checkout {
     pub(super) fn new(obj: Object<Manager>) -> Self {
+        if let Some(l) = &obj.listed {
+            l.set_state(ConnState::Active);
+        }
         Checkout { obj: Some(obj) }
     }
 
@@ -33,6 +37,9 @@ impl Checkout {
 }
 
 fn close(obj: Object<Manager>, reason: &str) {
+    if let Some(pool) = Object::pool(&obj) {
+        pool.manager().stats.server_closed(reason);
+    }
     let conn = Object::take(obj);
     info!(server = conn.id(), reason, "server connection closed");
 }
@@ -40,10 +47,13 @@ fn close(obj: Object<Manager>, reason: &str) {
 impl Drop for Checkout {
     fn drop(&mut self) {
         // A reusable connection goes back to the pool when `obj` drops.
-        if let Some(obj) = self.obj.take()
-            && !obj.is_reusable()
-        {
-            close(obj, "released while not idle");
+        let Some(obj) = self.obj.take() else { return };
+        if !obj.is_reusable() {
+            return close(obj, "released while not idle");
+        }
+        if let Some(l) = &obj.listed {
+            l.set_state(ConnState::Idle);
+            l.set_link(0);
         }
     }
 }

@@ -11,15 +11,22 @@ mod manager;
 mod registry;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
 use tracing::{info, warn};
 
 use crate::auth::scram_client::ScramKeys;
 use crate::backend::{BackendError, Target};
 use crate::config::PoolMode;
+use crate::stats::PoolStats;
+use crate::stats::clients::ConnList;
 pub use guard::Checkout;
 pub use manager::Manager;
 pub use registry::{LookupError, Registry};
@@ -136,14 +143,38 @@ pub enum CheckoutError {
 pub struct Pool {
     /// Which database and user it serves.
     pub key: PoolKey,
-    /// Its settings.
-    pub settings: PoolSettings,
+    /// Its settings (swapped on reload).
+    settings: Arc<ArcSwap<PoolSettings>>,
+    /// What the pool's connections depend on (upstream address, TLS,
+    /// credentials): a reload that changes it retires the pool.
+    pub fingerprint: String,
     /// Statements known to parse on this pool's servers.
     pub known_statements: Arc<KnownStatements>,
     /// SCRAM passthrough keys, learned from a client's SCRAM login; used
     /// when the user's only secret is a verifier.
     passthrough: Arc<Mutex<Option<ScramKeys>>>,
+    /// Counters, histograms and live counts.
+    pub stats: Arc<PoolStats>,
+    paused: AtomicBool,
+    resumed: tokio::sync::Notify,
     inner: managed::Pool<Manager>,
+}
+
+/// A point-in-time view of a pool's servers and clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Logged-in clients not waiting for a server.
+    pub cl_active: usize,
+    /// Clients waiting for a server.
+    pub cl_waiting: usize,
+    /// Servers lent to clients.
+    pub sv_active: usize,
+    /// Idle servers, recently used.
+    pub sv_idle: usize,
+    /// Idle servers due for a `server_check_query` before reuse.
+    pub sv_used: usize,
+    /// Servers being connected.
+    pub sv_login: usize,
 }
 
 impl Pool {
@@ -153,10 +184,21 @@ impl Pool {
         target: Target,
         settings: PoolSettings,
         passthrough: Arc<Mutex<Option<ScramKeys>>>,
+        stats: Arc<PoolStats>,
+        servers: Arc<ConnList>,
+        fingerprint: String,
     ) -> Arc<Pool> {
-        let manager = Manager::new(target, settings.lifetime, settings.connect_timeout);
+        let size = settings.size;
+        let settings = Arc::new(ArcSwap::from_pointee(settings));
+        let manager = Manager::new(
+            target,
+            settings.clone(),
+            stats.clone(),
+            servers,
+            key.database.clone(),
+        );
         let inner = managed::Pool::builder(manager)
-            .max_size(settings.size)
+            .max_size(size)
             .queue_mode(QueueMode::Lifo)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
@@ -164,10 +206,35 @@ impl Pool {
         Arc::new(Pool {
             key,
             settings,
+            fingerprint,
+            paused: AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
             known_statements: Arc::default(),
             passthrough,
+            stats,
             inner,
         })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> arc_swap::Guard<Arc<PoolSettings>> {
+        self.settings.load()
+    }
+
+    /// Applies new settings (reload): the size limit changes at once,
+    /// timeouts from the next use.
+    pub fn update(&self, settings: PoolSettings) {
+        if settings.size != self.settings().size {
+            self.inner.resize(settings.size);
+        }
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Closes idle connections now and every busy one when it is
+    /// released (admin `RECONNECT`, reload of the upstream address).
+    pub fn reconnect(&self) {
+        self.inner.manager().retire_older_than(Instant::now());
+        let _ = self.inner.retain(|_, _| false);
     }
 
     /// Records the keys a client's SCRAM login revealed, for SCRAM
@@ -176,16 +243,35 @@ impl Pool {
         *self.passthrough.lock().unwrap_or_else(|p| p.into_inner()) = Some(keys);
     }
 
-    /// Waits (FIFO, bounded by `query_wait_timeout`) for a server.
+    /// Waits (FIFO, bounded by `query_wait_timeout`) for a server. A
+    /// checkout that cannot complete at once is counted as waiting.
     pub async fn checkout(&self) -> Result<Checkout, CheckoutError> {
         let timeouts = Timeouts {
-            wait: Some(self.settings.wait_timeout),
+            wait: Some(self.settings().wait_timeout),
             create: None,
             recycle: None,
         };
-        match self.inner.timeout_get(&timeouts).await {
+        let started = Instant::now();
+        if self.paused.load(Ordering::Relaxed) {
+            let _waiting = self.stats.start_wait();
+            self.wait_resumed().await;
+        }
+        let get = self.inner.timeout_get(&timeouts);
+        let mut get = std::pin::pin!(get);
+        let result = match poll_once(get.as_mut()).await {
+            Some(r) => r,
+            None => {
+                let _waiting = self.stats.start_wait();
+                get.await
+            }
+        };
+        self.stats.wait.observe(started.elapsed().as_secs_f64());
+        match result {
             Ok(obj) => Ok(Checkout::new(obj)),
-            Err(PoolError::Timeout(_)) => Err(CheckoutError::WaitTimeout),
+            Err(PoolError::Timeout(_)) => {
+                self.stats.wait_timeouts.inc();
+                Err(CheckoutError::WaitTimeout)
+            }
             Err(PoolError::Backend(e)) => Err(CheckoutError::Connect(e)),
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
             Err(e) => Err(CheckoutError::Connect(BackendError::Auth(e.to_string()))),
@@ -208,6 +294,30 @@ impl Pool {
             .unwrap_or_default())
     }
 
+    /// Clients and servers by state, as `SHOW POOLS` reports them.
+    pub fn counts(&self, check_delay: Option<Duration>) -> PoolCounts {
+        let status = self.inner.status();
+        let mut used = 0;
+        if let Some(delay) = check_delay {
+            // `retain` visits the idle connections; keeping all of them.
+            self.inner.retain(|_, m| {
+                used += usize::from(m.last_used() >= delay);
+                true
+            });
+        }
+        let waiting = self.stats.waiting();
+        let clients = self.stats.clients.load(Ordering::Relaxed);
+        let idle = status.available.min(status.size);
+        PoolCounts {
+            cl_active: clients.saturating_sub(waiting),
+            cl_waiting: waiting,
+            sv_active: status.size - idle,
+            sv_idle: idle - used.min(idle),
+            sv_used: used.min(idle),
+            sv_login: self.stats.connecting.load(Ordering::Relaxed),
+        }
+    }
+
     /// Server connections open (busy or idle).
     pub fn size(&self) -> usize {
         self.inner.status().size
@@ -227,19 +337,20 @@ impl Pool {
     /// `min_pool_size`) or `server_lifetime`, then opens connections up to
     /// `min_pool_size`.
     pub async fn maintain(&self) {
-        let mut removable = self.size().saturating_sub(self.settings.min_size);
+        let mut removable = self.size().saturating_sub(self.settings().min_size);
         let manager = self.inner.manager();
         // Closed connections are dropped with `retain`'s result.
         let _closed = self.inner.retain(|conn, m| {
             let reason = if manager.expired(&m) {
                 "server_lifetime reached"
-            } else if m.last_used() >= self.settings.idle_timeout && removable > 0 {
+            } else if m.last_used() >= self.settings().idle_timeout && removable > 0 {
                 removable -= 1;
                 "server_idle_timeout reached"
             } else {
                 return true;
             };
             info!(server = conn.id(), reason, "server connection closed");
+            self.stats.server_closed(reason);
             false
         });
         self.fill_to_min().await;
@@ -247,14 +358,14 @@ impl Pool {
 
     async fn fill_to_min(&self) {
         let status = self.inner.status();
-        if status.size >= self.settings.min_size || status.waiting > 0 {
+        if status.size >= self.settings().min_size || status.waiting > 0 {
             return;
         }
         // Holding `min_size` connections at once makes the pool create
         // whatever is missing; dropping them returns all of them.
         let timeouts = Timeouts::wait_millis(0);
         let mut held = Vec::new();
-        for _ in 0..self.settings.min_size {
+        for _ in 0..self.settings().min_size {
             match self.inner.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
                 Err(e) => {
@@ -265,8 +376,39 @@ impl Pool {
         }
     }
 
+    /// Pauses or resumes checkouts: while paused, clients wait (without
+    /// `query_wait_timeout`) instead of getting a server.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
+    }
+
+    async fn wait_resumed(&self) {
+        loop {
+            let resumed = self.resumed.notified();
+            let mut resumed = std::pin::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            resumed.await;
+        }
+    }
+
     /// Stops handing out connections; waiting clients get an error.
     pub fn close(&self) {
         self.inner.close();
     }
+}
+
+/// Polls `f` once: its output if it is ready at once, else `None` (and
+/// `f` keeps its place, e.g. in the pool's wait queue).
+async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        Poll::Ready(v) => Poll::Ready(Some(v)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }

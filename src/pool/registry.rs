@@ -1,14 +1,20 @@
-//! The registry of pools: finds or creates the pool for (database, user)
-//! and runs each pool's maintenance task.
+//! The registry of pools: finds or creates the pool for (database, user),
+//! runs each pool's maintenance task, applies reloads, and pauses,
+//! resumes and reconnects pools for the admin console.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tracing::info;
 
 use super::{Pool, PoolKey, PoolSettings};
 use crate::auth::Secret;
 use crate::backend::{Credential, Target, UpstreamTls};
 use crate::config::Config;
+use crate::stats::clients::ConnList;
+use crate::stats::{Metrics, PoolStats};
 use crate::tls::TlsError;
 
 /// Why no pool exists for a client's (database, user).
@@ -22,40 +28,59 @@ pub enum LookupError {
     UnknownUser(String),
 }
 
+type TlsMap = HashMap<String, Option<UpstreamTls>>;
+
 /// All pools, created on first use.
 #[derive(Debug)]
 pub struct Registry {
-    config: Arc<Config>,
+    config: ArcSwap<Config>,
+    /// Metric families pools record into.
+    pub metrics: Metrics,
+    /// Every server connection (`SHOW SERVERS`).
+    pub servers: Arc<ConnList>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-    /// TLS towards each database (by client-facing name), built at start.
-    upstream_tls: HashMap<String, Option<UpstreamTls>>,
+    /// TLS towards each database (by client-facing name).
+    upstream_tls: ArcSwap<TlsMap>,
+    /// Paused databases; `None` in the set pauses all.
+    paused: Mutex<BTreeSet<Option<String>>>,
 }
 
 /// How often pool maintenance runs.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
+fn build_tls(config: &Config) -> Result<TlsMap, TlsError> {
+    let s = &config.tls.server;
+    let cert_key = s.cert.as_deref().zip(s.key.as_deref());
+    let mut map = HashMap::new();
+    for (name, db) in &config.databases {
+        let mode = db.server_tls_mode.unwrap_or(s.mode);
+        let tls =
+            crate::tls::upstream_tls(mode, s.ca.as_deref(), cert_key)?.map(|config| UpstreamTls {
+                config,
+                required: mode.requires_tls(),
+            });
+        map.insert(name.clone(), tls);
+    }
+    Ok(map)
+}
+
 impl Registry {
     /// An empty registry for `config`; fails if a database's TLS settings
     /// cannot be loaded (the error names the files).
-    pub fn new(config: Arc<Config>) -> Result<Self, TlsError> {
-        let s = &config.tls.server;
-        let cert_key = s.cert.as_deref().zip(s.key.as_deref());
-        let mut upstream_tls = HashMap::new();
-        for (name, db) in &config.databases {
-            let mode = db.server_tls_mode.unwrap_or(s.mode);
-            let tls = crate::tls::upstream_tls(mode, s.ca.as_deref(), cert_key)?.map(|config| {
-                UpstreamTls {
-                    config,
-                    required: mode.requires_tls(),
-                }
-            });
-            upstream_tls.insert(name.clone(), tls);
-        }
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> Result<Self, TlsError> {
+        let upstream_tls = build_tls(&config)?;
         Ok(Registry {
-            config,
+            config: ArcSwap::new(config),
+            metrics,
+            servers: ConnList::new(1),
             pools: Mutex::new(HashMap::new()),
-            upstream_tls,
+            upstream_tls: ArcSwap::from_pointee(upstream_tls),
+            paused: Mutex::default(),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The pool for `database` and `user`, created (with its maintenance
@@ -71,39 +96,46 @@ impl Registry {
             database: database.to_owned(),
             user: user.to_owned(),
         };
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = self.lock();
         if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
         let pool = self.build(key.clone(), secret)?;
+        if self.is_paused(database) {
+            pool.set_paused(true);
+        }
         pools.insert(key, pool.clone());
         spawn_maintenance(Arc::downgrade(&pool));
         Ok(pool)
     }
 
     /// The TLS settings towards `database`'s server, if it uses TLS.
-    pub fn upstream_tls(&self, database: &str) -> Option<&UpstreamTls> {
-        self.upstream_tls.get(database)?.as_ref()
+    pub fn upstream_tls(&self, database: &str) -> Option<UpstreamTls> {
+        self.upstream_tls.load().get(database)?.clone()
     }
 
     /// The pool for `database` and `user`, if a client created it.
     pub fn find(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let key = PoolKey {
             database: database.to_owned(),
             user: user.to_owned(),
         };
-        pools.get(&key).cloned()
+        self.lock().get(&key).cloned()
     }
 
-    /// Every pool created so far.
+    /// Every pool created so far (and not retired by a reload).
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.values().cloned().collect()
+        self.lock().values().cloned().collect()
+    }
+
+    fn matching(&self, db: Option<&str>) -> Vec<Arc<Pool>> {
+        let mut pools = self.pools();
+        pools.retain(|p| db.is_none_or(|d| p.key.database == d));
+        pools
     }
 
     fn build(&self, key: PoolKey, secret: Option<&Secret>) -> Result<Arc<Pool>, LookupError> {
-        let c = &self.config;
+        let c = self.config.load();
         let db = c
             .databases
             .get(&key.database)
@@ -115,6 +147,8 @@ impl Registry {
             Secret::Md5(h) => Credential::Md5Hash(h.clone()),
             Secret::Scram(_) => Credential::ScramKeys(passthrough.clone()),
         };
+        let tls = self.upstream_tls(&key.database);
+        let fingerprint = fingerprint(&c, &key, secret);
         let target = Target {
             host: db.host.clone(),
             port: db.port,
@@ -122,26 +156,116 @@ impl Registry {
             user: key.user.clone(),
             credential,
             max_message_len: c.pgtarn.max_message_len,
-            tls: self.upstream_tls.get(&key.database).cloned().flatten(),
+            tls,
         };
-        let g = &c.pgtarn;
-        let settings = PoolSettings {
-            mode: db.pool_mode,
-            size: db.pool_size,
-            min_size: db.min_pool_size,
-            wait_timeout: g.query_wait_timeout,
-            connect_timeout: g.server_connect_timeout,
-            idle_timeout: g.server_idle_timeout,
-            lifetime: g.server_lifetime,
-            reset_query: g.server_reset_query.clone(),
-            reset_timeout: g.server_reset_timeout,
-            max_prepared_statements: g.max_prepared_statements,
-            client_statement_limits: super::StatementLimits {
-                max_statements: g.max_client_prepared_statements,
-                max_bytes: g.max_client_prepared_bytes,
-            },
+        let settings = settings(&c, &key.database)
+            .ok_or_else(|| LookupError::UnknownDatabase(key.database.clone()))?;
+        let stats = PoolStats::new(
+            &self.metrics,
+            &key.database,
+            &key.user,
+            db.pool_mode.as_str(),
+        );
+        let servers = self.servers.clone();
+        Ok(Pool::new(
+            key,
+            target,
+            settings,
+            passthrough,
+            Arc::new(stats),
+            servers,
+            fingerprint,
+        ))
+    }
+
+    /// Applies a reloaded configuration. Pools whose database was removed
+    /// or whose upstream (address, TLS, credentials) changed are retired:
+    /// new clients get a fresh pool, connected clients finish on the old
+    /// one. Other pools take the new sizes and timeouts at once.
+    pub fn apply(
+        &self,
+        config: Arc<Config>,
+        secret_of: impl Fn(&str) -> Option<Secret>,
+    ) -> Result<(), TlsError> {
+        let tls = build_tls(&config)?;
+        self.upstream_tls.store(Arc::new(tls));
+        self.config.store(config.clone());
+        let mut pools = self.lock();
+        pools.retain(|key, pool| {
+            let keep = config.databases.contains_key(&key.database)
+                && secret_of(&key.user)
+                    .is_some_and(|s| fingerprint(&config, key, &s) == pool.fingerprint);
+            match settings(&config, &key.database) {
+                Some(s) if keep => pool.update(s),
+                _ => {
+                    info!(database = %key.database, user = %key.user, "pool retired by reload");
+                    pool.reconnect();
+                }
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    /// Makes new checkouts of `db`'s pools (all pools if `None`) wait.
+    pub fn pause(&self, db: Option<&str>) {
+        self.paused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(db.map(str::to_owned));
+        for pool in self.matching(db) {
+            pool.set_paused(true);
+        }
+    }
+
+    /// Waits until no server of `db`'s pools is in use, then closes their
+    /// idle servers; false if `limit` passed first.
+    pub async fn wait_paused(&self, db: Option<&str>, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let pools = self.matching(db);
+            if pools.iter().all(|p| p.size() == p.idle()) {
+                for p in pools {
+                    p.reconnect();
+                }
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Lifts a pause of `db` (or of everything); false if it was not paused.
+    pub fn resume(&self, db: Option<&str>) -> bool {
+        let mut paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        let was = match db {
+            Some(d) => paused.remove(&Some(d.to_owned())),
+            None => {
+                let any = !paused.is_empty();
+                paused.clear();
+                any
+            }
         };
-        Ok(Pool::new(key, target, settings, passthrough))
+        drop(paused);
+        for pool in self.pools() {
+            pool.set_paused(self.is_paused(&pool.key.database));
+        }
+        was
+    }
+
+    /// True if `db` is paused (by name or by a pause of everything).
+    pub fn is_paused(&self, db: &str) -> bool {
+        let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        paused.contains(&None) || paused.contains(&Some(db.to_owned()))
+    }
+
+    /// Closes `db`'s (or every) server connection as soon as it is idle.
+    pub fn reconnect(&self, db: Option<&str>) {
+        for pool in self.matching(db) {
+            pool.reconnect();
+        }
     }
 
     /// Closes every pool.
@@ -150,6 +274,33 @@ impl Registry {
             pool.close();
         }
     }
+}
+
+/// What a pool's connections depend on.
+fn fingerprint(c: &Config, key: &PoolKey, secret: &Secret) -> String {
+    let db = c.databases.get(&key.database);
+    format!("{db:?}|{:?}|{:?}", c.tls.server, secret.digest())
+}
+
+fn settings(c: &Config, database: &str) -> Option<PoolSettings> {
+    let db = c.databases.get(database)?;
+    let g = &c.pgtarn;
+    Some(PoolSettings {
+        mode: db.pool_mode,
+        size: db.pool_size,
+        min_size: db.min_pool_size,
+        wait_timeout: g.query_wait_timeout,
+        connect_timeout: g.server_connect_timeout,
+        idle_timeout: g.server_idle_timeout,
+        lifetime: g.server_lifetime,
+        reset_query: g.server_reset_query.clone(),
+        reset_timeout: g.server_reset_timeout,
+        max_prepared_statements: g.max_prepared_statements,
+        client_statement_limits: super::StatementLimits {
+            max_statements: g.max_client_prepared_statements,
+            max_bytes: g.max_client_prepared_bytes,
+        },
+    })
 }
 
 fn spawn_maintenance(pool: std::sync::Weak<Pool>) {

@@ -28,3 +28,15 @@ pub const UNDEFINED_OBJECT: &str = "42704";
 pub const SYSTEM_ERROR: &str = "58000";
 /// 53400 configuration_limit_exceeded.
 pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
+/// insufficient_privilege
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// syntax_error
+pub const SYNTAX_ERROR: &str = "42601";
+/// object_not_in_prerequisite_state
+pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+/// idle_in_transaction_session_timeout
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+/// idle_session_timeout
+pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// config_file_error
+pub const CONFIG_FILE_ERROR: &str = "F0000";

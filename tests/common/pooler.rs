@@ -15,6 +15,9 @@ pub struct Pooler {
     pub addr: SocketAddr,
     /// pgtarn's shared state, to observe pools.
     pub ctx: Arc<pgtarn::Context>,
+    /// The metrics endpoint, if `metrics_addr` was configured.
+    #[allow(dead_code)]
+    pub metrics_addr: Option<SocketAddr>,
     trigger: Trigger,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -44,11 +47,13 @@ impl Pooler {
         let server = pgtarn::Pgtarn::bind(config).await.expect("bind pgtarn");
         let addr = server.local_addr().expect("local addr");
         let ctx = server.context();
+        let metrics_addr = server.metrics_addr();
         let (trigger, shutdown) = shutdown::channel();
         let task = tokio::spawn(server.run(shutdown));
         Pooler {
             addr,
             ctx,
+            metrics_addr,
             trigger,
             task: Some(task),
         }

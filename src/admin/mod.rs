@@ -1,0 +1,190 @@
+//! The admin console: a virtual database (`pgtarn`, also `pgbouncer` so
+//! that existing tooling works) that `admin_users` and `stats_users` reach
+//! with psql, speaking the simple query protocol.
+//!
+//! `stats_users` may run the `SHOW` commands; `admin_users` may also run
+//! `PAUSE`, `RESUME`, `RECONNECT`, `KILL`, `RELOAD` and `SHUTDOWN`.
+
+mod command;
+pub mod result;
+mod show;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tracing::info;
+
+use crate::Context;
+use crate::config::Config;
+use crate::frontend::auth::{self, Credentials};
+use crate::frontend::error::ClientError;
+use crate::net::Stream;
+use crate::protocol::backend::TxStatus;
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::frame::client_streamable;
+use crate::protocol::sqlstate as code;
+use crate::protocol::startup::StartupMessage;
+use crate::protocol::{Item, Splitter};
+use crate::shutdown::Shutdown;
+pub use command::Command;
+
+/// What a console user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every command.
+    Admin,
+    /// `SHOW` commands only.
+    Stats,
+}
+
+/// The role `user` has in `config`, if any.
+pub fn role(config: &Config, user: &str) -> Option<Role> {
+    let g = &config.pgtarn;
+    if g.admin_users.iter().any(|u| u == user) {
+        Some(Role::Admin)
+    } else if g.stats_users.iter().any(|u| u == user) {
+        Some(Role::Stats)
+    } else {
+        None
+    }
+}
+
+/// Logs `user` in to the console and answers commands until the client
+/// leaves. Users who are neither admin nor stats users get 42501 after
+/// authenticating.
+pub async fn serve(
+    mut stream: Stream,
+    mut buf: BytesMut,
+    startup: &StartupMessage,
+    ctx: Arc<Context>,
+    mut shutdown: Shutdown,
+) -> Result<(), (Stream, ClientError)> {
+    let user = startup.param("user").unwrap_or("").to_owned();
+    let role = match login(&mut stream, &mut buf, &user, &ctx).await {
+        Ok(role) => role,
+        Err(e) => return Err((stream, e)),
+    };
+    info!(%user, ?role, "admin console login");
+    let mut splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
+    loop {
+        let mut out = BytesMut::new();
+        loop {
+            let item = match splitter.next(&mut buf) {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(e) => return Err((stream, e.into())),
+            };
+            let Item::Frame(f) = item else {
+                return Err((
+                    stream,
+                    ClientError::Protocol(crate::protocol::ProtocolError::Malformed(
+                        "oversized admin message",
+                    )),
+                ));
+            };
+            match f.tag() {
+                b'X' => return Ok(()),
+                b'Q' => {
+                    let sql =
+                        String::from_utf8_lossy(f.body().strip_suffix(b"\0").unwrap_or(f.body()));
+                    run(&sql, role, &ctx, &mut out).await;
+                    encode::ready_for_query(&mut out, TxStatus::Idle);
+                }
+                _ => {
+                    let msg = "the admin console supports only the simple query protocol";
+                    encode::error_response(
+                        &mut out,
+                        Severity::Error,
+                        code::FEATURE_NOT_SUPPORTED,
+                        msg,
+                        None,
+                    );
+                    if f.tag() == b'S' {
+                        encode::ready_for_query(&mut out, TxStatus::Idle);
+                    }
+                }
+            }
+        }
+        if !out.is_empty() && stream.send(&out).await.is_err() {
+            return Ok(());
+        }
+        buf.reserve(4096);
+        let read = tokio::select! {
+            _ = shutdown.wait() => return Err((stream, ClientError::Shutdown)),
+            r = stream.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Authenticates like any user, then checks the console role.
+async fn login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+    ctx: &Arc<Context>,
+) -> Result<Role, ClientError> {
+    let config = ctx.config();
+    let users = ctx.users();
+    let found = users.get(user).cloned();
+    let tls = ctx.client_tls().filter(|_| stream.is_tls());
+    let creds = Credentials {
+        user: found.as_deref(),
+        mock_nonce: &ctx.mock_nonce,
+        channel_binding: tls.as_ref().map(|t| &t.end_point_hash[..]),
+    };
+    auth::authenticate(stream, buf, user, creds, config.pgtarn.auth_type).await?;
+    let Some(role) = role(&config, user) else {
+        return Err(ClientError::NotAdmin(user.to_owned()));
+    };
+    let mut out = BytesMut::new();
+    for (k, val) in [
+        ("server_version", "15.0 (pgtarn)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+    ] {
+        encode::parameter_status(&mut out, k, val);
+    }
+    encode::backend_key_data(
+        &mut out,
+        crate::protocol::startup::CancelKey { pid: 0, secret: 0 },
+    );
+    encode::ready_for_query(&mut out, TxStatus::Idle);
+    stream.send(&out).await?;
+    Ok(role)
+}
+
+/// Runs one console query (possibly several `;`-separated commands).
+async fn run(sql: &str, role: Role, ctx: &Arc<Context>, out: &mut BytesMut) {
+    let commands: Vec<&str> = sql
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if commands.is_empty() {
+        encode::message(out, b'I', |_| {});
+        return;
+    }
+    for text in commands {
+        let result = match Command::parse(text) {
+            Ok(cmd) if role == Role::Stats && !cmd.read_only() => Err(command::Refusal::new(
+                code::INSUFFICIENT_PRIVILEGE,
+                format!("admin access needed for {}", cmd.tag()),
+                None,
+            )),
+            Ok(cmd) => cmd.execute(ctx, out).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            encode::error_response(out, Severity::Error, e.code, &e.message, e.hint);
+            return;
+        }
+    }
+}

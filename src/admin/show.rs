@@ -1,0 +1,336 @@
+//! The `SHOW` commands: PgBouncer's columns and column types.
+
+use std::time::{Duration, SystemTime};
+
+use super::result::{ResultSet, Type, v};
+use crate::Context;
+use crate::stats::clients::{ConnInfo, ConnState};
+
+const POOLS: [(&str, Type); 16] = [
+    ("database", Type::Text),
+    ("user", Type::Text),
+    ("cl_active", Type::Int4),
+    ("cl_waiting", Type::Int4),
+    ("cl_active_cancel_req", Type::Int4),
+    ("cl_waiting_cancel_req", Type::Int4),
+    ("sv_active", Type::Int4),
+    ("sv_active_cancel", Type::Int4),
+    ("sv_being_canceled", Type::Int4),
+    ("sv_idle", Type::Int4),
+    ("sv_used", Type::Int4),
+    ("sv_tested", Type::Int4),
+    ("sv_login", Type::Int4),
+    ("maxwait", Type::Int4),
+    ("maxwait_us", Type::Int4),
+    ("pool_mode", Type::Text),
+];
+
+/// `SHOW POOLS`: one row per (database, user) pool. Cancel requests are
+/// forwarded at once (never queued), so the cancel columns are 0.
+pub fn pools(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&POOLS);
+    let check = crate::metrics::check_delay(ctx);
+    for pool in sorted_pools(ctx) {
+        let c = pool.counts(check);
+        let wait = pool.stats.max_wait();
+        rs.row(vec![
+            v(&pool.key.database),
+            v(&pool.key.user),
+            v(c.cl_active),
+            v(c.cl_waiting),
+            v(0),
+            v(0),
+            v(c.sv_active),
+            v(0),
+            v(0),
+            v(c.sv_idle),
+            v(c.sv_used),
+            v(0),
+            v(c.sv_login),
+            v(wait.as_secs()),
+            v(wait.subsec_micros()),
+            v(pool.settings().mode.as_str()),
+        ]);
+    }
+    rs
+}
+
+fn sorted_pools(ctx: &Context) -> Vec<std::sync::Arc<crate::pool::Pool>> {
+    let mut pools = ctx.registry.pools();
+    pools.sort_by(|a, b| a.key.cmp(&b.key));
+    pools
+}
+
+const STATS: [&str; 15] = [
+    "database",
+    "total_xact_count",
+    "total_query_count",
+    "total_received",
+    "total_sent",
+    "total_xact_time",
+    "total_query_time",
+    "total_wait_time",
+    "avg_xact_count",
+    "avg_query_count",
+    "avg_recv",
+    "avg_sent",
+    "avg_xact_time",
+    "avg_query_time",
+    "avg_wait_time",
+];
+
+/// `SHOW STATS`: per database, totals since start and averages over the
+/// last `stats_period` (counts and bytes per second; times in µs per
+/// transaction or query).
+pub fn stats(ctx: &Context) -> ResultSet {
+    let columns: Vec<(&str, Type)> = STATS
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, if i == 0 { Type::Text } else { Type::Numeric }))
+        .collect();
+    let mut rs = ResultSet::new(&columns);
+    let period = ctx.config().pgtarn.stats_period;
+    let mut by_db: std::collections::BTreeMap<String, [u64; 14]> = Default::default();
+    for pool in sorted_pools(ctx) {
+        let t = pool.stats.totals();
+        let a = pool.stats.averages(period);
+        let row = by_db.entry(pool.key.database.clone()).or_default();
+        let figures = [
+            t.xact_count,
+            t.query_count,
+            t.received,
+            t.sent,
+            t.xact_time_us,
+            t.query_time_us,
+            t.wait_time_us,
+            a.xact_count,
+            a.query_count,
+            a.received,
+            a.sent,
+            a.xact_time_us,
+            a.query_time_us,
+            a.wait_time_us,
+        ];
+        for (sum, x) in row.iter_mut().zip(figures) {
+            *sum += x;
+        }
+    }
+    for (db, figures) in by_db {
+        let mut row = vec![v(db)];
+        row.extend(figures.iter().map(v));
+        rs.row(row);
+    }
+    rs
+}
+
+const CONNS: [(&str, Type); 18] = [
+    ("type", Type::Text),
+    ("user", Type::Text),
+    ("database", Type::Text),
+    ("state", Type::Text),
+    ("addr", Type::Text),
+    ("port", Type::Int4),
+    ("local_addr", Type::Text),
+    ("local_port", Type::Int4),
+    ("connect_time", Type::Text),
+    ("request_time", Type::Text),
+    ("wait", Type::Int4),
+    ("wait_us", Type::Int4),
+    ("close_needed", Type::Int4),
+    ("ptr", Type::Text),
+    ("link", Type::Text),
+    ("remote_pid", Type::Int4),
+    ("tls", Type::Text),
+    ("application_name", Type::Text),
+];
+
+/// `SHOW CLIENTS`: every logged-in client.
+pub fn clients(ctx: &Context) -> ResultSet {
+    conns(&ctx.clients.snapshot(), "C", client_state)
+}
+
+/// `SHOW SERVERS`: every server connection.
+pub fn servers(ctx: &Context) -> ResultSet {
+    conns(&ctx.registry.servers.snapshot(), "S", server_state)
+}
+
+fn client_state(s: ConnState) -> &'static str {
+    match s {
+        ConnState::Waiting => "waiting",
+        ConnState::Login => "login",
+        ConnState::Idle | ConnState::Active => "active",
+    }
+}
+
+fn server_state(s: ConnState) -> &'static str {
+    match s {
+        ConnState::Active => "active",
+        ConnState::Login => "login",
+        ConnState::Idle | ConnState::Waiting => "idle",
+    }
+}
+
+fn conns(
+    list: &[std::sync::Arc<ConnInfo>],
+    kind: &str,
+    state: fn(ConnState) -> &'static str,
+) -> ResultSet {
+    let mut rs = ResultSet::new(&CONNS);
+    for c in list {
+        let wait = c.wait();
+        let link = c.link();
+        rs.row(vec![
+            v(kind),
+            v(&c.user),
+            v(&c.database),
+            v(state(c.state())),
+            v(c.peer.map(|a| a.ip().to_string()).unwrap_or_default()),
+            v(c.peer.map_or(0, |a| a.port())),
+            v(c.local.map(|a| a.ip().to_string()).unwrap_or_default()),
+            v(c.local.map_or(0, |a| a.port())),
+            v(timestamp(c.connect_time)),
+            v(timestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_micros(c.request_time_us()),
+            )),
+            v(wait.as_secs()),
+            v(wait.subsec_micros()),
+            v(0),
+            v(format!("0x{:x}", c.id)),
+            v(if link == 0 {
+                String::new()
+            } else {
+                format!("0x{link:x}")
+            }),
+            v(c.remote_pid()),
+            v(if c.tls { "TLSv1.3" } else { "" }),
+            v(&c.application_name),
+        ]);
+    }
+    rs
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`, as PgBouncer prints times.
+fn timestamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+const DATABASES: [(&str, Type); 13] = [
+    ("name", Type::Text),
+    ("host", Type::Text),
+    ("port", Type::Int4),
+    ("database", Type::Text),
+    ("force_user", Type::Text),
+    ("pool_size", Type::Int4),
+    ("min_pool_size", Type::Int4),
+    ("reserve_pool", Type::Int4),
+    ("pool_mode", Type::Text),
+    ("max_connections", Type::Int4),
+    ("current_connections", Type::Int4),
+    ("paused", Type::Int4),
+    ("disabled", Type::Int4),
+];
+
+/// `SHOW DATABASES`: the configured databases.
+pub fn databases(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&DATABASES);
+    let config = ctx.config();
+    let pools = ctx.registry.pools();
+    for (name, db) in &config.databases {
+        let open: usize = pools
+            .iter()
+            .filter(|p| &p.key.database == name)
+            .map(|p| p.size())
+            .sum();
+        rs.row(vec![
+            v(name),
+            v(&db.host),
+            v(db.port),
+            v(db.upstream_name(name)),
+            None,
+            v(db.pool_size),
+            v(db.min_pool_size),
+            v(0),
+            v(db.pool_mode.as_str()),
+            v(0),
+            v(open),
+            v(i32::from(ctx.registry.is_paused(name))),
+            v(0),
+        ]);
+    }
+    rs
+}
+
+/// `SHOW CONFIG`: every `[pgtarn]` setting with its default.
+pub fn config(ctx: &Context) -> ResultSet {
+    let cols = [
+        ("key", Type::Text),
+        ("value", Type::Text),
+        ("default", Type::Text),
+        ("changeable", Type::Text),
+    ];
+    let mut rs = ResultSet::new(&cols);
+    let now = ctx.config().pgtarn.settings();
+    let defaults = crate::config::General::default().settings();
+    let keys: std::collections::BTreeSet<&String> = now.keys().chain(defaults.keys()).collect();
+    for key in keys {
+        let changeable = !matches!(key.as_str(), "listen_addr" | "metrics_addr" | "workers");
+        rs.row(vec![
+            v(key),
+            now.get(key).cloned(),
+            defaults.get(key).cloned(),
+            v(if changeable { "yes" } else { "no" }),
+        ]);
+    }
+    rs
+}
+
+/// `SHOW USERS`: configured users and their pool mode override (none).
+pub fn users(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[("name", Type::Text), ("pool_mode", Type::Text)]);
+    for name in ctx.config().users.keys() {
+        rs.row(vec![v(name), None]);
+    }
+    rs
+}
+
+/// `SHOW VERSION`.
+pub fn version() -> ResultSet {
+    let mut rs = ResultSet::new(&[("version", Type::Text)]);
+    rs.row(vec![v(format!("pgtarn {}", env!("CARGO_PKG_VERSION")))]);
+    rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_print_like_pgbouncer() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(timestamp(t), "2026-11-18 11:06:40 UTC");
+        assert_eq!(timestamp(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,105 @@
+//! The HTTP endpoint: `GET /metrics` (Prometheus text format), `GET
+//! /healthz` (the process is up) and `GET /readyz` (every configured
+//! upstream accepts TCP connections).
+//!
+//! Gauges describing the present (clients waiting, servers idle,
+//! saturation) are computed from the pools when scraped; counters and
+//! histograms are recorded as things happen (see [`crate::stats`]).
+
+mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus::{Encoder, TextEncoder};
+
+use crate::Context;
+use crate::stats::clients::ConnState;
+
+pub use http::serve;
+
+/// Sets every scrape-time gauge from the live pools and connections.
+pub fn refresh(ctx: &Context) {
+    let m = &ctx.registry.metrics;
+    let check = check_delay(ctx);
+    let mut waiting_total = 0;
+    for pool in ctx.registry.pools() {
+        let l = pool.stats.labels();
+        let c = pool.counts(check);
+        fn with<'a>(l: &[&'a str; 3], state: &'a str) -> [&'a str; 4] {
+            [l[0], l[1], l[2], state]
+        }
+        m.pool_clients
+            .with_label_values(&with(&l, "active"))
+            .set(c.cl_active as i64);
+        m.pool_clients
+            .with_label_values(&with(&l, "waiting"))
+            .set(c.cl_waiting as i64);
+        for (state, n) in [
+            ("active", c.sv_active),
+            ("idle", c.sv_idle),
+            ("used", c.sv_used),
+            ("login", c.sv_login),
+        ] {
+            m.pool_servers
+                .with_label_values(&with(&l, state))
+                .set(n as i64);
+        }
+        let size = pool.settings().size.max(1);
+        m.pool_size.with_label_values(&l).set(pool.size() as i64);
+        m.pool_max_size
+            .with_label_values(&l)
+            .set(pool.settings().size as i64);
+        m.pool_saturation
+            .with_label_values(&l)
+            .set(c.sv_active as f64 / size as f64);
+        m.pool_max_wait
+            .with_label_values(&l)
+            .set(pool.stats.max_wait().as_secs_f64());
+        waiting_total += c.cl_waiting;
+    }
+    let clients = ctx.clients.snapshot();
+    let active = clients
+        .iter()
+        .filter(|c| c.state() != ConnState::Waiting)
+        .count();
+    let cc = &m.client_connections;
+    cc.with_label_values(&["login"])
+        .set(ctx.logging_in.load(Ordering::Relaxed) as i64);
+    cc.with_label_values(&["active"]).set(active as i64);
+    cc.with_label_values(&["waiting"])
+        .set(waiting_total.min(clients.len()) as i64);
+}
+
+/// `server_check_delay` when health checks are on.
+pub fn check_delay(ctx: &Context) -> Option<Duration> {
+    let config = ctx.config();
+    let g = &config.pgtarn;
+    (!g.server_check_query.is_empty()).then_some(g.server_check_delay)
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render(ctx: &Context) -> String {
+    refresh(ctx);
+    let families = ctx.registry.metrics.registry.gather();
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed families.
+    let _ = TextEncoder::new().encode(&families, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Whether every configured upstream accepts a TCP connection within
+/// `limit`; the error names the first one that does not.
+pub async fn ready(ctx: &Arc<Context>, limit: Duration) -> Result<(), String> {
+    let config = ctx.config();
+    for (name, db) in &config.databases {
+        let addr = (db.host.as_str(), db.port);
+        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("database {name}: {e}")),
+            Err(_) => return Err(format!("database {name}: connect timed out")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The live lists of client and server connections behind `SHOW CLIENTS`
+//! and `SHOW SERVERS`.
+//!
+//! Each connection registers a [`ConnInfo`] (its fixed facts plus a few
+//! atomics that change per transaction) and removes it when its
+//! [`Listed`] guard drops.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+/// What a connection is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnState {
+    /// Starting up or authenticating (a server: connecting).
+    Login = 0,
+    /// Logged in, no transaction (a server: idle in the pool).
+    Idle = 1,
+    /// A client with a server attached; a server lent to a client.
+    Active = 2,
+    /// A client waiting for a server.
+    Waiting = 3,
+}
+
+impl ConnState {
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            1 => ConnState::Idle,
+            2 => ConnState::Active,
+            3 => ConnState::Waiting,
+            _ => ConnState::Login,
+        }
+    }
+}
+
+/// One connection as the admin console shows it.
+#[derive(Debug)]
+pub struct ConnInfo {
+    /// Unique in the process (clients and servers have separate ranges).
+    pub id: u64,
+    /// User name.
+    pub user: String,
+    /// Database name as clients know it.
+    pub database: String,
+    /// The other end's address.
+    pub peer: Option<SocketAddr>,
+    /// Our end's address.
+    pub local: Option<SocketAddr>,
+    /// Whether the connection uses TLS.
+    pub tls: bool,
+    /// The client's `application_name` (empty for servers).
+    pub application_name: String,
+    /// When it connected.
+    pub connect_time: SystemTime,
+    state: AtomicU8,
+    since: Mutex<Instant>,
+    request_time: AtomicU64,
+    link: AtomicU64,
+    remote_pid: AtomicI32,
+    kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// The facts a connection is listed with.
+#[derive(Debug, Default)]
+pub struct NewConn {
+    /// User name.
+    pub user: String,
+    /// Database name as clients know it.
+    pub database: String,
+    /// The other end's address.
+    pub peer: Option<SocketAddr>,
+    /// Our end's address.
+    pub local: Option<SocketAddr>,
+    /// Whether the connection uses TLS.
+    pub tls: bool,
+    /// The client's `application_name`.
+    pub application_name: String,
+}
+
+fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl ConnInfo {
+    /// The current state.
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// Moves to `state`; entering `Waiting` starts the wait clock, entering
+    /// `Active` records the request time.
+    pub fn set_state(&self, state: ConnState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        match state {
+            ConnState::Waiting => {
+                *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
+            }
+            ConnState::Active => self
+                .request_time
+                .store(unix_micros(SystemTime::now()), Ordering::Relaxed),
+            _ => {}
+        }
+    }
+
+    /// How long a waiting client has waited so far (zero otherwise).
+    pub fn wait(&self) -> std::time::Duration {
+        if self.state() != ConnState::Waiting {
+            return Default::default();
+        }
+        self.since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+    }
+
+    /// Last request, µs since the Unix epoch.
+    pub fn request_time_us(&self) -> u64 {
+        self.request_time.load(Ordering::Relaxed)
+    }
+
+    /// The id of the linked peer (a client's server or a server's client); 0 if none.
+    pub fn link(&self) -> u64 {
+        self.link.load(Ordering::Relaxed)
+    }
+
+    /// Links to the peer with `id` (0 unlinks).
+    pub fn set_link(&self, id: u64) {
+        self.link.store(id, Ordering::Relaxed);
+    }
+
+    /// The Postgres backend's process id (servers).
+    pub fn remote_pid(&self) -> i32 {
+        self.remote_pid.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection's task to end (admin `KILL`); see
+    /// [`Listed::killed`].
+    pub fn kill(&self) {
+        let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = sender {
+            let _ = s.send(());
+        }
+    }
+
+    /// Records the Postgres backend's process id.
+    pub fn set_remote_pid(&self, pid: i32) {
+        self.remote_pid.store(pid, Ordering::Relaxed);
+    }
+}
+
+/// A list of live connections.
+#[derive(Debug)]
+pub struct ConnList {
+    conns: Mutex<BTreeMap<u64, Arc<ConnInfo>>>,
+    next_id: AtomicU64,
+}
+
+impl ConnList {
+    /// An empty list whose ids start at `first_id`.
+    pub fn new(first_id: u64) -> Arc<ConnList> {
+        Arc::new(ConnList {
+            conns: Mutex::default(),
+            next_id: AtomicU64::new(first_id),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ConnInfo>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists a new connection in `state` until the returned guard drops.
+    pub fn add(self: &Arc<Self>, c: NewConn, state: ConnState) -> Listed {
+        let now = SystemTime::now();
+        let (kill, killed) = tokio::sync::oneshot::channel();
+        let info = Arc::new(ConnInfo {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user: c.user,
+            database: c.database,
+            peer: c.peer,
+            local: c.local,
+            tls: c.tls,
+            application_name: c.application_name,
+            connect_time: now,
+            state: AtomicU8::new(state as u8),
+            since: Mutex::new(Instant::now()),
+            request_time: AtomicU64::new(unix_micros(now)),
+            link: AtomicU64::new(0),
+            remote_pid: AtomicI32::new(0),
+            kill: Mutex::new(Some(kill)),
+        });
+        self.lock().insert(info.id, info.clone());
+        Listed {
+            list: self.clone(),
+            info,
+            killed,
+        }
+    }
+
+    /// Every listed connection, oldest first.
+    pub fn snapshot(&self) -> Vec<Arc<ConnInfo>> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// How many connections are listed.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True if none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A connection's entry in a [`ConnList`]; dropping it unlists it.
+#[derive(Debug)]
+pub struct Listed {
+    list: Arc<ConnList>,
+    /// The entry.
+    pub info: Arc<ConnInfo>,
+    killed: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Listed {
+    /// Completes once [`ConnInfo::kill`] was called (never otherwise).
+    pub async fn killed(&mut self) {
+        if (&mut self.killed).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.list.lock().remove(&self.info.id);
+    }
+}
+
+impl std::ops::Deref for Listed {
+    type Target = ConnInfo;
+    fn deref(&self) -> &ConnInfo {
+        &self.info
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_leave_the_list_when_dropped() {
+        let list = ConnList::new(1);
+        let a = list.add(NewConn::default(), ConnState::Login);
+        let b = list.add(NewConn::default(), ConnState::Idle);
+        assert_eq!(list.len(), 2);
+        assert_ne!(a.id, b.id);
+        b.set_state(ConnState::Waiting);
+        assert_eq!(b.state(), ConnState::Waiting);
+        drop(a);
+        assert_eq!(list.snapshot().len(), 1);
+    }
+}

@@ -1,0 +1,303 @@
+//! The admin console and the metrics endpoint, end to end: real Postgres,
+//! pgtarn in-process, tokio-postgres clients holding and waiting for
+//! servers while the console and `/metrics` report them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::pg::PgServer;
+use common::pooler::{self, Pooler};
+use common::wait_until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+const USERS: &str = "\n[users.admin]\npassword = \"admin-secret\"\n\
+                     [users.watcher]\npassword = \"watcher-secret\"\n";
+
+fn config(general: &str) -> String {
+    let general = format!(
+        "admin_users = [\"admin\"]\nstats_users = [\"watcher\"]\n\
+         metrics_addr = \"127.0.0.1:0\"\n{general}"
+    );
+    pooler::config(PgServer::shared(), &general, "pool_size = 2") + USERS
+}
+
+async fn console(p: &Pooler, user: &str, db: &str) -> Result<Client, tokio_postgres::Error> {
+    let conn = format!(
+        "host=127.0.0.1 port={} user={user} password={user}-secret dbname={db}",
+        p.addr.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Every row of a console command, as column name → text.
+async fn rows(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
+    let msgs = c.simple_query(sql).await.expect(sql);
+    msgs.iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn pool_row(c: &Client) -> HashMap<String, String> {
+    let all = rows(c, "SHOW POOLS").await;
+    all.into_iter()
+        .find(|r| r["database"] == "app" && r["user"] == "app")
+        .expect("the app pool is listed")
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.code().code().to_owned())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// A plain HTTP GET; returns (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.expect("read response");
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample named exactly `series` (name and labels as
+/// printed) in a text exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn show_pools_and_metrics_count_holders_and_waiters_truly() {
+    let p = Pooler::start(&config("")).await;
+    // Two clients hold both servers inside transactions.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let c = p.connect().await;
+        c.simple_query("BEGIN; SELECT 1").await.expect("begin");
+        holders.push(c);
+    }
+    // Three more wait for a server.
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let c = p.connect().await;
+        waiters.push(tokio::spawn(async move {
+            c.simple_query("SELECT 42").await.map(|_| ())
+        }));
+    }
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    wait_until("three clients waiting", DEADLINE, || async {
+        pool_row(&admin).await["cl_waiting"] == "3"
+    })
+    .await;
+    let row = pool_row(&admin).await;
+    assert_eq!(row["cl_active"], "2", "{row:?}");
+    assert_eq!(row["sv_active"], "2", "{row:?}");
+    assert_eq!(row["sv_idle"], "0", "{row:?}");
+    assert_eq!(row["pool_mode"], "transaction");
+    assert!(row["maxwait_us"].parse::<u32>().is_ok(), "{row:?}");
+
+    let metrics = p.metrics_addr.expect("metrics endpoint");
+    let (status, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(status, 200);
+    let labels = "database=\"app\",pool_mode=\"transaction\",user=\"app\"";
+    let with_state =
+        |s: &str| format!("database=\"app\",pool_mode=\"transaction\",state=\"{s}\",user=\"app\"");
+    let waiting = format!("pgtarn_pool_clients{{{}}}", with_state("waiting"));
+    assert_eq!(sample(&text, &waiting), Some(3.0), "{text}");
+    let saturation = format!("pgtarn_pool_saturation{{{labels}}}");
+    assert_eq!(sample(&text, &saturation), Some(1.0), "{text}");
+    let servers = format!("pgtarn_pool_servers{{{}}}", with_state("active"));
+    assert_eq!(sample(&text, &servers), Some(2.0));
+
+    let clients = rows(&admin, "SHOW CLIENTS").await;
+    let waiting_clients = clients.iter().filter(|c| c["state"] == "waiting").count();
+    assert_eq!(waiting_clients, 3, "{clients:?}");
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    assert_eq!(servers.iter().filter(|s| s["state"] == "active").count(), 2);
+    assert!(
+        servers.iter().all(|s| s["remote_pid"] != "0"),
+        "{servers:?}"
+    );
+
+    for h in &holders {
+        h.simple_query("COMMIT").await.expect("commit");
+    }
+    for w in waiters {
+        w.await.expect("join").expect("waiter served after commit");
+    }
+    wait_until("nobody waiting", DEADLINE, || async {
+        pool_row(&admin).await["cl_waiting"] == "0"
+    })
+    .await;
+    let stats = rows(&admin, "SHOW STATS").await;
+    let app = stats
+        .iter()
+        .find(|r| r["database"] == "app")
+        .expect("app stats");
+    let xacts: u64 = app["total_xact_count"].parse().expect("number");
+    assert!(xacts >= 5, "{app:?}");
+    let (_, text) = http_get(metrics, "/metrics").await;
+    let total = format!("pgtarn_pool_transactions_total{{{labels}}}");
+    assert!(sample(&text, &total).is_some_and(|n| n >= 5.0), "{text}");
+    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn console_permissions_and_unknown_commands() {
+    let p = Pooler::start(&config("")).await;
+    // An ordinary user authenticates but may not use the console.
+    let Err(e) = console(&p, "app", "pgtarn").await else {
+        panic!("app must be refused");
+    };
+    assert_eq!(code(&e), "42501");
+    // The pgbouncer alias works for tooling.
+    let watcher = console(&p, "watcher", "pgbouncer")
+        .await
+        .expect("stats user");
+    let v = rows(&watcher, "SHOW VERSION").await;
+    assert!(v[0]["version"].starts_with("pgtarn"), "{v:?}");
+    let e = watcher
+        .simple_query("PAUSE")
+        .await
+        .expect_err("stats user cannot pause");
+    assert_eq!(code(&e), "42501");
+    let e = watcher
+        .simple_query("SHOW NONSENSE")
+        .await
+        .expect_err("unknown");
+    assert_eq!(code(&e), "42601");
+    let hint = e.as_db_error().and_then(|d| d.hint()).unwrap_or("");
+    assert!(
+        hint.contains("SHOW HELP") && hint.contains("RELOAD"),
+        "{hint}"
+    );
+    // The console still answers after an error.
+    let dbs = rows(&watcher, "SHOW DATABASES").await;
+    assert_eq!(dbs[0]["name"], "app");
+    assert_eq!(dbs[0]["pool_size"], "2");
+    let cfg = rows(&watcher, "show config").await;
+    let key = cfg
+        .iter()
+        .find(|r| r["key"] == "query_wait_timeout")
+        .expect("key listed");
+    assert_eq!(key["default"], "2m");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_holds_clients_until_resume_and_kill_disconnects() {
+    let p = Pooler::start(&config("")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let client = p.connect().await;
+    client.simple_query("SELECT 1").await.expect("warm up");
+    admin.simple_query("PAUSE app").await.expect("pause");
+    let dbs = rows(&admin, "SHOW DATABASES").await;
+    assert_eq!(dbs[0]["paused"], "1");
+    let query = tokio::spawn(async move {
+        let r = client.simple_query("SELECT 7").await.map(|_| ());
+        (client, r)
+    });
+    wait_until("the client waits while paused", DEADLINE, || async {
+        pool_row(&admin).await["cl_waiting"] == "1"
+    })
+    .await;
+    assert!(
+        !query.is_finished(),
+        "a paused pool must not fail the client"
+    );
+    admin.simple_query("RESUME app").await.expect("resume");
+    let (client, r) = query.await.expect("join");
+    r.expect("the query runs after RESUME");
+    let e = admin
+        .simple_query("RESUME app")
+        .await
+        .expect_err("not paused");
+    assert_eq!(code(&e), "55000");
+
+    admin.simple_query("KILL app").await.expect("kill");
+    let e = client.simple_query("SELECT 1").await.expect_err("killed");
+    assert!(code(&e) == "57P01" || e.is_closed(), "{e}");
+    admin
+        .simple_query("RESUME app")
+        .await
+        .expect("resume after kill");
+    let again = p.connect().await;
+    again
+        .simple_query("SELECT 1")
+        .await
+        .expect("new clients work after RESUME");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_applies_a_new_pool_size_and_rejects_a_bad_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtarn.toml");
+    let text = config("");
+    std::fs::write(&path, &text).expect("write config");
+    let p = Pooler::start(&text).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let client = p.connect().await;
+    client.simple_query("SELECT 1").await.expect("query");
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    std::fs::write(&path, text.replace("pool_size = 2", "pool_size = 3")).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload");
+    let dbs = rows(&admin, "SHOW DATABASES").await;
+    assert_eq!(dbs[0]["pool_size"], "3");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("connected client unaffected");
+
+    std::fs::write(&path, text.replace("pool_size = 2", "pool_size = 0")).expect("write");
+    let e = admin.simple_query("RELOAD").await.expect_err("bad config");
+    assert_eq!(code(&e), "F0000");
+    let msg = e
+        .as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default();
+    assert!(msg.contains("pool_size"), "{msg}");
+    let dbs = rows(&admin, "SHOW DATABASES").await;
+    assert_eq!(dbs[0]["pool_size"], "3", "the old configuration stays");
+    let (_, text) = http_get(p.metrics_addr.expect("metrics"), "/metrics").await;
+    assert_eq!(
+        sample(&text, "pgtarn_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "pgtarn_reloads_total{result=\"error\"}"),
+        Some(1.0)
+    );
+    client.simple_query("SELECT 1").await.expect("still fine");
+    p.stop().await;
+}
