@@ -119,10 +119,13 @@ impl PoolStats {
         self.transaction.observe(took.as_secs_f64());
     }
 
-    /// Records a closed server connection.
+    /// Records a closed server connection; `reason` is the log line's
+    /// wording, the label a short token.
     pub fn server_closed(&self, reason: &str) {
         let [d, u, m] = self.labels();
-        self.closed.with_label_values(&[d, u, m, reason]).inc();
+        self.closed
+            .with_label_values(&[d, u, m, close_label(reason)])
+            .inc();
     }
 
     /// Records a TLS handshake with Postgres.
@@ -186,6 +189,21 @@ impl PoolStats {
             p.started = Some(Instant::now());
         }
         p.averages
+    }
+}
+
+/// The `reason` label for a close reason as logged.
+fn close_label(reason: &str) -> &'static str {
+    match reason {
+        r if r.starts_with("server_lifetime") => "lifetime",
+        r if r.starts_with("server_idle_timeout") => "idle_timeout",
+        r if r.starts_with("released while not idle") => "dirty",
+        r if r.starts_with("closed by the server") => "broken",
+        r if r.starts_with("server_reset_query") => "reset_failed",
+        r if r.starts_with("session ended with an error") => "client_error",
+        r if r.contains("RECONNECT") || r.contains("reload") => "reconnect",
+        r if r.contains("check") => "check_failed",
+        _ => "other",
     }
 }
 
