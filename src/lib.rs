@@ -212,7 +212,7 @@ impl Pgtarn {
         let client_tls = client_tls(&config.tls.client).map_err(std::io::Error::other)?;
         let metrics = stats::Metrics::new();
         let registry = Registry::new(config.clone(), metrics).map_err(std::io::Error::other)?;
-        let listener = TcpListener::bind(config.pgtarn.listen_addr).await?;
+        let listener = listen(config.pgtarn.listen_addr, config.pgtarn.so_reuseport)?;
         let metrics = match config.pgtarn.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -303,6 +303,23 @@ impl Pgtarn {
         self.ctx.registry.close_all();
         Ok(())
     }
+}
+
+/// Pending connections the listening socket queues.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds the client listener, with `SO_REUSEPORT` if asked.
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// How long disconnected clients get to receive their 57P01.

@@ -104,6 +104,10 @@ pub enum AuthType {
 pub struct General {
     /// Address clients connect to. Default `"127.0.0.1:6432"`.
     pub listen_addr: SocketAddr,
+    /// Sets `SO_REUSEPORT` on the listening socket so that a new pgtarn
+    /// can listen on the same port while an old one drains (rolling
+    /// restart). Default false.
+    pub so_reuseport: bool,
     /// Most client connections at once; the next one gets 53300.
     /// Default 1000.
     pub max_client_conn: usize,
@@ -236,6 +240,7 @@ impl Default for General {
     fn default() -> Self {
         General {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            so_reuseport: false,
             max_client_conn: 1000,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),

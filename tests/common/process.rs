@@ -61,6 +61,59 @@ impl PgtarnProcess {
         }
     }
 
+    /// Starts a second pgtarn on a port another one already listens on
+    /// (`so_reuseport`); waits (deadline 10 s) for its "listening" log
+    /// line, so `filter` must include info.
+    pub fn start_beside(toml: &str, port: u16) -> PgtarnProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("pgtarn.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let log = std::fs::File::create(dir.path().join("pgtarn.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_pgtarn"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn pgtarn");
+        let p = PgtarnProcess {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            _dir: dir,
+            config_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !p.log().contains("pgtarn listening") {
+            assert!(
+                Instant::now() < deadline,
+                "second pgtarn did not start: {}",
+                p.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(r, 0, "kill({signal})");
+    }
+
+    /// Waits up to `limit` for the process to exit; true if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Everything pgtarn has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("pgtarn.log")).unwrap_or_default()
