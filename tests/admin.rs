@@ -301,3 +301,125 @@ async fn reload_applies_a_new_pool_size_and_rejects_a_bad_file() {
     client.simple_query("SELECT 1").await.expect("still fine");
     p.stop().await;
 }
+
+/// (name, type OID) of each column in a RowDescription body.
+fn column_types(body: &[u8]) -> Vec<(String, u32)> {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let end = at + body[at..].iter().position(|&b| b == 0).expect("name");
+        let name = String::from_utf8_lossy(&body[at..end]).into_owned();
+        let oid_at = end + 1 + 4 + 2;
+        let oid = u32::from_be_bytes(body[oid_at..oid_at + 4].try_into().expect("oid"));
+        out.push((name, oid));
+        at = oid_at + 4 + 2 + 4 + 2;
+    }
+    out
+}
+
+#[tokio::test]
+async fn console_columns_have_pgbouncers_types() {
+    let p = Pooler::start(&config("auth_type = \"trust\"")).await;
+    let mut raw = common::raw::Raw::login(p.addr, "admin", "pgbouncer").await;
+    let expect: [(&str, &[(&str, u32)]); 2] = [
+        (
+            "SHOW POOLS",
+            &[
+                ("database", 25),
+                ("cl_active", 23),
+                ("maxwait_us", 23),
+                ("pool_mode", 25),
+            ],
+        ),
+        (
+            "SHOW STATS",
+            &[
+                ("database", 25),
+                ("total_xact_count", 1700),
+                ("avg_wait_time", 1700),
+            ],
+        ),
+    ];
+    for (sql, want) in expect {
+        raw.query(sql).await;
+        let msgs = raw.read_until(b'Z').await;
+        let (_, desc) = msgs
+            .iter()
+            .find(|(t, _)| *t == b'T')
+            .expect("RowDescription");
+        let types = column_types(desc);
+        for (name, oid) in want {
+            let got = types.iter().find(|(n, _)| n == name).map(|(_, o)| *o);
+            assert_eq!(got, Some(*oid), "{sql}: column {name} in {types:?}");
+        }
+    }
+    let pools = [
+        "database",
+        "user",
+        "cl_active",
+        "cl_waiting",
+        "cl_active_cancel_req",
+        "cl_waiting_cancel_req",
+        "sv_active",
+        "sv_active_cancel",
+        "sv_being_canceled",
+        "sv_idle",
+        "sv_used",
+        "sv_tested",
+        "sv_login",
+        "maxwait",
+        "maxwait_us",
+        "pool_mode",
+    ];
+    raw.query("SHOW POOLS").await;
+    let msgs = raw.read_until(b'Z').await;
+    let (_, desc) = msgs
+        .iter()
+        .find(|(t, _)| *t == b'T')
+        .expect("RowDescription");
+    let names: Vec<String> = column_types(desc).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, pools);
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_closes_servers_and_shutdown_stops_pgtarn() {
+    let p = Pooler::start(&config("")).await;
+    let client = p.connect().await;
+    client.simple_query("SELECT 1").await.expect("query");
+    assert_eq!(p.pool().size(), 1);
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin");
+    admin.simple_query("RECONNECT").await.expect("reconnect");
+    assert_eq!(p.pool().size(), 0, "idle servers closed at once");
+    client
+        .simple_query("SELECT 2")
+        .await
+        .expect("a new server is opened");
+    admin
+        .simple_query("SHUTDOWN")
+        .await
+        .expect("shutdown accepted");
+    wait_until("pgtarn stops accepting", DEADLINE, || async {
+        tokio::net::TcpStream::connect(p.addr).await.is_err()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn readyz_fails_while_an_upstream_is_unreachable() {
+    let dead = common::process::free_port();
+    let extra = format!("\n[databases.gone]\nhost = \"127.0.0.1\"\nport = {dead}\n");
+    let text = config("").replace("[users.app]", &format!("{extra}\n[users.app]"));
+    let p = Pooler::start(&text).await;
+    let (status, body) = http_get(p.metrics_addr.expect("metrics"), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("gone"), "names the database: {body}");
+    assert_eq!(
+        http_get(p.metrics_addr.expect("metrics"), "/healthz")
+            .await
+            .0,
+        200
+    );
+    p.stop().await;
+}
