@@ -171,7 +171,7 @@ impl Context {
     /// Disconnects every client of `database` (admin `KILL`).
     pub fn kill_clients(&self, database: &str) {
         for c in self.clients.snapshot() {
-            if c.database == database {
+            if c.facts.database == database {
                 c.kill(stats::clients::KillReason::Admin);
             }
         }

@@ -181,13 +181,16 @@ fn conns(
         let link = c.link();
         rs.row(vec![
             v(kind),
-            v(&c.user),
-            v(&c.database),
+            v(&c.facts.user),
+            v(&c.facts.database),
             v(state(c.state())),
-            v(c.peer.map(|a| a.ip().to_string()).unwrap_or_default()),
-            v(c.peer.map_or(0, |a| a.port())),
-            v(c.local.map(|a| a.ip().to_string()).unwrap_or_default()),
-            v(c.local.map_or(0, |a| a.port())),
+            v(c.facts.peer.map(|a| a.ip().to_string()).unwrap_or_default()),
+            v(c.facts.peer.map_or(0, |a| a.port())),
+            v(c.facts
+                .local
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()),
+            v(c.facts.local.map_or(0, |a| a.port())),
             v(timestamp(c.connect_time)),
             v(timestamp(
                 SystemTime::UNIX_EPOCH + Duration::from_micros(c.request_time_us()),
@@ -202,8 +205,8 @@ fn conns(
                 format!("0x{link:x}")
             }),
             v(c.remote_pid()),
-            v(if c.tls { "TLSv1.3" } else { "" }),
-            v(&c.application_name),
+            v(if c.facts.tls { "TLSv1.3" } else { "" }),
+            v(&c.facts.application_name),
         ]);
     }
     rs

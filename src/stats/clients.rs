@@ -50,18 +50,8 @@ impl ConnState {
 pub struct ConnInfo {
     /// Unique in the process (clients and servers have separate ranges).
     pub id: u64,
-    /// User name.
-    pub user: String,
-    /// Database name as clients know it.
-    pub database: String,
-    /// The other end's address.
-    pub peer: Option<SocketAddr>,
-    /// Our end's address.
-    pub local: Option<SocketAddr>,
-    /// Whether the connection uses TLS.
-    pub tls: bool,
-    /// The client's `application_name` (empty for servers).
-    pub application_name: String,
+    /// The facts it was listed with.
+    pub facts: NewConn,
     /// When it connected.
     pub connect_time: SystemTime,
     state: AtomicU8,
@@ -187,12 +177,7 @@ impl ConnList {
         let (kill, killed) = tokio::sync::oneshot::channel();
         let info = Arc::new(ConnInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            user: c.user,
-            database: c.database,
-            peer: c.peer,
-            local: c.local,
-            tls: c.tls,
-            application_name: c.application_name,
+            facts: c,
             connect_time: now,
             state: AtomicU8::new(state as u8),
             since: Mutex::new(Instant::now()),

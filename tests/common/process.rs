@@ -32,6 +32,21 @@ impl PgtarnProcess {
 
     /// Like [`PgtarnProcess::start`] with the given `RUST_LOG` filter.
     pub fn start_logging(toml: &str, port: u16, filter: &str) -> PgtarnProcess {
+        let p = Self::spawn(toml, port, filter);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(p.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pgtarn did not start listening on {}",
+                p.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// Starts the binary without waiting for it.
+    fn spawn(toml: &str, port: u16, filter: &str) -> PgtarnProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("pgtarn.toml");
         std::fs::write(&config_path, toml).expect("write config");
@@ -44,17 +59,8 @@ impl PgtarnProcess {
             .stderr(log)
             .spawn()
             .expect("spawn pgtarn");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "pgtarn did not start listening on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         PgtarnProcess {
-            addr,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
             child,
             _dir: dir,
             config_path,
@@ -65,24 +71,7 @@ impl PgtarnProcess {
     /// (`so_reuseport`); waits (deadline 10 s) for its "listening" log
     /// line, so `filter` must include info.
     pub fn start_beside(toml: &str, port: u16) -> PgtarnProcess {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("pgtarn.toml");
-        std::fs::write(&config_path, toml).expect("write config");
-        let log = std::fs::File::create(dir.path().join("pgtarn.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_pgtarn"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn pgtarn");
-        let p = PgtarnProcess {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            child,
-            _dir: dir,
-            config_path,
-        };
+        let p = Self::spawn(toml, port, "info");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !p.log().contains("pgtarn listening") {
             assert!(
