@@ -6,6 +6,7 @@
 //! client.
 
 use std::ops::{Deref, DerefMut};
+use std::time::Instant;
 
 use deadpool::managed::Object;
 use tracing::info;
@@ -40,10 +41,12 @@ fn close(obj: Object<Manager>, reason: &str) {
 impl Drop for Checkout {
     fn drop(&mut self) {
         // A reusable connection goes back to the pool when `obj` drops.
-        if let Some(obj) = self.obj.take()
-            && !obj.is_reusable()
-        {
-            close(obj, "released while not idle");
+        if let Some(mut obj) = self.obj.take() {
+            if obj.is_reusable() {
+                obj.idle_since = Instant::now();
+            } else {
+                close(obj, "released while not idle");
+            }
         }
     }
 }

@@ -140,6 +140,7 @@ impl Registry {
                 max_statements: g.max_client_prepared_statements,
                 max_bytes: g.max_client_prepared_bytes,
             },
+            health: super::HealthSettings::from_general(g),
         };
         Ok(Pool::new(key, target, settings, passthrough))
     }
