@@ -403,30 +403,45 @@ async fn health_check_replaces_a_connection_that_stopped_answering() {
     .await;
 }
 
-/// With the check disabled (empty server_check_query) a connection idle
-/// for any time is handed out as is: the check costs no round trip.
+/// The check costs a round trip only when it is due: with every chunk
+/// delayed 300 ms each way, a query on an idle connection takes one round
+/// trip (~600 ms) when the check is off (empty server_check_query) or the
+/// connection was used within server_check_delay, and two when the check
+/// runs (server_check_delay = 0s).
 #[tokio::test]
-async fn empty_server_check_query_disables_the_check() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
-    let general = "server_check_delay = \"0s\"\nserver_check_query = \"\"";
-    let p = Pooler::start(&config(
-        general,
-        &[("app", proxy.addr.port())],
-        "",
-        "app-secret",
-    ))
-    .await;
-    let c = connect(&p, "app").await.unwrap();
-    let pid = one(&c, "select pg_backend_pid()").await;
-    // Every chunk now takes 300 ms each way: a check would add 600 ms.
-    proxy.set(Fault::Delay(Duration::from_millis(300)));
-    let started = Instant::now();
-    assert_eq!(one(&c, "select pg_backend_pid()").await, pid);
-    let took = started.elapsed();
-    assert!(
-        took < Duration::from_millis(1100),
-        "one round trip only: {took:?}"
-    );
+async fn server_check_query_runs_only_when_due() {
+    let pg = PgServer::shared();
+    let cases = [
+        (
+            "server_check_query = \"\"\nserver_check_delay = \"0s\"",
+            false,
+        ),
+        ("server_check_delay = \"30s\"", false),
+        ("server_check_delay = \"0s\"", true),
+    ];
+    for (general, checked) in cases {
+        let proxy = FaultProxy::start(pg_addr(pg)).await;
+        let p = Pooler::start(&config(
+            general,
+            &[("app", proxy.addr.port())],
+            "",
+            "app-secret",
+        ))
+        .await;
+        let c = connect(&p, "app").await.unwrap();
+        let pid = one(&c, "select pg_backend_pid()").await;
+        wait_stats(&p, "app", 1, 1).await;
+        proxy.set(Fault::Delay(Duration::from_millis(300)));
+        let started = Instant::now();
+        assert_eq!(one(&c, "select pg_backend_pid()").await, pid, "{general}");
+        let took = started.elapsed();
+        if checked {
+            assert!(took >= Duration::from_millis(1150), "{general}: {took:?}");
+        } else {
+            assert!(took < Duration::from_millis(1100), "{general}: {took:?}");
+        }
+        assert_eq!(proxy.accepted(), 1, "{general}");
+    }
 }
 
 /// Postgres refusing connections: the first client gets 08006 naming the
