@@ -152,6 +152,8 @@ async fn accept_loop(
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of file descriptors or similar: do not spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
