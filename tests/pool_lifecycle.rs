@@ -142,7 +142,11 @@ async fn a_wrong_upstream_password_reaches_the_client_as_28p01() {
         let (code, message) = login_error(&p.conn_str("")).await;
         assert_eq!(
             (code.as_str(), message.as_str()),
-            ("28P01", "password authentication failed for user \"app\"")
+            (
+                "28P01",
+                "pgtarn: cannot connect to server for database \"app\": \
+                 password authentication failed for user \"app\""
+            )
         );
     }
 }

@@ -15,7 +15,7 @@ pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -23,6 +23,7 @@ use tokio::io::AsyncReadExt;
 use crate::net::Stream;
 use crate::protocol::backend::{self as msg, ErrorFields};
 use crate::protocol::frame::server_streamable;
+use crate::protocol::sqlstate::CONNECTION_FAILURE;
 use crate::protocol::startup::CancelKey;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter, encode};
 pub use cancel::CancelTarget;
@@ -83,6 +84,45 @@ pub enum BackendError {
     /// TLS could not be set up as configured.
     #[error("{0}")]
     Tls(String),
+    /// A pool could not open a server connection (or repeats why it could
+    /// not, under `server_login_retry`).
+    #[error("{0}")]
+    Connect(ConnectFailure),
+}
+
+/// A failed attempt to connect and log in to a pool's server, as that
+/// pool's clients are told. It is a plain value (cloneable) so that
+/// `server_login_retry` can hand the same error to later clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pgtarn: cannot connect to server for database \"{database}\": {message}")]
+pub struct ConnectFailure {
+    /// The database as clients name it.
+    pub database: String,
+    /// SQLSTATE: the server's when it answered the login with an
+    /// ErrorResponse (e.g. 28P01), else 08006.
+    pub code: String,
+    /// Why: the server's message, or the socket, TLS or timeout error.
+    pub message: String,
+    /// True when repeated from the `server_login_retry` cache, without a
+    /// new attempt.
+    pub cached: bool,
+}
+
+impl ConnectFailure {
+    /// Describes `error`, met while connecting to the server of `database`.
+    pub fn new(database: &str, error: &BackendError) -> Self {
+        let (code, message) = match error {
+            BackendError::Server(f) => (f.code.clone(), f.message.clone()),
+            BackendError::Connect(f) => (f.code.clone(), f.message.clone()),
+            e => (CONNECTION_FAILURE.to_owned(), e.to_string()),
+        };
+        ConnectFailure {
+            database: database.to_owned(),
+            code,
+            message,
+            cached: false,
+        }
+    }
 }
 
 /// A logged-in server connection.
@@ -100,6 +140,10 @@ pub struct ServerConn {
     pub settings: BTreeMap<String, String>,
     /// pgtarn-named prepared statements that exist on this server.
     pub statements: statements::StatementCache,
+    /// When the connection was opened or last went back to its pool idle:
+    /// how long it has been idle decides whether `server_check_query` runs
+    /// before it is handed out again.
+    pub idle_since: Instant,
     /// The ParameterStatus set received at login, in order.
     login_params: Vec<(String, String)>,
     key: CancelKey,
@@ -128,6 +172,7 @@ impl ServerConn {
             state: ServerState::default(),
             settings: BTreeMap::new(),
             statements: Default::default(),
+            idle_since: Instant::now(),
             login_params: Vec::new(),
             key: CancelKey { pid: 0, secret: 0 },
             addr,

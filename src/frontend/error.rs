@@ -141,6 +141,10 @@ impl ClientError {
     }
 }
 
+/// Hint on an upstream login error repeated under `server_login_retry`.
+const LOGIN_RETRY_HINT: &str =
+    "The last login to this server failed; pgtarn tries again once server_login_retry has passed.";
+
 fn checkout_reply(e: &CheckoutError) -> Option<Reply> {
     match e {
         CheckoutError::WaitTimeout => reply(
@@ -150,6 +154,9 @@ fn checkout_reply(e: &CheckoutError) -> Option<Reply> {
                 "All server connections of this pool stayed busy for query_wait_timeout; raise pool_size or query_wait_timeout, or shorten transactions.",
             ),
         ),
+        CheckoutError::Connect(BackendError::Connect(f)) => {
+            reply(&f.code, f.to_string(), f.cached.then_some(LOGIN_RETRY_HINT))
+        }
         CheckoutError::Connect(BackendError::Server(f)) => reply(&f.code, f.message.clone(), None),
         CheckoutError::Connect(e) => reply(
             code::CONNECTION_FAILURE,
@@ -187,6 +194,21 @@ mod tests {
         );
         assert_eq!(code_of(ClientError::Shutdown).as_deref(), Some("57P01"));
         assert_eq!(code_of(std::io::Error::other("gone").into()), None);
+        let failure = crate::backend::ConnectFailure {
+            database: "app".into(),
+            code: "28P01".into(),
+            message: "password authentication failed for user \"app\"".into(),
+            cached: true,
+        };
+        let r = ClientError::from(CheckoutError::Connect(BackendError::Connect(failure)))
+            .reply()
+            .expect("a reply");
+        assert_eq!(r.code, "28P01");
+        assert_eq!(
+            r.message,
+            "pgtarn: cannot connect to server for database \"app\": password authentication failed for user \"app\""
+        );
+        assert_eq!(r.hint, Some(LOGIN_RETRY_HINT));
         let unknown_user: ClientError = LookupError::UnknownUser("eve".into()).into();
         assert_eq!(
             unknown_user.to_string(),

@@ -6,6 +6,7 @@
 //! client.
 
 use std::ops::{Deref, DerefMut};
+use std::time::Instant;
 
 use deadpool::managed::Object;
 use tracing::info;
@@ -47,10 +48,13 @@ fn close(obj: Object<Manager>, reason: &str) {
 impl Drop for Checkout {
     fn drop(&mut self) {
         // A reusable connection goes back to the pool when `obj` drops.
-        let Some(obj) = self.obj.take() else { return };
+        let Some(mut obj) = self.obj.take() else {
+            return;
+        };
         if !obj.is_reusable() {
             return close(obj, "released while not idle");
         }
+        obj.idle_since = Instant::now();
         if let Some(l) = &obj.listed {
             l.set_state(ConnState::Idle);
             l.set_link(0);

@@ -1,20 +1,28 @@
 //! The deadpool [`Manager`](managed::Manager) for server connections.
 //!
 //! deadpool calls `recycle` at every checkout, so it is a cheap state check
-//! (idle, not past `server_lifetime`, peer still there); resets happen on
-//! release, before a connection is returned.
+//! (idle, not past `server_lifetime` or a `RECONNECT`, peer still there)
+//! plus, for a connection idle at least `server_check_delay`, one
+//! `server_check_query` round trip; resets happen on release, before a
+//! connection is returned. A connection that fails any of these is closed
+//! and deadpool tries the next idle one or opens a new one, so the client
+//! never sees it.
+//!
+//! `create` opens connections under `server_connect_timeout` and, after a
+//! failure, repeats that failure for `server_login_retry` instead of
+//! connecting again (see [`super::health`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::PoolSettings;
-use crate::backend::{BackendError, ServerConn, Target};
+use super::health::{self, LoginRetry};
+use crate::backend::{BackendError, ConnectFailure, ServerConn, Target};
 use crate::stats::PoolStats;
 use crate::stats::clients::{ConnList, ConnState, NewConn};
 
@@ -26,13 +34,14 @@ pub struct Manager {
     /// Connections created before this instant are closed at their next
     /// checkout (admin `RECONNECT`).
     retire_before: Mutex<Option<Instant>>,
+    login_retry: LoginRetry,
     /// The ParameterStatus set of the first server connection.
     pub(super) defaults: OnceLock<Vec<(String, String)>>,
     /// The pool's statistics.
     pub(super) stats: Arc<PoolStats>,
     /// Where server connections are listed (`SHOW SERVERS`).
     pub(super) servers: Arc<ConnList>,
-    /// The database name clients use, for the list.
+    /// The database name clients use, for the list and error messages.
     pub(super) database: String,
 }
 
@@ -53,6 +62,7 @@ impl Manager {
             target,
             settings,
             retire_before: Mutex::new(None),
+            login_retry: LoginRetry::default(),
             defaults: OnceLock::new(),
             stats,
             servers,
@@ -60,6 +70,7 @@ impl Manager {
         }
     }
 
+    /// Connects and logs in within `server_connect_timeout`.
     async fn connect(&self, id: u64) -> Result<ServerConn, BackendError> {
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
         let connect = ServerConn::connect(&self.target, id);
@@ -87,17 +98,8 @@ impl Manager {
     pub fn retire_older_than(&self, t: Instant) {
         *self.retire_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
     }
-}
 
-impl managed::Manager for Manager {
-    type Type = ServerConn;
-    type Error = BackendError;
-
-    async fn create(&self) -> Result<ServerConn, BackendError> {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let mut conn = self.connect(id).await?;
-        info!(server = id, target = ?self.target, "server connection opened");
-        self.stats.opened.inc();
+    fn list(&self, conn: &mut ServerConn) {
         let listed = self.servers.add(
             NewConn {
                 user: self.target.user.clone(),
@@ -110,6 +112,32 @@ impl managed::Manager for Manager {
         );
         listed.set_remote_pid(conn.backend_pid());
         conn.listed = Some(listed);
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = ServerConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<ServerConn, BackendError> {
+        let retry = self.settings.load().health.login_retry;
+        if let Some(failure) = self.login_retry.cached(retry) {
+            return Err(BackendError::Connect(failure));
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let mut conn = match self.connect(id).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let failure = ConnectFailure::new(&self.database, &e);
+                warn!(target = ?self.target, error = %failure, "server login failed");
+                self.login_retry.failed(&failure, retry);
+                return Err(BackendError::Connect(failure));
+            }
+        };
+        self.login_retry.succeeded();
+        info!(server = id, target = ?self.target, "server connection opened");
+        self.stats.opened.inc();
+        self.list(&mut conn);
         self.defaults.get_or_init(|| conn.login_params().to_vec());
         Ok(conn)
     }
@@ -119,15 +147,22 @@ impl managed::Manager for Manager {
         conn: &mut ServerConn,
         metrics: &Metrics,
     ) -> RecycleResult<BackendError> {
+        let settings = self.settings.load();
         let reason = if self.expired(metrics) {
-            "server_lifetime reached"
+            "server_lifetime reached".to_owned()
         } else if !conn.is_reusable() {
-            "closed by the server or not idle"
-        } else {
+            "closed by the server or not idle".to_owned()
+        } else if !settings.health.needs_check(conn.idle_since) {
             return Ok(());
+        } else {
+            let (query, limit) = (&settings.health.check_query, settings.connect_timeout);
+            match health::check(conn, query, limit).await {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            }
         };
-        info!(server = conn.id(), reason, "server connection closed");
-        self.stats.server_closed(reason);
+        info!(server = conn.id(), reason = %reason, "server connection closed");
+        self.stats.server_closed(&reason);
         Err(RecycleError::message(reason))
     }
 }

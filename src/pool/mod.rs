@@ -7,6 +7,7 @@
 //! `server_idle_timeout`.
 
 mod guard;
+mod health;
 mod manager;
 mod registry;
 
@@ -28,6 +29,7 @@ use crate::config::PoolMode;
 use crate::stats::PoolStats;
 use crate::stats::clients::ConnList;
 pub use guard::Checkout;
+pub use health::HealthSettings;
 pub use manager::Manager;
 pub use registry::{LookupError, Registry};
 
@@ -66,6 +68,8 @@ pub struct PoolSettings {
     pub max_prepared_statements: usize,
     /// What one client may keep prepared.
     pub client_statement_limits: StatementLimits,
+    /// `server_check_query`, `server_check_delay`, `server_login_retry`.
+    pub health: HealthSettings,
 }
 
 /// Limits on the named prepared statements one client may keep.
@@ -334,8 +338,8 @@ impl Pool {
     }
 
     /// Closes idle connections past `server_idle_timeout` (keeping
-    /// `min_pool_size`) or `server_lifetime`, then opens connections up to
-    /// `min_pool_size`.
+    /// `min_pool_size`) or `server_lifetime` or closed by the server, then
+    /// opens connections up to `min_pool_size`.
     pub async fn maintain(&self) {
         let mut removable = self.size().saturating_sub(self.settings().min_size);
         let manager = self.inner.manager();
@@ -343,6 +347,8 @@ impl Pool {
         let _closed = self.inner.retain(|conn, m| {
             let reason = if manager.expired(&m) {
                 "server_lifetime reached"
+            } else if !conn.is_reusable() {
+                "closed by the server while idle"
             } else if m.last_used() >= self.settings().idle_timeout && removable > 0 {
                 removable -= 1;
                 "server_idle_timeout reached"

@@ -300,6 +300,7 @@ fn settings(c: &Config, database: &str) -> Option<PoolSettings> {
             max_statements: g.max_client_prepared_statements,
             max_bytes: g.max_client_prepared_bytes,
         },
+        health: super::HealthSettings::from_general(g),
     })
 }
 

@@ -3,6 +3,8 @@
 
 #[allow(dead_code)]
 pub mod certs;
+#[allow(dead_code)]
+pub mod faultproxy;
 pub mod pg;
 #[allow(dead_code)]
 pub mod pooler;

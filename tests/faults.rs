@@ -1,0 +1,645 @@
+//! Upstream faults: what clients see, and how pgtarn recovers, when
+//! Postgres dies, refuses, rejects the login, stops answering, or cuts a
+//! connection mid-message. Faults come from a real `kill -9` of a
+//! dedicated Postgres, or from the fault-injecting proxy between pgtarn
+//! and Postgres ([`common::faultproxy`]). Every wait has a deadline.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::faultproxy::{Fault, FaultProxy};
+use common::pooler::Pooler;
+use common::{PgOptions, PgServer, one, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::{Client, NoTls};
+
+/// Deadline for anything that should happen promptly.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A pgtarn config (client auth `trust`, user `app` with `password`
+/// upstream) with one `[databases.NAME]` per entry, each pointing at
+/// upstream database `app` on the given port, with `db_extra` lines.
+fn config(general: &str, dbs: &[(&str, u16)], db_extra: &str, password: &str) -> String {
+    let mut s =
+        format!("[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\nauth_type = \"trust\"\n{general}\n");
+    for (name, port) in dbs {
+        s += &format!(
+            "[databases.{name}]\nhost = \"127.0.0.1\"\nport = {port}\ndbname = \"app\"\n{db_extra}\n"
+        );
+    }
+    s + &format!("[users.app]\npassword = \"{password}\"\n")
+}
+
+fn conn_str(p: &Pooler, db: &str) -> String {
+    format!("host=127.0.0.1 port={} user=app dbname={db}", p.addr.port())
+}
+
+async fn connect(p: &Pooler, db: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(&conn_str(p, db), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// SQLSTATE, message and hint of a server error; panics on any other
+/// error (a protocol error would mean the client got a garbled stream).
+fn db_error(e: &tokio_postgres::Error) -> (String, String, Option<String>) {
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected an ErrorResponse, got: {e:?}"));
+    (
+        d.code().code().to_owned(),
+        d.message().to_owned(),
+        d.hint().map(str::to_owned),
+    )
+}
+
+/// Runs `f` within [`DEADLINE`], panicking with `what` otherwise.
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}"))
+}
+
+/// Waits until the pool `db`/`app` has `size` connections, `idle` idle
+/// and nobody waiting.
+async fn wait_stats(p: &Pooler, db: &str, size: usize, idle: usize) {
+    let pool = p.ctx.registry.find(db, "app").expect("pool exists");
+    let what = format!("pool {db} has size {size}, idle {idle}, waiting 0");
+    wait_until(&what, DEADLINE, || {
+        let pool = pool.clone();
+        async move { pool.size() == size && pool.idle() == idle && pool.waiting() == 0 }
+    })
+    .await;
+}
+
+fn pg_addr(pg: &PgServer) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], pg.port))
+}
+
+/// Runs blocking harness calls (kill, restart) off the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+// ---------------------------------------------------------------------
+// The proxy itself, against an echo server.
+
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `msg` and reads back up to `msg.len()` bytes until EOF, error or
+/// `wait`; returns what came and whether the connection ended.
+async fn exchange(s: &mut TcpStream, msg: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let _ = s.write_all(msg).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = Instant::now() + wait;
+    while got.len() < msg.len() {
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+    (got, false)
+}
+
+#[tokio::test]
+async fn proxy_passes_delays_refuses_cuts_drops_and_blackholes() {
+    let proxy = FaultProxy::start(echo_server().await).await;
+    let mut a = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut a, b"hello", DEADLINE).await,
+        (b"hello".to_vec(), false)
+    );
+    assert_eq!(proxy.accepted(), 1);
+
+    proxy.set(Fault::Delay(Duration::from_millis(150)));
+    let started = Instant::now();
+    assert_eq!(exchange(&mut a, b"slow", DEADLINE).await.0, b"slow");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "both directions wait"
+    );
+
+    proxy.set(Fault::Refuse);
+    let mut refused = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(&mut refused, b"x", DEADLINE).await, (vec![], true));
+    assert_eq!(
+        exchange(&mut a, b"still", DEADLINE).await.0,
+        b"still",
+        "open ones pass"
+    );
+
+    proxy.set(Fault::CutAfter(3));
+    assert_eq!(
+        exchange(&mut a, b"abcdef", DEADLINE).await,
+        (b"abc".to_vec(), true)
+    );
+
+    proxy.set(Fault::Blackhole);
+    let mut black = TcpStream::connect(proxy.addr).await.unwrap();
+    let short = Duration::from_millis(300);
+    assert_eq!(
+        exchange(&mut black, b"anyone?", short).await,
+        (vec![], false)
+    );
+    proxy.set(Fault::Pass);
+    let mut b = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(&mut b, b"back", DEADLINE).await.0, b"back");
+    proxy.blackhole_existing();
+    assert_eq!(exchange(&mut b, b"gone", short).await, (vec![], false));
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(
+        exchange(&mut c, b"new", DEADLINE).await.0,
+        b"new",
+        "new ones pass"
+    );
+
+    let open = proxy.open();
+    assert!(open >= 2, "black and b and c are open: {open}");
+    proxy.drop_all();
+    assert_eq!(exchange(&mut c, b"x", DEADLINE).await, (vec![], true));
+    assert_eq!(exchange(&mut black, b"x", DEADLINE).await, (vec![], true));
+    wait_until("every connection closed", DEADLINE, || async {
+        proxy.open() == 0
+    })
+    .await;
+    assert_eq!(proxy.accepted(), 5);
+}
+
+// ---------------------------------------------------------------------
+// Postgres killed (kill -9) and restarted.
+
+/// Clients idle in pgtarn while Postgres is killed and restarted see no
+/// error: the dead idle server connections are closed by pool maintenance
+/// (their sockets show EOF), or at the latest at checkout, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_killed_with_postgres_are_replaced_unseen() {
+    let mut pg = PgServer::start(PgOptions::default());
+    let p = Pooler::start(&config(
+        "",
+        &[("app", pg.port)],
+        "pool_size = 3",
+        "app-secret",
+    ))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&p, "app").await.unwrap());
+    }
+    // Three transactions at once make three server connections.
+    for c in &clients {
+        c.batch_execute("BEGIN").await.unwrap();
+    }
+    let mut old_pids = Vec::new();
+    for c in &clients {
+        old_pids.push(one(c, "select pg_backend_pid()").await);
+        c.batch_execute("COMMIT").await.unwrap();
+    }
+    wait_stats(&p, "app", 3, 3).await;
+
+    blocking(|| pg.kill());
+    // Pool maintenance notices the closed sockets by itself.
+    wait_stats(&p, "app", 0, 0).await;
+    blocking(|| pg.restart());
+
+    for (i, c) in clients.iter().enumerate() {
+        let pid = within("query after restart", one(c, "select pg_backend_pid()")).await;
+        assert!(
+            !old_pids.contains(&pid),
+            "client {i} got a new server ({pid})"
+        );
+    }
+    // The three dead ones were closed; one new connection served all.
+    wait_stats(&p, "app", 1, 1).await;
+}
+
+/// Postgres killed mid-query: the client running the query gets 08006 at
+/// once, the client waiting for a server gets 08006 naming the database,
+/// a new client gets the same error from the server_login_retry cache;
+/// after the restart pgtarn reconnects by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_killed_mid_query_fails_clients_fast_then_recovers() {
+    let mut pg = PgServer::start(PgOptions::default());
+    let general = "server_login_retry = \"1s\"";
+    let p = Pooler::start(&config(
+        general,
+        &[("app", pg.port)],
+        "pool_size = 1",
+        "app-secret",
+    ))
+    .await;
+    let running = Arc::new(connect(&p, "app").await.unwrap());
+    let waiting = Arc::new(connect(&p, "app").await.unwrap());
+    let r = running.clone();
+    let in_flight = tokio::spawn(async move { r.simple_query("select pg_sleep(60)").await });
+    let su = pg.superuser().await;
+    wait_until("the query runs", DEADLINE, || {
+        let su = &su;
+        async move {
+            let n = one(
+                su,
+                "select count(*) from pg_stat_activity where query = 'select pg_sleep(60)'",
+            );
+            n.await == "1"
+        }
+    })
+    .await;
+    let w = waiting.clone();
+    let queued = tokio::spawn(async move { w.simple_query("select 1").await });
+    let pool = p.pool();
+    wait_until("a client waits", DEADLINE, || async { pool.waiting() == 1 }).await;
+    drop(su);
+
+    let killed = Instant::now();
+    blocking(|| pg.kill());
+    let e = within("in-flight error", in_flight)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let (code, message, _) = db_error(&e);
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("server"), "{message}");
+    let e = within("waiting client's error", queued)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let (code, message, _) = db_error(&e);
+    assert_eq!(code, "08006", "{message}");
+    assert!(
+        message.starts_with("pgtarn: cannot connect to server for database \"app\": "),
+        "{message}"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+
+    // A new client (pgtarn still knows the login parameters) fails at its
+    // first query, at once, with the cached error.
+    let late = connect(&p, "app").await.unwrap();
+    let started = Instant::now();
+    let (code, message, hint) = db_error(&late.simple_query("select 1").await.unwrap_err());
+    assert_eq!(code, "08006", "{message}");
+    assert!(message.contains("database \"app\""), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(hint.is_some_and(|h| h.contains("server_login_retry")));
+    wait_stats(&p, "app", 0, 0).await;
+
+    blocking(|| pg.restart());
+    let mut attempts = 0;
+    wait_until("a new client succeeds after the restart", DEADLINE, || {
+        attempts += 1;
+        let p = &p;
+        async move {
+            match connect(p, "app").await {
+                Ok(c) => c.simple_query("select 1").await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    wait_stats(&p, "app", 1, 1).await;
+    let c = connect(&p, "app").await.unwrap();
+    assert_eq!(one(&c, "select 'back'").await, "back");
+}
+
+/// A backend terminated by Postgres (as on a fast shutdown) sends 57P01
+/// FATAL before closing: the client gets that error, then pgtarn replaces
+/// the connection for the next transaction.
+#[tokio::test]
+async fn terminated_backend_passes_57p01_to_the_client() {
+    let pg = PgServer::shared();
+    let p = Pooler::start(&config(
+        "",
+        &[("app", pg.port)],
+        "pool_size = 1",
+        "app-secret",
+    ))
+    .await;
+    let c = Arc::new(connect(&p, "app").await.unwrap());
+    let pid = one(&c, "select pg_backend_pid()").await;
+    let c2 = c.clone();
+    let sql = "select pg_sleep(60), 'terminate me'";
+    let in_flight = tokio::spawn(async move { c2.simple_query(sql).await });
+    let su = pg.superuser().await;
+    wait_until("the query runs", DEADLINE, || {
+        let su = &su;
+        let q = format!(
+            "select count(*) from pg_stat_activity \
+             where pid = {pid} and query like '%terminate me%' and state = 'active'"
+        );
+        async move { one(su, &q).await == "1" }
+    })
+    .await;
+    one(&su, &format!("select pg_terminate_backend({pid})")).await;
+    let e = within("in-flight error", in_flight)
+        .await
+        .unwrap()
+        .unwrap_err();
+    let (code, message, _) = db_error(&e);
+    assert_eq!(code, "57P01", "{message}");
+    wait_stats(&p, "app", 0, 0).await;
+    let c = connect(&p, "app").await.unwrap();
+    assert_ne!(one(&c, "select pg_backend_pid()").await, pid);
+}
+
+// ---------------------------------------------------------------------
+// Faults injected by the proxy.
+
+/// A server connection that stops answering while idle (no FIN, no RST)
+/// is caught by server_check_query (server_check_delay = 0s) within
+/// server_connect_timeout; the client gets a fresh connection and no
+/// error.
+#[tokio::test]
+async fn health_check_replaces_a_connection_that_stopped_answering() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let general = "server_check_delay = \"0s\"\nserver_connect_timeout = \"1s\"";
+    let p = Pooler::start(&config(
+        general,
+        &[("app", proxy.addr.port())],
+        "",
+        "app-secret",
+    ))
+    .await;
+    let c = connect(&p, "app").await.unwrap();
+    assert_eq!(one(&c, "select 1").await, "1");
+    wait_stats(&p, "app", 1, 1).await;
+    assert_eq!(proxy.accepted(), 1);
+
+    proxy.blackhole_existing();
+    let started = Instant::now();
+    assert_eq!(within("query", one(&c, "select 2")).await, "2");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "the check waited: {took:?}"
+    );
+    assert_eq!(proxy.accepted(), 2, "one new connection");
+    wait_stats(&p, "app", 1, 1).await;
+    wait_until("the dead connection is closed", DEADLINE, || async {
+        proxy.open() == 1
+    })
+    .await;
+}
+
+/// The check costs a round trip only when it is due: with every chunk
+/// delayed 300 ms each way, a query on an idle connection takes one round
+/// trip (~600 ms) when the check is off (empty server_check_query) or the
+/// connection was used within server_check_delay, and two when the check
+/// runs (server_check_delay = 0s).
+#[tokio::test]
+async fn server_check_query_runs_only_when_due() {
+    let pg = PgServer::shared();
+    let cases = [
+        (
+            "server_check_query = \"\"\nserver_check_delay = \"0s\"",
+            false,
+        ),
+        ("server_check_delay = \"30s\"", false),
+        ("server_check_delay = \"0s\"", true),
+    ];
+    for (general, checked) in cases {
+        let proxy = FaultProxy::start(pg_addr(pg)).await;
+        let p = Pooler::start(&config(
+            general,
+            &[("app", proxy.addr.port())],
+            "",
+            "app-secret",
+        ))
+        .await;
+        let c = connect(&p, "app").await.unwrap();
+        let pid = one(&c, "select pg_backend_pid()").await;
+        wait_stats(&p, "app", 1, 1).await;
+        proxy.set(Fault::Delay(Duration::from_millis(300)));
+        let started = Instant::now();
+        assert_eq!(one(&c, "select pg_backend_pid()").await, pid, "{general}");
+        let took = started.elapsed();
+        if checked {
+            assert!(took >= Duration::from_millis(1150), "{general}: {took:?}");
+        } else {
+            assert!(took < Duration::from_millis(1100), "{general}: {took:?}");
+        }
+        assert_eq!(proxy.accepted(), 1, "{general}");
+    }
+}
+
+/// Postgres refusing connections: the first client gets 08006 naming the
+/// database; the next one, within server_login_retry, gets the same error
+/// at once without a new connection attempt; once the time is up one
+/// attempt is made and succeeds.
+#[tokio::test]
+async fn refused_connections_fail_fast_and_are_not_retried_within_server_login_retry() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    proxy.set(Fault::Refuse);
+    let general = "server_login_retry = \"2s\"";
+    let p = Pooler::start(&config(
+        general,
+        &[("app", proxy.addr.port())],
+        "",
+        "app-secret",
+    ))
+    .await;
+    let started = Instant::now();
+    let (code, first, hint) = db_error(&connect(&p, "app").await.expect_err("refused"));
+    assert_eq!(code, "08006", "{first}");
+    assert!(
+        first.starts_with("pgtarn: cannot connect to server for database \"app\": "),
+        "{first}"
+    );
+    assert_eq!(hint, None, "a fresh failure");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(proxy.accepted(), 1);
+
+    let started = Instant::now();
+    let (code, again, hint) = db_error(&connect(&p, "app").await.expect_err("cached"));
+    let took = started.elapsed();
+    assert_eq!((code.as_str(), again.as_str()), ("08006", first.as_str()));
+    assert!(hint.is_some_and(|h| h.contains("server_login_retry")));
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert_eq!(proxy.accepted(), 1, "no new connection attempt");
+
+    proxy.set(Fault::Pass);
+    wait_until("a client gets in again", DEADLINE, || async {
+        connect(&p, "app").await.is_ok()
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(1800));
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "exactly one attempt after server_login_retry"
+    );
+    wait_stats(&p, "app", 1, 1).await;
+}
+
+/// A wrong upstream password: 28P01 from Postgres reaches the client,
+/// naming the database; a second client within server_login_retry gets
+/// it at once, without a new login.
+#[tokio::test]
+async fn wrong_upstream_password_is_28p01_and_repeated_from_the_cache() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "wrong")).await;
+    let (code, first, _) = db_error(&connect(&p, "app").await.expect_err("rejected"));
+    assert_eq!(code, "28P01", "{first}");
+    assert_eq!(
+        first,
+        "pgtarn: cannot connect to server for database \"app\": \
+         password authentication failed for user \"app\""
+    );
+    let started = Instant::now();
+    let (code, again, hint) = db_error(&connect(&p, "app").await.expect_err("cached"));
+    let took = started.elapsed();
+    assert_eq!((code.as_str(), again.as_str()), ("28P01", first.as_str()));
+    assert!(hint.is_some_and(|h| h.contains("server_login_retry")));
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert_eq!(proxy.accepted(), 1);
+}
+
+/// A server that accepts but never answers (blackhole), or answers too
+/// slowly: server_connect_timeout fires with 08006 naming the database,
+/// while another pool pointing straight at Postgres keeps working.
+#[tokio::test]
+async fn blackholed_or_slow_server_times_out_and_other_pools_are_unaffected() {
+    let pg = PgServer::shared();
+    let proxy = FaultProxy::start(pg_addr(pg)).await;
+    proxy.set(Fault::Blackhole);
+    let general = "server_connect_timeout = \"1s\"\nserver_login_retry = \"0s\"";
+    let dbs = [("app", proxy.addr.port()), ("direct", pg.port)];
+    let p = Pooler::start(&config(general, &dbs, "", "app-secret")).await;
+    let direct = connect(&p, "direct").await.unwrap();
+
+    for fault in [Fault::Blackhole, Fault::Delay(Duration::from_secs(3))] {
+        proxy.set(fault);
+        let accepted = proxy.accepted();
+        let started = Instant::now();
+        let pp = conn_str(&p, "app");
+        let stuck = tokio::spawn(async move { tokio_postgres::connect(&pp, NoTls).await.err() });
+        wait_until("pgtarn is connecting", DEADLINE, || async {
+            proxy.accepted() == accepted + 1
+        })
+        .await;
+        // Meanwhile the other pool answers promptly, repeatedly.
+        for i in 0..5 {
+            let t = Instant::now();
+            assert_eq!(one(&direct, &format!("select {i}")).await, i.to_string());
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                t.elapsed()
+            );
+        }
+        let fresh = connect(&p, "direct").await.unwrap();
+        assert_eq!(one(&fresh, "select 'direct'").await, "direct");
+        assert!(!stuck.is_finished(), "{fault:?}: still connecting");
+
+        let e = within("connect timeout", stuck)
+            .await
+            .unwrap()
+            .expect("an error");
+        let took = started.elapsed();
+        let (code, message, _) = db_error(&e);
+        assert_eq!(code, "08006", "{fault:?}: {message}");
+        assert_eq!(
+            message,
+            "pgtarn: cannot connect to server for database \"app\": timed out after 1s"
+        );
+        assert!(took >= Duration::from_millis(950), "{fault:?}: {took:?}");
+        assert!(took < Duration::from_secs(3), "{fault:?}: {took:?}");
+        wait_stats(&p, "app", 0, 0).await;
+    }
+    wait_stats(&p, "direct", 1, 1).await;
+}
+
+/// The connection cut in the middle of a large result: the client gets an
+/// error, not a truncated success; the server connection is discarded and
+/// the next query gets a new one and the whole result.
+#[tokio::test]
+async fn a_cut_mid_result_is_an_error_and_the_connection_is_discarded() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "app-secret")).await;
+    let c = connect(&p, "app").await.unwrap();
+    assert_eq!(one(&c, "select 1").await, "1");
+    let sql = "select repeat('x', 1000) from generate_series(1, 5000)";
+
+    proxy.set(Fault::CutAfter(100_000));
+    let e = within("cut query", c.query(sql, &[])).await.unwrap_err();
+    let (code, message, _) = db_error(&e);
+    assert_eq!(code, "08006", "{message}");
+    wait_stats(&p, "app", 0, 0).await;
+    wait_until("the cut connection is gone", DEADLINE, || async {
+        proxy.open() == 0
+    })
+    .await;
+
+    proxy.set(Fault::Pass);
+    let c = connect(&p, "app").await.unwrap();
+    let rows = within("full query", c.query(sql, &[])).await.unwrap();
+    assert_eq!(rows.len(), 5000);
+    assert_eq!(proxy.accepted(), 2);
+    wait_stats(&p, "app", 1, 1).await;
+}
+
+/// A cut inside a row large enough (over 64 KiB) for pgtarn to stream it
+/// to the client in pieces: part of the row has reached the client, so no
+/// well-formed ErrorResponse can follow; the client still gets an error
+/// (its connection ends mid-message), never a truncated success.
+#[tokio::test]
+async fn a_cut_inside_a_streamed_row_is_still_an_error() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "app-secret")).await;
+    let c = connect(&p, "app").await.unwrap();
+    assert_eq!(one(&c, "select 1").await, "1");
+    let sql = "select repeat('y', 100000) from generate_series(1, 40)";
+    proxy.set(Fault::CutAfter(250_000));
+    let result = within("cut query", c.query(sql, &[])).await;
+    let e = result.expect_err("not a truncated success");
+    assert!(e.as_db_error().is_none(), "no ErrorResponse fits: {e:?}");
+    assert!(c.is_closed(), "the client's connection ended");
+    wait_stats(&p, "app", 0, 0).await;
+    proxy.set(Fault::Pass);
+    let c = connect(&p, "app").await.unwrap();
+    let rows = within("full query", c.query(sql, &[])).await.unwrap();
+    assert_eq!(rows.len(), 40);
+}
+
+/// Every server connection dropped abruptly (RST) while idle: clients see
+/// nothing, the dead connections are replaced at checkout.
+#[tokio::test]
+async fn connections_reset_while_idle_are_replaced_unseen() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "app-secret")).await;
+    let a = connect(&p, "app").await.unwrap();
+    let b = connect(&p, "app").await.unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    b.batch_execute("BEGIN").await.unwrap();
+    a.batch_execute("COMMIT").await.unwrap();
+    b.batch_execute("COMMIT").await.unwrap();
+    wait_stats(&p, "app", 2, 2).await;
+    proxy.drop_all();
+    wait_until("dropped", DEADLINE, || async { proxy.open() == 0 }).await;
+    assert_eq!(one(&a, "select 'a'").await, "a");
+    assert_eq!(one(&b, "select 'b'").await, "b");
+    assert_eq!(proxy.accepted(), 3);
+    wait_stats(&p, "app", 1, 1).await;
+}
