@@ -278,7 +278,10 @@ async fn postgres_killed_mid_query_fails_clients_fast_then_recovers() {
         .unwrap_err();
     let (code, message, _) = db_error(&e);
     assert_eq!(code, "08006", "{message}");
-    assert!(message.contains("server"), "{message}");
+    assert!(
+        message.contains("database \"app\""),
+        "names the database: {message}"
+    );
     let e = within("waiting client's error", queued)
         .await
         .unwrap()

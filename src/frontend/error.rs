@@ -52,9 +52,23 @@ pub enum ClientError {
     /// The server rejected the client's startup settings.
     #[error("{0}")]
     SettingRejected(ErrorFields),
-    /// The server connection failed while serving the client.
+    /// The server connection failed while serving the client (the
+    /// session names the database before the client is told: see
+    /// [`ClientError::ServerFailed`]).
     #[error("server connection failed: {0}")]
     ServerLost(BackendError),
+    /// The server connection of `database` failed while serving the
+    /// client. If it failed in the middle of a message already partly
+    /// forwarded, nothing more can be said to the client: it is closed.
+    #[error("server connection for database \"{database}\" failed: {error}")]
+    ServerFailed {
+        /// The database, as the client named it.
+        database: String,
+        /// What happened.
+        error: BackendError,
+        /// True if part of a message had been forwarded.
+        mid_message: bool,
+    },
     /// pgtarn is shutting down.
     #[error("pgtarn is shutting down")]
     Shutdown,
@@ -129,6 +143,10 @@ impl ClientError {
             ClientError::Checkout(e) => checkout_reply(e),
             ClientError::SettingRejected(f) => reply(&f.code, f.message.clone(), None),
             ClientError::ServerLost(_) => reply(code::CONNECTION_FAILURE, msg, None),
+            ClientError::ServerFailed { mid_message, .. } => {
+                (!mid_message).then_some(())?;
+                reply(code::CONNECTION_FAILURE, msg, None)
+            }
             ClientError::Shutdown => reply(code::ADMIN_SHUTDOWN, msg, None),
             ClientError::ClientIdleTimeout => reply(code::IDLE_SESSION_TIMEOUT, msg, None),
             ClientError::IdleTransactionTimeout => {

@@ -179,8 +179,16 @@ impl Session {
     /// shutdown; then releases or discards the server.
     pub async fn run(&mut self, shutdown: &mut Shutdown) -> Result<End, ClientError> {
         let result = self.relay(shutdown).await;
+        let mid_message = self.server.as_ref().is_some_and(|s| s.splitter.in_stream());
         self.finish(result.is_ok()).await;
-        result
+        result.map_err(|e| match e {
+            ClientError::ServerLost(error) => ClientError::ServerFailed {
+                database: self.pool.key.database.clone(),
+                error,
+                mid_message,
+            },
+            other => other,
+        })
     }
 
     async fn relay(&mut self, shutdown: &mut Shutdown) -> Result<End, ClientError> {

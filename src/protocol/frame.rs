@@ -121,7 +121,9 @@ impl Splitter {
                 len: i64::from(len as u32 as i32),
             });
         }
-        let stream = total > STREAM_THRESHOLD && (self.streamable)(tag);
+        // Large pass-through messages are streamed, and so is any one
+        // over `max_len` that may be (even under the threshold).
+        let stream = (total > STREAM_THRESHOLD || len > self.max_len) && (self.streamable)(tag);
         if !stream && len > self.max_len {
             return Err(ProtocolError::TooLarge {
                 tag: tag as char,
@@ -239,6 +241,29 @@ mod tests {
         assert!(!s.in_stream());
         buf.extend_from_slice(&msg(b'Z', b"I"));
         assert!(matches!(s.next(&mut buf).unwrap(), Some(Item::Frame(_))));
+    }
+
+    #[test]
+    fn streams_messages_over_a_small_max_len_below_the_threshold() {
+        let whole = msg(b'D', &[1u8; 5000]);
+        let mut s = Splitter::new(1024, server_streamable);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in whole.chunks(700) {
+            buf.extend_from_slice(piece);
+            for item in split_all(&mut s, &mut buf) {
+                match item {
+                    Item::Chunk(c) => got.extend_from_slice(&c),
+                    Item::Frame(f) => got.extend_from_slice(f.raw()),
+                }
+            }
+        }
+        assert_eq!(got, whole, "a 5000-byte DataRow passes with max_len 1024");
+        let mut buf = BytesMut::from(&msg(b'T', &[1u8; 5000])[..]);
+        assert!(
+            s.next(&mut buf).is_err(),
+            "RowDescription must be buffered whole"
+        );
     }
 
     #[test]
