@@ -479,7 +479,9 @@ async fn refused_connections_fail_fast_and_are_not_retried_within_server_login_r
     let took = started.elapsed();
     assert_eq!((code.as_str(), again.as_str()), ("08006", first.as_str()));
     assert!(hint.is_some_and(|h| h.contains("server_login_retry")));
-    assert!(took < Duration::from_millis(100), "{took:?}");
+    // The client's own SCRAM login to pgtarn is most of this on a loaded
+    // machine; the proxy count below proves no upstream attempt was made.
+    assert!(took < Duration::from_secs(1), "{took:?}");
     assert_eq!(proxy.accepted(), 1, "no new connection attempt");
 
     proxy.set(Fault::Pass);
@@ -515,7 +517,9 @@ async fn wrong_upstream_password_is_28p01_and_repeated_from_the_cache() {
     let took = started.elapsed();
     assert_eq!((code.as_str(), again.as_str()), ("28P01", first.as_str()));
     assert!(hint.is_some_and(|h| h.contains("server_login_retry")));
-    assert!(took < Duration::from_millis(100), "{took:?}");
+    // The client's own SCRAM login to pgtarn is most of this on a loaded
+    // machine; the proxy count below proves no upstream attempt was made.
+    assert!(took < Duration::from_secs(1), "{took:?}");
     assert_eq!(proxy.accepted(), 1);
 }
 

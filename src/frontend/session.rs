@@ -65,6 +65,9 @@ pub struct Session {
     /// Where cancel requests for this client go.
     pub cancel: Arc<CancelSlot>,
     server: Option<Checkout>,
+    /// The pool's mode when the client logged in (a reload changes it for
+    /// new clients only).
+    mode: PoolMode,
     /// Named-statement tracking (transaction mode only).
     translator: Option<Translator>,
     /// Settings the client's queries changed since its server was attached
@@ -154,7 +157,9 @@ impl Session {
                     pool.known_statements.clone(),
                 )
             });
+        let mode = s.mode;
         Session {
+            mode,
             translator,
             changed: Changed::default(),
             client,
@@ -339,7 +344,7 @@ impl Session {
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
         }
-        if f.tag() == b'Q' && self.pool.settings().mode == PoolMode::Transaction {
+        if f.tag() == b'Q' && self.mode == PoolMode::Transaction {
             let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
             self.changed.merge(changed_settings(sql));
         }
@@ -426,7 +431,7 @@ impl Session {
             .is_none_or(|t| t.replies.is_empty());
         let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
         self.flush_to_client().await?;
-        if idle && self.pool.settings().mode == PoolMode::Transaction {
+        if idle && self.mode == PoolMode::Transaction {
             if !self.changed.is_empty() {
                 self.track_settings().await?;
             }
@@ -500,7 +505,7 @@ impl Session {
             server.discard("session ended with an error");
             return;
         }
-        if self.pool.settings().mode == PoolMode::Session && server.is_reusable() {
+        if self.mode == PoolMode::Session && server.is_reusable() {
             let s = self.pool.settings();
             let reset =
                 tokio::time::timeout(s.reset_timeout, server.run_internal(&s.reset_query)).await;

@@ -13,8 +13,7 @@
 //! connecting again (see [`super::health`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -33,7 +32,8 @@ pub struct Manager {
     settings: Arc<ArcSwap<PoolSettings>>,
     /// Connections created before this instant are closed at their next
     /// checkout (admin `RECONNECT`).
-    retire_before: Mutex<Option<Instant>>,
+    /// ([`crate::stats::now_ns`]; 0 = none).
+    retire_before: AtomicU64,
     login_retry: LoginRetry,
     /// The ParameterStatus set of the first server connection.
     pub(super) defaults: OnceLock<Vec<(String, String)>>,
@@ -61,7 +61,7 @@ impl Manager {
         Manager {
             target,
             settings,
-            retire_before: Mutex::new(None),
+            retire_before: AtomicU64::new(0),
             login_retry: LoginRetry::default(),
             defaults: OnceLock::new(),
             stats,
@@ -89,14 +89,18 @@ impl Manager {
     /// Whether a connection is past `server_lifetime` or older than a
     /// `RECONNECT`.
     pub fn expired(&self, metrics: &Metrics) -> bool {
-        let retired = self.retire_before.lock().unwrap_or_else(|p| p.into_inner());
-        metrics.age() >= self.settings.load().lifetime
-            || retired.is_some_and(|t| metrics.created < t)
+        let age = metrics.age();
+        if age >= self.settings.load().lifetime {
+            return true;
+        }
+        let retire = self.retire_before.load(Ordering::Relaxed);
+        retire != 0 && crate::stats::since_ns(retire) <= age
     }
 
-    /// Closes connections created before `t` at their next checkout.
-    pub fn retire_older_than(&self, t: Instant) {
-        *self.retire_before.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+    /// Closes every connection that exists now at its next checkout.
+    pub fn retire_existing(&self) {
+        self.retire_before
+            .store(crate::stats::now_ns().max(1), Ordering::Relaxed);
     }
 
     fn list(&self, conn: &mut ServerConn) {

@@ -237,7 +237,7 @@ impl Pool {
     /// Closes idle connections now and every busy one when it is
     /// released (admin `RECONNECT`, reload of the upstream address).
     pub fn reconnect(&self) {
-        self.inner.manager().retire_older_than(Instant::now());
+        self.inner.manager().retire_existing();
         let _ = self.inner.retain(|_, _| false);
     }
 

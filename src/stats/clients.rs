@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 /// Why a connection was asked to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +55,10 @@ pub struct ConnInfo {
     /// When it connected.
     pub connect_time: SystemTime,
     state: AtomicU8,
-    since: Mutex<Instant>,
-    request_time: AtomicU64,
+    since: AtomicU64,
+    /// [`super::now_ns`] at connect and at the last request.
+    connected_ns: u64,
+    request_ns: AtomicU64,
     link: AtomicU64,
     remote_pid: AtomicI32,
     kill: Mutex<Option<tokio::sync::oneshot::Sender<KillReason>>>,
@@ -95,12 +97,8 @@ impl ConnInfo {
     pub fn set_state(&self, state: ConnState) {
         self.state.store(state as u8, Ordering::Relaxed);
         match state {
-            ConnState::Waiting => {
-                *self.since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now()
-            }
-            ConnState::Active => self
-                .request_time
-                .store(unix_micros(SystemTime::now()), Ordering::Relaxed),
+            ConnState::Waiting => self.since.store(super::now_ns(), Ordering::Relaxed),
+            ConnState::Active => self.request_ns.store(super::now_ns(), Ordering::Relaxed),
             _ => {}
         }
     }
@@ -110,15 +108,16 @@ impl ConnInfo {
         if self.state() != ConnState::Waiting {
             return Default::default();
         }
-        self.since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .elapsed()
+        super::since_ns(self.since.load(Ordering::Relaxed))
     }
 
     /// Last request, µs since the Unix epoch.
     pub fn request_time_us(&self) -> u64 {
-        self.request_time.load(Ordering::Relaxed)
+        let after = self
+            .request_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.connected_ns);
+        unix_micros(self.connect_time) + after / 1000
     }
 
     /// The id of the linked peer (a client's server or a server's client); 0 if none.
@@ -180,8 +179,9 @@ impl ConnList {
             facts: c,
             connect_time: now,
             state: AtomicU8::new(state as u8),
-            since: Mutex::new(Instant::now()),
-            request_time: AtomicU64::new(unix_micros(now)),
+            since: AtomicU64::new(super::now_ns()),
+            connected_ns: super::now_ns(),
+            request_ns: AtomicU64::new(super::now_ns()),
             link: AtomicU64::new(0),
             remote_pid: AtomicI32::new(0),
             kill: Mutex::new(Some(kill)),

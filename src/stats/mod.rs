@@ -12,11 +12,27 @@
 pub mod clients;
 mod pool;
 
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, core::Collector,
 };
 
 pub use pool::{PoolStats, StatsTotals};
+
+/// Nanoseconds since the process's first call: a monotonic time that fits
+/// in an atomic.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// Time elapsed since a [`now_ns`] reading.
+pub fn since_ns(then: u64) -> Duration {
+    Duration::from_nanos(now_ns().saturating_sub(then))
+}
 
 /// Histogram buckets for waits and durations, seconds: 100 µs to 60 s.
 pub const DURATION_BUCKETS: [f64; 18] = [
