@@ -271,9 +271,16 @@ async fn reload_applies_a_new_pool_size_and_rejects_a_bad_file() {
     client.simple_query("SELECT 1").await.expect("query");
     let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
     std::fs::write(&path, text.replace("pool_size = 2", "pool_size = 3")).expect("write");
+    let before = p.pool();
     admin.simple_query("RELOAD").await.expect("reload");
     let dbs = rows(&admin, "SHOW DATABASES").await;
     assert_eq!(dbs[0]["pool_size"], "3");
+    let after = p.pool();
+    assert!(
+        std::sync::Arc::ptr_eq(&before, &after),
+        "a size change keeps the pool"
+    );
+    assert_eq!(after.settings().size, 3, "and resizes it in place");
     client
         .simple_query("SELECT 1")
         .await

@@ -153,3 +153,42 @@ async fn query_timeout_ends_a_client_that_stops_reading() {
         .expect("the pool recovered");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn query_timeout_gives_up_on_a_cancel_that_cannot_be_delivered() {
+    use common::faultproxy::{Fault, FaultProxy};
+    let pg = PgServer::shared();
+    let proxy = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], pg.port))).await;
+    let general =
+        "auth_type = \"trust\"\nquery_timeout = \"300ms\"\ncancel_wait_timeout = \"500ms\"";
+    let text = pooler::config(pg, general, "pool_size = 1").replace(
+        &format!("port = {}", pg.port),
+        &format!("port = {}", proxy.addr.port()),
+    );
+    let p = Pooler::start(&text).await;
+    let (client, conn) = connect(&p).await;
+    client.simple_query("SELECT 1").await.expect("warm up");
+    // The cancel request needs a new connection to Postgres: refuse it.
+    proxy.set(Fault::Refuse);
+    let started = Instant::now();
+    let e = client
+        .simple_query("SELECT pg_sleep(5)")
+        .await
+        .expect_err("timed out");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!((db.code().code(), db.message()), ("57014", "query_timeout"));
+    let closed = tokio::time::timeout(DEADLINE, conn)
+        .await
+        .expect("connection ended");
+    assert!(closed.is_ok(), "the client was disconnected");
+    wait_until("the server was discarded", DEADLINE, || async {
+        p.pool().size() == 0
+    })
+    .await;
+    proxy.set(Fault::Pass);
+    let (next, _conn) = connect(&p).await;
+    assert_eq!(common::one(&next, "SELECT 5").await, "5");
+    p.stop().await;
+}

@@ -89,12 +89,20 @@ impl Manager {
     /// Whether a connection is past `server_lifetime` or older than a
     /// `RECONNECT`.
     pub fn expired(&self, metrics: &Metrics) -> bool {
+        self.expiry(metrics).is_some()
+    }
+
+    /// Why a connection must close before reuse, if it must.
+    pub fn expiry(&self, metrics: &Metrics) -> Option<&'static str> {
         let age = metrics.age();
-        if age >= self.settings.load().lifetime {
-            return true;
-        }
         let retire = self.retire_before.load(Ordering::Relaxed);
-        retire != 0 && crate::stats::since_ns(retire) <= age
+        if retire != 0 && crate::stats::since_ns(retire) <= age {
+            Some("closed by RECONNECT or reload")
+        } else if age >= self.settings.load().lifetime {
+            Some("server_lifetime reached")
+        } else {
+            None
+        }
     }
 
     /// Closes every connection that exists now at its next checkout.
@@ -152,8 +160,8 @@ impl managed::Manager for Manager {
         metrics: &Metrics,
     ) -> RecycleResult<BackendError> {
         let settings = self.settings.load();
-        let reason = if self.expired(metrics) {
-            "server_lifetime reached".to_owned()
+        let reason = if let Some(why) = self.expiry(metrics) {
+            why.to_owned()
         } else if !conn.is_reusable() {
             "closed by the server or not idle".to_owned()
         } else if !settings.health.needs_check(conn.idle_since) {

@@ -238,7 +238,13 @@ impl Pool {
     /// released (admin `RECONNECT`, reload of the upstream address).
     pub fn reconnect(&self) {
         self.inner.manager().retire_existing();
-        let _ = self.inner.retain(|_, _| false);
+        let closed = self.inner.retain(|_, _| false);
+        for _ in 0..closed.removed.len() {
+            self.stats.server_closed("RECONNECT");
+        }
+        if !closed.removed.is_empty() {
+            info!(pool = ?self.key, closed = closed.removed.len(), "idle server connections closed (RECONNECT or reload)");
+        }
     }
 
     /// Records the keys a client's SCRAM login revealed, for SCRAM
@@ -345,8 +351,8 @@ impl Pool {
         let manager = self.inner.manager();
         // Closed connections are dropped with `retain`'s result.
         let _closed = self.inner.retain(|conn, m| {
-            let reason = if manager.expired(&m) {
-                "server_lifetime reached"
+            let reason = if let Some(why) = manager.expiry(&m) {
+                why
             } else if !conn.is_reusable() {
                 "closed by the server while idle"
             } else if m.last_used() >= self.settings().idle_timeout && removable > 0 {

@@ -276,10 +276,23 @@ impl Registry {
     }
 }
 
-/// What a pool's connections depend on.
+/// What a pool's connections depend on: upstream address, database,
+/// TLS, credentials and pool mode (not sizes or timeouts, which a reload
+/// changes in place).
 fn fingerprint(c: &Config, key: &PoolKey, secret: &Secret) -> String {
-    let db = c.databases.get(&key.database);
-    format!("{db:?}|{:?}|{:?}", c.tls.server, secret.digest())
+    let Some(db) = c.databases.get(&key.database) else {
+        return String::new();
+    };
+    format!(
+        "{}:{}/{}|{:?}|{:?}|{:?}|{:?}",
+        db.host,
+        db.port,
+        db.upstream_name(&key.database),
+        db.pool_mode,
+        db.server_tls_mode,
+        c.tls.server,
+        secret.digest()
+    )
 }
 
 fn settings(c: &Config, database: &str) -> Option<PoolSettings> {

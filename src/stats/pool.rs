@@ -201,7 +201,7 @@ fn close_label(reason: &str) -> &'static str {
         r if r.starts_with("closed by the server") => "broken",
         r if r.starts_with("server_reset_query") => "reset_failed",
         r if r.starts_with("session ended with an error") => "client_error",
-        r if r.contains("RECONNECT") || r.contains("reload") => "reconnect",
+        r if r.contains("RECONNECT") => "reconnect",
         r if r.contains("check") => "check_failed",
         _ => "other",
     }
