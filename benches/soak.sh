@@ -362,6 +362,8 @@ for try in 1 2 3; do
   [ "$ok" = 1 ] && break
   stop_pid "$PGT_PID" pgtarn
   PGT_PID=""
+  log "pgtarn did not start on try $try: $(tail -n 1 "$TMP/pgtarn.log")"
+  mv -f "$TMP/pgtarn.log" "$TMP/pgtarn-try$try.log" # only the running pgtarn's log is counted
 done
 [ -n "$PGT_PID" ] || {
   cat "$TMP/pgtarn.log" >&2
@@ -546,7 +548,7 @@ reload_pgtarn() {
   printf 'reload\t%s\t%s\t%s\n' "$t0" "$EPOCHREALTIME" "$detail" >>"$TMP/events.tsv"
   log "reload $RELOADS: $detail"
   if [ "${seen:-}" != "$CUR_POOL_SIZE" ]; then
-    PROBLEMS+=("reload $RELOADS ($how): pool_size $CUR_POOL_SIZE written but pgtarn_pool_max_size is ${seen:-missing} 5 s later")
+    PROBLEMS+=("reload $RELOADS ($how): pool_size $CUR_POOL_SIZE written but pgtarn_pool_max_size is still ${seen:-missing} 5 s later")
   fi
 }
 
@@ -562,6 +564,7 @@ upstream_sample() {
     2>/dev/null) || return 0
   is_uint "$n" || return 0
   UPSTREAM_SAMPLES=$((UPSTREAM_SAMPLES + 1))
+  printf '%s\t%s\t%s\n' "$((EPOCHSECONDS - SOAK_START))" "$n" "$CUR_POOL_SIZE" >>"$TMP/upstream.tsv"
   if [ "$n" -gt "$UPSTREAM_MAX" ]; then
     UPSTREAM_MAX=$n
     UPSTREAM_MAX_AT="$((EPOCHSECONDS - SOAK_START)) s, pool_size then $CUR_POOL_SIZE"
@@ -579,6 +582,7 @@ sample() {
 }
 
 : >"$TMP/rounds.tsv"
+: >"$TMP/upstream.tsv"
 : >"$TMP/events.tsv"
 SOAK_START=$EPOCHSECONDS
 SOAK_START_RT=$EPOCHREALTIME
@@ -727,6 +731,18 @@ while IFS=$'\t' read -r r t0 t1 secs rc; do
   ROUND_ROWS+=("| $r | ${from}–${to} | $rc$nostart | $tx | $(fmt 0 "${tps:-}") | $failed | $aborted | ${ev:-–} | ${first:+\`$first\`} |")
 done <"$TMP/rounds.tsv"
 
+# Why clients were aborted, over all rounds: the error after "aborted...".
+ABORT_REASONS=$(cat "$TMP"/rounds/*.log 2>/dev/null | grep -E 'client [0-9]+ (script [0-9]+ )?aborted' |
+  sed -E 's/.*aborted[^:;]*[:;] *//; s/^(FATAL|ERROR): +//; s/ \(os error [0-9]+\)//' |
+  sort | uniq -c | sort -rn | head -6 | sed -E 's/^ *([0-9]+) (.*)/\2: \1/' | paste -sd ';' - | sed 's/;/; /g' || true)
+
+NOTES=()
+CONNECT_ABORTS=$(cat "$TMP"/rounds/*.log 2>/dev/null |
+  grep -cE 'aborted[^:]*: FATAL: +(could not connect to server|the database system is (shutting down|starting up|not yet accepting))' || true)
+if [ "$CONNECT_ABORTS" -gt 0 ]; then
+  NOTES+=("$CONNECT_ABORTS aborted clients got FATAL because a *new* server connection failed while PostgreSQL was restarting (\"could not connect\", \"shutting down\", \"not yet accepting\"): they held no server, so no transaction of theirs was lost; pgtarn disconnects them at the first failed connect attempt instead of letting them wait up to query_wait_timeout (10s) for the upstream to return")
+fi
+
 # ---------------------------------------------------------------- metrics --
 
 M=$TMP/metrics-end.txt
@@ -746,6 +762,11 @@ open_in() { awk 'index($1, "pgtarn_pool_size{") == 1 { s += $NF } END { printf "
 OPEN_NOW=$(open_in "$M")
 OPEN_START=$(open_in "$TMP/metrics-start.txt")
 OPEN_LOAD=$(open_in "$TMP/metrics-load.txt")
+UPSTREAM_OVER=$(awk -F'\t' '$2 > $3' "$TMP/upstream.tsv" | wc -l)
+UPSTREAM_OVER_FIRST=$(awk -F'\t' '$2 > $3 { printf "%s s: %s connections, pool_size %s", $1, $2, $3; exit }' "$TMP/upstream.tsv")
+if [ "$UPSTREAM_OVER" -gt 0 ]; then
+  PROBLEMS+=("$UPSTREAM_OVER of $UPSTREAM_SAMPLES pg_stat_activity samples saw more server connections than the pool_size configured at the time (first: $UPSTREAM_OVER_FIRST): a reloaded pool_size does not apply to clients already connected")
+fi
 UNCOUNTED=""
 if is_uint "$OPENED" && is_uint "$CLOSED"; then
   UNCOUNTED=$((OPENED - CLOSED - OPEN_NOW))
@@ -815,11 +836,12 @@ report() {
   echo "| load duration / rounds | ${SOAK_SECS}s / $ROUNDS rounds ($ROUNDS_BAD with failures, $ROUNDS_NOSTART could not start) |"
   echo "| committed transactions (pgbench, sum of rounds) | $TOTAL_TX ($(awk -v n="$TOTAL_TX" -v s="$TOTAL_SECS" 'BEGIN{ if (s > 0) printf "%.0f", n / s }') tx/s); pgtarn_pool_transactions_total $PGT_TX (incl. warm-up and failed) |"
   echo "| failed transactions / aborted clients (sum) | $TOTAL_FAILED / $TOTAL_ABORTED (per round below) |"
+  echo "| aborted clients by error | ${ABORT_REASONS:-–} |"
   echo "| upstream restarts under load | $RESTARTS ($RESTARTS_FAST \`pg_ctl restart -m fast\`, $RESTARTS_KILL \`kill -9\` + start) + 1 fast with the pool idle before the final check |"
   echo "| SELECT 1 through pgtarn OK again after each restart (s) | ${RECOVERY[*]:-–} |"
   echo "| config reloads | $RELOADS ($RELOADS_HUP SIGHUP, $RELOADS_ADMIN admin \`RELOAD\`); pgtarn_reloads_total: ${RELOADS_M:-none} |"
   echo "| server connections opened / closed | $OPENED / $CLOSED (open after warm-up: $OPEN_START, after the load: $OPEN_LOAD, at the end: $OPEN_NOW; opened − closed − open = ${UNCOUNTED:-?}) |"
-  echo "| most server connections PostgreSQL saw at once (pg_stat_activity, every 2 s) | $UPSTREAM_MAX${UPSTREAM_MAX_AT:+ (at $UPSTREAM_MAX_AT)}; $UPSTREAM_SAMPLES samples |"
+  echo "| most server connections PostgreSQL saw at once (pg_stat_activity, every 2 s) | $UPSTREAM_MAX${UPSTREAM_MAX_AT:+ (at $UPSTREAM_MAX_AT)}; $UPSTREAM_SAMPLES samples, $UPSTREAM_OVER above the pool_size configured at the time${UPSTREAM_OVER_FIRST:+ (first: $UPSTREAM_OVER_FIRST)} |"
   echo "| pools retired by reload (pgtarn log) | $RETIRED |"
   echo "| closed, by reason | ${CLOSED_BY:-–} |"
   echo "| errors sent to clients, by SQLSTATE class | ${ERRORS_BY:-none} (total $ERRORS); query_wait_timeouts $WAIT_TIMEOUTS; client logins $LOGINS |"
@@ -847,6 +869,13 @@ report() {
     echo
     [ "$LOG_ERROR" -gt 0 ] && top_lines ERROR | sed 's/^/- ERROR /'
     [ "$LOG_WARN" -gt 0 ] && top_lines WARN | sed 's/^/- WARN /'
+  fi
+  if [ ${#NOTES[@]} -gt 0 ]; then
+    echo
+    echo "### Observations"
+    echo
+    local n
+    for n in "${NOTES[@]}"; do echo "- $n"; done
   fi
   echo
   echo "### Problems"
