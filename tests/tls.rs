@@ -1167,3 +1167,37 @@ async fn auth_query_reaches_a_tls_only_upstream() {
     .expect("query");
     assert_eq!(row.get::<_, String>(0), role);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_client_certificate_without_dropping_clients() {
+    let (old, pooler) = client_tls_pooler("", "require", false).await;
+    let new = TestCerts::generate("app");
+    let text = config(
+        PgServer::shared().port,
+        "",
+        &client_tls(&new, "require", false),
+        "mode = \"disable\"",
+    );
+    let path = new.dir.path().join("pgtarn.toml");
+    std::fs::write(&path, text).expect("write config");
+    let conn_str = tls_conn_str(&pooler, "app-secret", "");
+    let kept = connect(&conn_str, old.tokio_postgres_tls(false)).await;
+    connect_err(
+        &conn_str,
+        new.tokio_postgres_tls(false),
+        "the new CA is not in use yet",
+    )
+    .await;
+
+    *pooler.ctx.config_path.lock().expect("lock") = Some(path);
+    pooler.ctx.reload().expect("reload");
+    let fresh = connect(&conn_str, new.tokio_postgres_tls(false)).await;
+    assert_select_1(&fresh).await;
+    connect_err(
+        &conn_str,
+        old.tokio_postgres_tls(false),
+        "the old certificate is gone",
+    )
+    .await;
+    assert_select_1(&kept).await;
+}
