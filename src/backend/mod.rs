@@ -151,6 +151,9 @@ pub struct ServerConn {
     host: String,
     tls: Option<UpstreamTls>,
     id: u64,
+    /// The client settings this server was last brought in line with; reset
+    /// to `None` whenever `settings` changes otherwise.
+    pub synced_params: Option<std::sync::Arc<BTreeMap<String, (String, String)>>>,
     /// The connection's entry in `SHOW SERVERS`, set by the pool.
     pub listed: Option<crate::stats::clients::Listed>,
 }
@@ -180,6 +183,7 @@ impl ServerConn {
             tls: target.tls.clone(),
             id,
             listed: None,
+            synced_params: None,
         };
         login::login(&mut conn, target).await?;
         Ok(conn)

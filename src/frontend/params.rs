@@ -7,6 +7,7 @@
 //! makes a server's settings match before the client's transaction runs.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Startup parameters that are not settings.
 const NOT_SETTINGS: [&str; 3] = ["user", "database", "options"];
@@ -25,13 +26,17 @@ pub enum ParamError {
     Replication,
 }
 
+/// Lower-case setting name → (name as sent, value).
+pub type Wanted = BTreeMap<String, (String, String)>;
+
 /// The settings one client asked for at startup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientParams {
-    /// Lower-case name → (name as sent, value).
-    wanted: BTreeMap<String, (String, String)>,
+    /// Lower-case name → (name as sent, value); shared with the servers
+    /// last brought in line with it (see [`ClientParams::snapshot`]).
+    wanted: Arc<Wanted>,
     /// The settings from the startup packet (what `RESET ALL` returns to).
-    startup: BTreeMap<String, (String, String)>,
+    startup: Wanted,
 }
 
 impl ClientParams {
@@ -52,7 +57,7 @@ impl ClientParams {
                 p.insert(&k, &v)?;
             }
         }
-        p.startup = p.wanted.clone();
+        p.startup = (*p.wanted).clone();
         Ok(p)
     }
 
@@ -68,25 +73,31 @@ impl ClientParams {
             return Err(ParamError::InvalidName(name.to_owned()));
         }
         let key = name.to_ascii_lowercase();
-        self.wanted.insert(key, (name.to_owned(), value.to_owned()));
+        Arc::make_mut(&mut self.wanted).insert(key, (name.to_owned(), value.to_owned()));
         Ok(())
     }
 
     /// Records a value the client set during its session (`name` is
     /// lower-case).
     pub fn set(&mut self, name: &str, value: &str) {
-        self.wanted
+        Arc::make_mut(&mut self.wanted)
             .insert(name.to_owned(), (name.to_owned(), value.to_owned()));
     }
 
     /// Forgets a setting (it no longer exists, e.g. a custom one reset).
     pub fn remove(&mut self, name: &str) {
-        self.wanted.remove(name);
+        Arc::make_mut(&mut self.wanted).remove(name);
     }
 
     /// Back to the startup settings (`RESET ALL`, `DISCARD ALL`).
     pub fn reset_to_startup(&mut self) {
-        self.wanted = self.startup.clone();
+        self.wanted = Arc::new(self.startup.clone());
+    }
+
+    /// The settings wanted now, shared: a server that was brought in line
+    /// with an equal snapshot and has not changed since needs no sync.
+    pub fn snapshot(&self) -> Arc<Wanted> {
+        self.wanted.clone()
     }
 
     /// The value the client asked for, by case-insensitive name.
@@ -115,7 +126,7 @@ impl ClientParams {
     ) -> Option<String> {
         let mut sets = Vec::new();
         let mut resets = Vec::new();
-        for (key, (name, value)) in &self.wanted {
+        for (key, (name, value)) in self.wanted.iter() {
             if current.get(key) != Some(value) {
                 sets.push(format!(
                     "pg_catalog.set_config({}, {}, false)",

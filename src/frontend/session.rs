@@ -371,12 +371,20 @@ impl Session {
             sv.set_link(me.id);
         }
         self.set_state(ConnState::Active);
-        if let Some(sql) = self.params.sync_sql(&mut server.settings, &self.defaults) {
-            match server.run_internal(&sql).await {
-                Ok(None) => {}
-                Ok(Some(rejected)) => return Err(ClientError::SettingRejected(rejected)),
-                Err(e) => return Err(ClientError::ServerLost(e)),
+        let wanted = self.params.snapshot();
+        let in_sync = server
+            .synced_params
+            .as_ref()
+            .is_some_and(|s| Arc::ptr_eq(s, &wanted) || **s == *wanted);
+        if !in_sync {
+            if let Some(sql) = self.params.sync_sql(&mut server.settings, &self.defaults) {
+                match server.run_internal(&sql).await {
+                    Ok(None) => {}
+                    Ok(Some(rejected)) => return Err(ClientError::SettingRejected(rejected)),
+                    Err(e) => return Err(ClientError::ServerLost(e)),
+                }
             }
+            server.synced_params = Some(wanted);
         }
         self.cancel.set(Some(server.cancel_target()));
         self.server = Some(server);
@@ -414,7 +422,10 @@ impl Session {
                                 f = query_timeout_error(f);
                             }
                         }
-                        b'S' => note_setting(&mut server.settings, f.body()).map_err(bad)?,
+                        b'S' => {
+                            server.synced_params = None;
+                            note_setting(&mut server.settings, f.body()).map_err(bad)?
+                        }
                         b'G' => server.state.on_copy_in(),
                         _ => {}
                     }
@@ -447,6 +458,7 @@ impl Session {
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
+        server.synced_params = None;
         if changed.reset_all {
             self.params.reset_to_startup();
             server.settings = lowercase_map(&self.defaults);
@@ -515,6 +527,7 @@ impl Session {
                 return;
             }
             server.settings = lowercase_map(&self.defaults);
+            server.synced_params = None;
         }
         drop(server);
     }

@@ -35,9 +35,18 @@ impl Changed {
 }
 
 /// Cheap pre-check: could `sql` contain a tracked command at all?
+/// One pass over the bytes, looking only further at an `s` or a `d`.
 fn may_change(sql: &[u8]) -> bool {
-    sql.windows(3).any(|w| w.eq_ignore_ascii_case(b"set"))
-        || sql.windows(7).any(|w| w.eq_ignore_ascii_case(b"discard"))
+    let lower = |b: u8| b | 0x20;
+    sql.iter().enumerate().any(|(i, &b)| match lower(b) {
+        b's' => sql
+            .get(i + 1..i + 3)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"et")),
+        b'd' => sql
+            .get(i + 1..i + 7)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"iscard")),
+        _ => false,
+    })
 }
 
 /// The settings the simple query `sql` changes.
@@ -127,6 +136,28 @@ fn words(statement: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pre_check_skips_only_statements_without_set_or_discard() {
+        assert!(!may_change(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"
+        ));
+        assert!(!may_change(b""));
+        for sql in [
+            &b"SET x = 1"[..],
+            b"update t sEt a = 1",
+            b"discard all",
+            b"select set_config('a', 'b', false)",
+            b"xs",
+        ] {
+            assert_eq!(
+                may_change(sql),
+                sql != b"xs",
+                "{}",
+                String::from_utf8_lossy(sql)
+            );
+        }
+    }
 
     fn names(sql: &str) -> Vec<String> {
         changed_settings(sql.as_bytes()).names
