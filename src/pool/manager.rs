@@ -128,10 +128,12 @@ impl Manager {
 }
 
 impl managed::Manager for Manager {
-    type Type = ServerConn;
+    /// Boxed, so that deadpool moves a pointer, not the whole connection,
+    /// in and out of its queue at every checkout and return.
+    type Type = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn create(&self) -> Result<ServerConn, BackendError> {
+    async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
         let retry = self.settings.load().health.login_retry;
         if let Some(failure) = self.login_retry.cached(retry) {
             return Err(BackendError::Connect(failure));
@@ -151,12 +153,12 @@ impl managed::Manager for Manager {
         self.stats.opened.inc();
         self.list(&mut conn);
         self.defaults.get_or_init(|| conn.login_params().to_vec());
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
     async fn recycle(
         &self,
-        conn: &mut ServerConn,
+        conn: &mut Box<ServerConn>,
         metrics: &Metrics,
     ) -> RecycleResult<BackendError> {
         let settings = self.settings.load();
