@@ -15,6 +15,7 @@ pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -153,7 +154,9 @@ pub struct ServerConn {
     id: u64,
     /// The client settings this server was last brought in line with; reset
     /// to `None` whenever `settings` changes otherwise.
-    pub synced_params: Option<std::sync::Arc<BTreeMap<String, (String, String)>>>,
+    pub synced_params: Option<Arc<BTreeMap<String, (String, String)>>>,
+    /// Where cancel requests for this connection go, once logged in.
+    cancel: Option<Arc<CancelTarget>>,
     /// The connection's entry in `SHOW SERVERS`, set by the pool.
     pub listed: Option<crate::stats::clients::Listed>,
 }
@@ -184,8 +187,10 @@ impl ServerConn {
             id,
             listed: None,
             synced_params: None,
+            cancel: None,
         };
         login::login(&mut conn, target).await?;
+        conn.cancel = Some(Arc::new(conn.new_cancel_target()));
         Ok(conn)
     }
 
@@ -209,8 +214,15 @@ impl ServerConn {
         self.stream.is_tls()
     }
 
-    /// How to cancel this server's running query.
-    pub fn cancel_target(&self) -> CancelTarget {
+    /// How to cancel this server's running query (built once, at login).
+    pub fn cancel_target(&self) -> Arc<CancelTarget> {
+        match &self.cancel {
+            Some(t) => t.clone(),
+            None => Arc::new(self.new_cancel_target()),
+        }
+    }
+
+    fn new_cancel_target(&self) -> CancelTarget {
         CancelTarget {
             addr: self.addr,
             host: self.host.clone(),

@@ -15,15 +15,15 @@ pub use crate::backend::CancelTarget;
 
 /// One client's current cancel target, updated as servers come and go.
 #[derive(Debug, Default)]
-pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+pub struct CancelSlot(Mutex<Option<Arc<CancelTarget>>>);
 
 impl CancelSlot {
     /// Records the server now serving the client (or `None`).
-    pub fn set(&self, target: Option<CancelTarget>) {
+    pub fn set(&self, target: Option<Arc<CancelTarget>>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
-    fn get(&self) -> Option<CancelTarget> {
+    fn get(&self) -> Option<Arc<CancelTarget>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -66,7 +66,7 @@ impl CancelRegistry {
         }
     }
 
-    fn lookup(&self, key: CancelKey) -> Option<CancelTarget> {
+    fn lookup(&self, key: CancelKey) -> Option<Arc<CancelTarget>> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let (secret, slot) = clients.get(&key.pid)?;
         (*secret == key.secret).then(|| slot.get()).flatten()
@@ -119,12 +119,12 @@ mod tests {
             "idle client: nothing to cancel"
         );
         let server_key = CancelKey { pid: 1, secret: 2 };
-        r.slot.set(Some(CancelTarget {
+        r.slot.set(Some(Arc::new(CancelTarget {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
             host: "127.0.0.1".into(),
             key: server_key,
             tls: None,
-        }));
+        })));
         assert_eq!(reg.lookup(r.key).map(|t| t.key), Some(server_key));
         let wrong = CancelKey {
             secret: r.key.secret.wrapping_add(1),
