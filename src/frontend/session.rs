@@ -364,13 +364,17 @@ impl Session {
         if self.server.is_some() {
             return Ok(());
         }
-        self.set_state(ConnState::Waiting);
-        let mut server = self.pool.checkout().await?;
+        let started = Instant::now();
+        self.set_state(ConnState::Waiting, started);
+        let (mut server, now) = self.pool.checkout_since(started).await?;
         if let (Some(me), Some(sv)) = (&self.listed, &server.listed) {
             me.set_link(sv.id);
             sv.set_link(me.id);
+            sv.set_state_at(ConnState::Active, now);
         }
-        self.set_state(ConnState::Active);
+        self.set_state(ConnState::Active, now);
+        self.query_start.get_or_insert(now);
+        self.xact_start.get_or_insert(now);
         let wanted = self.params.snapshot();
         let in_sync = server
             .synced_params
@@ -494,12 +498,14 @@ impl Session {
     fn release(&mut self) {
         self.cancel.set(None);
         self.server = None;
-        self.set_state(ConnState::Idle);
+        if let Some(l) = &self.listed {
+            l.set_idle();
+        }
     }
 
-    fn set_state(&self, state: ConnState) {
+    fn set_state(&self, state: ConnState, at: Instant) {
         if let Some(l) = &self.listed {
-            l.set_state(state);
+            l.set_state_at(state, at);
             if state == ConnState::Idle {
                 l.set_link(0);
             }
@@ -578,13 +584,13 @@ fn finish_timers(
     xact: &mut Option<Instant>,
     status: msg::TxStatus,
 ) {
-    if let Some(start) = query.take() {
-        pool.stats.query_done(start.elapsed());
-    }
+    let Some(start) = query.take() else { return };
+    let now = Instant::now();
+    pool.stats.query_done(now - start);
     if status == msg::TxStatus::Idle
         && let Some(start) = xact.take()
     {
-        pool.stats.transaction_done(start.elapsed());
+        pool.stats.transaction_done(now - start);
     }
 }
 

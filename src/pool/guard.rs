@@ -24,7 +24,7 @@ pub struct Checkout {
 impl Checkout {
     pub(super) fn new(obj: Object<Manager>) -> Self {
         if let Some(l) = &obj.listed {
-            l.set_state(ConnState::Active);
+            l.mark(ConnState::Active);
         }
         Checkout { obj: Some(obj) }
     }
@@ -56,8 +56,7 @@ impl Drop for Checkout {
         }
         obj.idle_since = Instant::now();
         if let Some(l) = &obj.listed {
-            l.set_state(ConnState::Idle);
-            l.set_link(0);
+            l.set_idle();
         }
     }
 }

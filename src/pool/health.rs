@@ -42,8 +42,9 @@ impl HealthSettings {
     }
 
     /// True if a connection idle since `idle_since` must be checked.
-    pub fn needs_check(&self, idle_since: Instant) -> bool {
-        !self.check_query.trim().is_empty() && idle_since.elapsed() >= self.check_delay
+    pub fn needs_check(&self, idle_since: Instant, now: Instant) -> bool {
+        !self.check_query.trim().is_empty()
+            && now.saturating_duration_since(idle_since) >= self.check_delay
     }
 }
 
@@ -158,11 +159,13 @@ mod tests {
             check_delay: Duration::ZERO,
             login_retry: Duration::ZERO,
         };
-        assert!(s.needs_check(Instant::now()));
+        let idle_since = Instant::now();
+        assert!(s.needs_check(idle_since, idle_since));
         s.check_delay = Duration::from_secs(30);
-        assert!(!s.needs_check(Instant::now()));
+        assert!(!s.needs_check(idle_since, idle_since + Duration::from_secs(29)));
+        assert!(s.needs_check(idle_since, idle_since + Duration::from_secs(30)));
         s.check_delay = Duration::ZERO;
         s.check_query = " ".into();
-        assert!(!s.needs_check(Instant::now()));
+        assert!(!s.needs_check(idle_since, idle_since));
     }
 }

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -89,14 +90,14 @@ impl Manager {
     /// Whether a connection is past `server_lifetime` or older than a
     /// `RECONNECT`.
     pub fn expired(&self, metrics: &Metrics) -> bool {
-        self.expiry(metrics).is_some()
+        self.expiry(metrics, Instant::now()).is_some()
     }
 
-    /// Why a connection must close before reuse, if it must.
-    pub fn expiry(&self, metrics: &Metrics) -> Option<&'static str> {
-        let age = metrics.age();
+    /// Why a connection must close before reuse as of `now`, if it must.
+    pub fn expiry(&self, metrics: &Metrics, now: Instant) -> Option<&'static str> {
+        let age = now.saturating_duration_since(metrics.created);
         let retire = self.retire_before.load(Ordering::Relaxed);
-        if retire != 0 && crate::stats::since_ns(retire) <= age {
+        if retire != 0 && crate::stats::ns_at(now).saturating_sub(retire) <= age.as_nanos() as u64 {
             Some("closed by RECONNECT or reload")
         } else if age >= self.settings.load().lifetime {
             Some("server_lifetime reached")
@@ -162,11 +163,12 @@ impl managed::Manager for Manager {
         metrics: &Metrics,
     ) -> RecycleResult<BackendError> {
         let settings = self.settings.load();
-        let reason = if let Some(why) = self.expiry(metrics) {
+        let now = Instant::now();
+        let reason = if let Some(why) = self.expiry(metrics, now) {
             why.to_owned()
         } else if !conn.is_reusable() {
             "closed by the server or not idle".to_owned()
-        } else if !settings.health.needs_check(conn.idle_since) {
+        } else if !settings.health.needs_check(conn.idle_since, now) {
             return Ok(());
         } else {
             let (query, limit) = (&settings.health.check_query, settings.connect_timeout);

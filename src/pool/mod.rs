@@ -256,12 +256,20 @@ impl Pool {
     /// Waits (FIFO, bounded by `query_wait_timeout`) for a server. A
     /// checkout that cannot complete at once is counted as waiting.
     pub async fn checkout(&self) -> Result<Checkout, CheckoutError> {
+        self.checkout_since(Instant::now()).await.map(|(c, _)| c)
+    }
+
+    /// [`Pool::checkout`] for a client that started waiting at `started`;
+    /// also returns when the wait ended.
+    pub async fn checkout_since(
+        &self,
+        started: Instant,
+    ) -> Result<(Checkout, Instant), CheckoutError> {
         let timeouts = Timeouts {
             wait: Some(self.settings().wait_timeout),
             create: None,
             recycle: None,
         };
-        let started = Instant::now();
         if self.paused.load(Ordering::Relaxed) {
             let _waiting = self.stats.start_wait();
             self.wait_resumed().await;
@@ -275,9 +283,10 @@ impl Pool {
                 get.await
             }
         };
-        self.stats.wait.observe(started.elapsed().as_secs_f64());
+        let done = Instant::now();
+        self.stats.wait.observe((done - started).as_secs_f64());
         match result {
-            Ok(obj) => Ok(Checkout::new(obj)),
+            Ok(obj) => Ok((Checkout::new(obj), done)),
             Err(PoolError::Timeout(_)) => {
                 self.stats.wait_timeouts.inc();
                 Err(CheckoutError::WaitTimeout)
@@ -351,7 +360,7 @@ impl Pool {
         let manager = self.inner.manager();
         // Closed connections are dropped with `retain`'s result.
         let _closed = self.inner.retain(|conn, m| {
-            let reason = if let Some(why) = manager.expiry(&m) {
+            let reason = if let Some(why) = manager.expiry(&m, Instant::now()) {
                 why
             } else if !conn.is_reusable() {
                 "closed by the server while idle"

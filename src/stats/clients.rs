@@ -93,14 +93,30 @@ impl ConnInfo {
     }
 
     /// Moves to `state`; entering `Waiting` starts the wait clock, entering
-    /// `Active` records the request time.
-    pub fn set_state(&self, state: ConnState) {
+    /// `Active` records the request time, both as of `at`.
+    pub fn set_state_at(&self, state: ConnState, at: std::time::Instant) {
         self.state.store(state as u8, Ordering::Relaxed);
         match state {
-            ConnState::Waiting => self.since.store(super::now_ns(), Ordering::Relaxed),
-            ConnState::Active => self.request_ns.store(super::now_ns(), Ordering::Relaxed),
+            ConnState::Waiting => self.since.store(super::ns_at(at), Ordering::Relaxed),
+            ConnState::Active => self.request_ns.store(super::ns_at(at), Ordering::Relaxed),
             _ => {}
         }
+    }
+
+    /// Back to idle, unlinked (no clock read).
+    pub fn set_idle(&self) {
+        self.mark(ConnState::Idle);
+        self.link.store(0, Ordering::Relaxed);
+    }
+
+    /// Moves to `state` without touching the clocks.
+    pub fn mark(&self, state: ConnState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Moves to `state` as of now.
+    pub fn set_state(&self, state: ConnState) {
+        self.set_state_at(state, std::time::Instant::now());
     }
 
     /// How long a waiting client has waited so far (zero otherwise).

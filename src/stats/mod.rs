@@ -24,9 +24,14 @@ pub use pool::{PoolStats, StatsTotals};
 /// Nanoseconds since the process's first call: a monotonic time that fits
 /// in an atomic.
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `at` as a [`now_ns`] reading.
+pub fn ns_at(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_nanos() as u64
+    at.saturating_duration_since(epoch).as_nanos() as u64
 }
 
 /// Time elapsed since a [`now_ns`] reading.
