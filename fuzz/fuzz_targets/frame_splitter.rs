@@ -52,5 +52,8 @@ fuzz_target!(|data: &[u8]| {
             "over-reserved"
         );
     }
-    assert!(input.starts_with(&out), "output is not a prefix of the input");
+    assert!(
+        input.starts_with(&out),
+        "output is not a prefix of the input"
+    );
 });
