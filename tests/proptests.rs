@@ -158,7 +158,7 @@ fn run_splitter(
 }
 
 proptest! {
-    #![proptest_config(cases(200))]
+    #![proptest_config(cases(1000))]
 
     /// Well-formed and garbage messages, split anywhere: no panic, no frame
     /// over the limit, and what comes out is exactly a prefix of the input
@@ -258,7 +258,7 @@ fn startup_bytes(minor: u16, params: &[(String, String)]) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(cases(500))]
+    #![proptest_config(cases(2000))]
 
     /// Arbitrary bytes: `packet_len` and `parse` never panic; a length is
     /// only accepted in 8..=10000; and whatever parses as a StartupMessage
@@ -388,7 +388,7 @@ fn scram_like() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(cases(300))]
+    #![proptest_config(cases(1000))]
 
     /// Any client-first-message and mechanism: an answer or an error, never
     /// a panic; only a well-formed message gets a server-first-message that
@@ -554,7 +554,7 @@ fn passthrough() -> (PassthroughClient, String) {
 }
 
 proptest! {
-    #![proptest_config(cases(300))]
+    #![proptest_config(cases(1000))]
 
     /// Any server-first-message: an error, or (only when it extends our
     /// nonce) a client-final-message echoing it; then any
@@ -702,7 +702,7 @@ fn section(header: &'static str, keys: &'static [&'static str]) -> impl Strategy
 }
 
 proptest! {
-    #![proptest_config(cases(400))]
+    #![proptest_config(cases(1500))]
 
     /// Any mix of known and unknown keys with values of any type: parsing
     /// and validation return Ok or an error, never panic; a validation
