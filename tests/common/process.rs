@@ -108,6 +108,11 @@ impl PgtarnProcess {
         std::fs::read_to_string(self._dir.path().join("pgtarn.log")).unwrap_or_default()
     }
 
+    /// The process id, to observe it under `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Resident memory of the process, in KiB (VmRSS).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
