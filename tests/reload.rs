@@ -81,3 +81,46 @@ async fn sighup_applies_a_new_database_and_keeps_clients() {
     assert_eq!(one(&still, "SELECT 1").await, "1");
     assert_eq!(one(&kept, "SELECT 3").await, "3");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_new_users_and_passwords() {
+    let pg = PgServer::shared();
+    let port = free_port();
+    let p = PgtarnProcess::start_logging(&config(pg, port, ""), port, "info");
+    let kept = connect(port, "app").await.expect("connect");
+    let as_postgres = format!(
+        "host=127.0.0.1 port={port} user=postgres password={} dbname=app",
+        pg.superuser_password
+    );
+    assert!(
+        tokio_postgres::connect(&as_postgres, NoTls).await.is_err(),
+        "not a user yet"
+    );
+
+    // A new user, and a new password for app.
+    let users = format!(
+        "[users.postgres]\npassword = \"{}\"\n",
+        pg.superuser_password
+    );
+    let text = config(pg, port, &users).replace("app-secret", "rotated-secret");
+    std::fs::write(&p.config_path, text).expect("write");
+    p.signal(libc::SIGHUP);
+    wait_until("reload logged", DEADLINE, || async {
+        p.log().contains("configuration reloaded")
+    })
+    .await;
+    let (su, conn) = tokio_postgres::connect(&as_postgres, NoTls)
+        .await
+        .expect("the new user logs in");
+    tokio::spawn(conn);
+    assert_eq!(one(&su, "SELECT current_user").await, "postgres");
+    let Err(e) = connect(port, "app").await else {
+        panic!("the old password must be refused");
+    };
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("28P01"));
+    assert_eq!(
+        one(&kept, "SELECT 1").await,
+        "1",
+        "a connected client stays"
+    );
+}
