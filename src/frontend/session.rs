@@ -134,14 +134,14 @@ impl Session {
             return Ok(end);
         }
         loop {
-            make_room(&mut self.cbuf);
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     _ = shutdown.wait() => Event::Shutdown,
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
+                    r = self.client.read_buf_lazily(&mut self.cbuf, READ_ROOM) => Event::Client(r?),
                 },
                 Some(server) => {
                     let server = &mut **server;
+                    make_room(&mut self.cbuf);
                     make_room(&mut server.rbuf);
                     tokio::select! {
                         r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
