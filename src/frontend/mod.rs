@@ -38,7 +38,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = ctx.config.pgtarn.client_login_timeout;
+    // The handshake and login futures are boxed so that their (large) state
+    // is freed once they are done instead of sizing every client's task.
     let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, ctx.client_tls.as_ref());
+    let hello = Box::pin(hello);
     let (mut stream, startup) = match tokio::time::timeout(login_timeout, hello).await {
         Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
         Ok(Ok((_, Hello::Cancel(key)))) => return ctx.cancels.cancel(key).await,
@@ -60,7 +63,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
             .or(startup.param("user"))
             .unwrap_or("?")
     );
-    let login = tokio::time::timeout(login_timeout, login(stream, buf, &startup, &ctx)).await;
+    let login = Box::pin(login(stream, buf, &startup, &ctx));
+    let login = tokio::time::timeout(login_timeout, login).await;
     let (mut session, registration) = match login {
         Ok(Ok(s)) => s,
         Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,

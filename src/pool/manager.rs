@@ -49,7 +49,10 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<ServerConn, BackendError> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let connect = ServerConn::connect(&self.target, id);
+        // Boxed: connecting and logging in is a large future, and it would
+        // otherwise be part of every client task's state (checkout awaits
+        // this), costing memory for every idle client.
+        let connect = Box::pin(ServerConn::connect(&self.target, id));
         let conn = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| BackendError::Timeout(self.connect_timeout))??;
