@@ -146,7 +146,7 @@ async fn login_steps(
     if let Some(keys) = keys {
         pool.learn_scram_keys(keys);
     }
-    let defaults = Arc::new(pool.login_params().await?);
+    let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
     let mut out = BytesMut::new();
     for (k, v) in params.login_report(&defaults) {

@@ -4,8 +4,8 @@
 //! (idle, not past `server_lifetime`, peer still there); resets happen on
 //! release, before a connection is returned.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
@@ -20,7 +20,7 @@ pub struct Manager {
     lifetime: Duration,
     connect_timeout: Duration,
     /// The ParameterStatus set of the first server connection.
-    pub(super) defaults: OnceLock<Vec<(String, String)>>,
+    pub(super) defaults: OnceLock<Arc<Vec<(String, String)>>>,
 }
 
 /// Server connection ids, unique in the process.
@@ -57,7 +57,8 @@ impl managed::Manager for Manager {
             .await
             .map_err(|_| BackendError::Timeout(self.connect_timeout))??;
         info!(server = id, target = ?self.target, "server connection opened");
-        self.defaults.get_or_init(|| conn.login_params().to_vec());
+        self.defaults
+            .get_or_init(|| Arc::new(conn.login_params().to_vec()));
         Ok(conn)
     }
 
