@@ -847,7 +847,7 @@ report() {
   echo "µs CPU/tx: pooler process utime+stime (all threads) per transaction processed, including the clients' logins."
   echo "connect_*: one new login per transaction (pgbench -C), so TPS = logins/s."
   if [[ " $CASES " == *" select1000 "* ]] && want_target direct; then
-    echo "² PostgreSQL runs with max_connections = 200: 1,000 direct clients cannot connect (\`too many clients already\`)."
+    echo "² PostgreSQL runs with max_connections = 200: 1,000 direct clients cannot connect (\`remaining connection slots are reserved ...\`): reported as failed."
   fi
   if [[ " $CASES " == *" select10 "* ]]; then
     local p0 p1 p2
