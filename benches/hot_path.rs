@@ -207,14 +207,13 @@ async fn fake_postgres(listener: TcpListener) {
             let reply = select_reply(1).freeze();
             let mut buf = BytesMut::with_capacity(8192);
             while let Some((tag, _)) = read_msg(&mut s, &mut buf).await {
-                match tag {
-                    b'Q' => {
-                        if s.write_all(&reply).await.is_err() {
-                            return;
-                        }
-                    }
+                let sent = match tag {
+                    b'Q' => s.write_all(&reply).await,
                     b'X' => return,
-                    _ => {}
+                    _ => Ok(()),
+                };
+                if sent.is_err() {
+                    return;
                 }
             }
         });
