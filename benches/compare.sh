@@ -24,6 +24,9 @@
 #   SCALE       pgbench -i scale factor                               [10]
 #   POOL_SIZE   server connections per pool (both poolers)            [20]
 #   JOBS        pgbench worker threads (-j)                           [2]
+#   SAMPLE      pgbench --sampling-rate for the per-transaction logs that
+#               the p50/p99 latencies come from                       [0.1]
+#   IDLE_CONNS  idle logged-in clients held open for the idle10k case [10000]
 #   OUT         also write the Markdown report to this file           [unset]
 #   PGTARN_BIN  use this pgtarn binary instead of `cargo build --release`
 #   PGTARN_REF  build this git ref (e.g. HEAD) instead of the working tree:
@@ -41,16 +44,36 @@
 #   BUILD_TIMEOUT  seconds allowed for cargo build                    [1800]
 #   KEEP_TMP=1  keep the temp dir (logs, configs) instead of removing it
 #
-# Cases (all with -j JOBS -T DURATION, SCRAM login as role "app"):
+# Cases (all with -j JOBS -T DURATION, SCRAM login as role "app" unless said):
 #   select10    -S -c 10                 select-only, simple protocol
 #   select100   -S -c 100                (direct: 100 backends; max_connections=200)
+#   select1000  -S -c 1000               direct cannot connect (max_connections=200):
+#               it is run and reported as failed
 #   tpcb50      -c 50                    TPC-B-like read/write
 #   extended50  -S -M extended -c 50     unnamed prepared statements
 #   prepared50  -S -M prepared -c 50     named prepared statements (needs
 #               PgBouncer >= 1.21 with max_prepared_statements, which is set
 #               when the installed version has it; older ones fail this case)
+#   tls50       -S -c 50, sslmode=require: TLSv1.3 between pgbench and its
+#               target (Postgres or the pooler; P-256 certificates made with
+#               openssl); the poolers talk to Postgres in plain TCP (PgBouncer
+#               1.18 has no per-database server TLS; benches/tls.sh measures
+#               pgtarn with TLS on both hops)
+#   connect_scram  -C -S -c 10           a new SCRAM login per transaction:
+#               TPS = new logins/s
+#   connect_trust  -C -S -c 10           the same with trust auth (role "tapp",
+#               database "apptrust" on the poolers; Postgres trusts tapp, so
+#               the poolers log in upstream without a password)
+#   idle10k     no pgbench: IDLE_CONNS trust logins held open (python
+#               asyncio, benches/idle_clients.py) against each pooler in turn;
+#               reports the pooler's resident memory (VmRSS) before and with
+#               them, and the peak (VmHWM)
 # The first run of each case lets pgbench vacuum (it is always a direct run
 # when direct is among TARGETS); every other run uses -n.
+#
+# Latency: "mean" is pgbench's "latency average"; p50 and p99 come from
+# pgbench's per-transaction logs (--log --sampling-rate=SAMPLE), pooled over
+# the run's threads; medians over REPS are reported.
 #
 # Pooler "µs CPU/tx" is utime+stime of the pooler process (all threads, from
 # /proc/PID/stat fields 14+15, in CLK_TCK ticks) over the run, divided by the
@@ -70,7 +93,7 @@
 
 set -euo pipefail
 
-KNOBS=(DURATION REPS CASES TARGETS SCALE POOL_SIZE JOBS OUT PGTARN_BIN PGTARN_REF PG_BINDIR
+KNOBS=(DURATION REPS CASES TARGETS SCALE POOL_SIZE JOBS SAMPLE IDLE_CONNS OUT PGTARN_BIN PGTARN_REF PG_BINDIR
   PGBOUNCER_BIN PGB_AUTH BUILD_TIMEOUT KEEP_TMP)
 # The command as given, with the knobs that were set, for the report.
 COMMAND=""
@@ -87,25 +110,38 @@ REPS=${REPS:-3}
 SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
 JOBS=${JOBS:-2}
+SAMPLE=${SAMPLE:-0.1}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 PGB_AUTH=${PGB_AUTH:-plain}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 KEEP_TMP=${KEEP_TMP:-0}
-ALL_CASES="select10 select100 tpcb50 extended50 prepared50"
+ALL_CASES="select10 select100 select1000 tpcb50 extended50 prepared50 tls50 connect_scram connect_trust idle10k"
 CASES=${CASES:-$ALL_CASES}
 TARGETS=${TARGETS:-direct pgbouncer pgtarn}
 
 APP_USER=app
 APP_PASSWORD=app-secret
 APP_DB=app
+TRUST_USER=tapp
+TRUST_DB=apptrust # the poolers' name for database app with trust logins
 HOST=127.0.0.1
 
 declare -A CASE_ARGS=(
   [select10]="-S -c 10"
   [select100]="-S -c 100"
+  [select1000]="-S -c 1000"
   [tpcb50]="-c 50"
   [extended50]="-S -M extended -c 50"
   [prepared50]="-S -M prepared -c 50"
+  [tls50]="-S -c 50"
+  [connect_scram]="-C -S -c 10"
+  [connect_trust]="-C -S -c 10"
+  [idle10k]="(idle clients, no pgbench)"
 )
+# sslmode per case (default disable).
+declare -A CASE_SSL=([tls50]=require)
+# Cases that log in as TRUST_USER (trust auth) instead of APP_USER (SCRAM).
+declare -A CASE_TRUST=([connect_trust]=1)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if [ -n "${OUT:-}" ] && [[ $OUT != /* ]]; then OUT="$PWD/$OUT"; fi
@@ -125,7 +161,7 @@ die() {
 . "$ROOT/benches/lib.sh"
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for knob in DURATION REPS SCALE POOL_SIZE JOBS BUILD_TIMEOUT; do
+for knob in DURATION REPS SCALE POOL_SIZE JOBS BUILD_TIMEOUT IDLE_CONNS; do
   if ! is_uint "${!knob}" || [ "${!knob}" -eq 0 ]; then die "$knob must be a positive integer (got '${!knob}')"; fi
 done
 for c in $CASES; do
@@ -139,6 +175,17 @@ command -v pgbench >/dev/null || die "pgbench not found on PATH (Debian: apt-get
 command -v psql >/dev/null || die "psql not found on PATH (Debian: apt-get install -y postgresql-client)"
 command -v timeout >/dev/null || die "timeout (coreutils) not found"
 command -v pgrep >/dev/null || die "pgrep (procps) not found"
+command -v openssl >/dev/null || die "openssl not found (certificates for tls50)"
+if [[ " $CASES " == *" idle10k "* ]]; then
+  command -v python3 >/dev/null || die "python3 not found (idle10k)"
+fi
+# pgbench with 1,000 clients, the poolers and the idle clients need many
+# descriptors: raise the soft limit as far as the hard one allows.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS + 1000)) ]; then
+  log "warning: open files limit is $NOFILE; select1000/idle10k may fail (raise ulimit -Hn)"
+fi
 
 # ---------------------------------------------------------------- processes --
 
@@ -148,14 +195,14 @@ PG_BIN=""
 PG_STARTED=0
 PGB_PID=""
 PGT_PID=""
-
-
+IDLE_PID=""
 
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   set +e
   stop_pid "$CHILD_PID" "child"
+  stop_pid "$IDLE_PID" "idle clients"
   stop_pid "$PGT_PID" "pgtarn"
   stop_pid "$PGB_PID" "pgbouncer"
   if [ "$PG_STARTED" = 1 ] && [ -n "$PG_DATA" ]; then
@@ -328,6 +375,23 @@ if want_target pgtarn; then
   PGTARN_BIN_RUN=$TMP/pgtarn
 fi
 
+# Self-signed P-256 certificates (valid one day) for 127.0.0.1, one per
+# TLS server (PostgreSQL, PgBouncer, pgtarn), for tls50.
+gen_cert() {
+  local name=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TMP/$name.key" -out "$TMP/$name.crt" >"$TMP/openssl-$name.log" 2>&1 ||
+    { cat "$TMP/openssl-$name.log" >&2; die "openssl req failed"; }
+  chmod 600 "$TMP/$name.key"
+  [ "$(id -u)" -eq 0 ] && chown postgres: "$TMP/$name.key" "$TMP/$name.crt"
+  return 0
+}
+gen_cert postgres
+gen_cert pgbouncer
+gen_cert pgtarn
+[ "$(id -u)" -eq 0 ] && chown root: "$TMP/pgtarn.key" "$TMP/pgtarn.crt"
+
 log "initdb into $PG_DATA ($PG_BIN)"
 printf 'postgres-bench-secret\n' >"$TMP/pwfile"
 [ "$(id -u)" -eq 0 ] && chown postgres: "$TMP/pwfile"
@@ -342,9 +406,13 @@ password_encryption = 'scram-sha-256'
 fsync = off
 listen_addresses = '$HOST'
 unix_socket_directories = '$TMP'
+ssl = on
+ssl_cert_file = '$TMP/postgres.crt'
+ssl_key_file = '$TMP/postgres.key'
 EOF
 as_pg tee "$PG_DATA/pg_hba.conf" >/dev/null <<EOF
 local all all trust
+host all $TRUST_USER $HOST/32 trust
 host all all $HOST/32 scram-sha-256
 EOF
 
@@ -376,6 +444,9 @@ log "pgbench -i -s $SCALE (direct)"
 PGPASSWORD=$APP_PASSWORD run_bounded 1800 "$TMP/pgbench-init.log" pgbench -i -q -s "$SCALE" -h "$HOST" \
   -p "$PGPORT_DIRECT" -U "$APP_USER" "$APP_DB" ||
   { cat "$TMP/pgbench-init.log" >&2; die "pgbench -i failed"; }
+su_psql postgres -c "create role $TRUST_USER login password 'tapp-secret'" >&2 || die "could not create role $TRUST_USER"
+su_psql "$APP_DB" -c "grant select on pgbench_accounts, pgbench_branches, pgbench_tellers to $TRUST_USER" >&2 ||
+  die "could not grant to $TRUST_USER"
 
 # ---------------------------------------------------------------- PgBouncer --
 
@@ -395,6 +466,11 @@ if want_target pgbouncer; then
     else
       printf '"%s" "%s"\n' "$APP_USER" "$VERIFIER" >"$TMP/userlist.txt"
     fi
+    printf '"%s" "%s"\n' "$TRUST_USER" "tapp-secret" >>"$TMP/userlist.txt"
+    cat >"$TMP/pgbouncer_hba.conf" <<EOF
+host $TRUST_DB $TRUST_USER $HOST/32 trust
+host all all $HOST/32 scram-sha-256
+EOF
     prepared_line="; max_prepared_statements: not supported by PgBouncer $PGB_VERSION (needs 1.21+)"
     if version_ge "$PGB_VERSION" 1.21; then
       prepared_line="max_prepared_statements = 200"
@@ -407,23 +483,29 @@ if want_target pgbouncer; then
       cat >"$TMP/pgbouncer.ini" <<EOF
 [databases]
 $APP_DB = host=$HOST port=$PGPORT_DIRECT dbname=$APP_DB
+$TRUST_DB = host=$HOST port=$PGPORT_DIRECT dbname=$APP_DB
 
 [pgbouncer]
 listen_addr = $HOST
 listen_port = $PGB_PORT
 unix_socket_dir =
-auth_type = scram-sha-256
+; scram-sha-256, except trust for $TRUST_USER@$TRUST_DB (connect_trust)
+auth_type = hba
+auth_hba_file = $TMP/pgbouncer_hba.conf
 auth_file = $TMP/userlist.txt
 pool_mode = transaction
 default_pool_size = $POOL_SIZE
-max_client_conn = 2000
+max_client_conn = $((IDLE_CONNS + 2000))
+client_tls_sslmode = allow
+client_tls_cert_file = $TMP/pgbouncer.crt
+client_tls_key_file = $TMP/pgbouncer.key
 logfile = $TMP/pgbouncer.log
 ; pgtarn logs no connections at RUST_LOG=warn; do the same here
 log_connections = 0
 log_disconnections = 0
 $prepared_line
 EOF
-      [ "$(id -u)" -eq 0 ] && chown postgres: "$TMP/pgbouncer.ini" "$TMP/userlist.txt"
+      [ "$(id -u)" -eq 0 ] && chown postgres: "$TMP/pgbouncer.ini" "$TMP/userlist.txt" "$TMP/pgbouncer_hba.conf"
       log "starting PgBouncer $PGB_VERSION on $HOST:$PGB_PORT (try $try)"
       if [ "$(id -u)" -eq 0 ]; then
         "$PGB" -u postgres "$TMP/pgbouncer.ini" >>"$TMP/pgbouncer.stderr" 2>&1 &
@@ -454,7 +536,7 @@ if want_target pgtarn; then
     cat >"$TMP/pgtarn.toml" <<EOF
 [pgtarn]
 listen_addr = "$HOST:$PGT_PORT"
-max_client_conn = 2000
+max_client_conn = $((IDLE_CONNS + 2000))
 
 [databases.$APP_DB]
 host = "$HOST"
@@ -462,8 +544,24 @@ port = $PGPORT_DIRECT
 pool_mode = "transaction"
 pool_size = $POOL_SIZE
 
+[databases.$TRUST_DB]
+host = "$HOST"
+port = $PGPORT_DIRECT
+dbname = "$APP_DB"
+pool_mode = "transaction"
+pool_size = $POOL_SIZE
+auth_type = "trust"
+
 [users.$APP_USER]
 password = "$APP_PASSWORD"
+
+[users.$TRUST_USER]
+password = "tapp-secret"
+
+[tls.client]
+mode = "allow"
+cert = "$TMP/pgtarn.crt"
+key = "$TMP/pgtarn.key"
 EOF
     timeout 30 "$PGTARN_BIN_RUN" --check-config "$TMP/pgtarn.toml" >&2 ||
       die "pgtarn --check-config rejected $TMP/pgtarn.toml"
@@ -485,7 +583,7 @@ fi
 # ------------------------------------------------------------------- runs --
 
 CLK_TCK=$(getconf CLK_TCK)
-declare -A TPS=() LAT=() CPU=() FAILS=() ERRS=() OUTSIDE=() LOAD_BEFORE=()
+declare -A TPS=() LAT=() P50=() P99=() CPU=() FAILS=() ERRS=() OUTSIDE=() LOAD_BEFORE=()
 RAW_ROWS=()
 PROBLEMS=()
 
@@ -510,17 +608,24 @@ run_one() {
   local port pid key="$1|$2" out="$TMP/run-$1-$2-$3.log" rc=0
   local cpu0="" cpu1="" tree0 tree1 self0 self1 busy0 busy1 tot0 tot1 bg0=0 bg1=0 p t
   local -a args
+  local user=$APP_USER db=$APP_DB sslmode=${CASE_SSL[$case]:-disable} lat_prefix="$TMP/lat-$1-$2-$3"
   port=$(port_of "$target")
   pid=$(pid_of "$target")
   read -r -a args <<<"${CASE_ARGS[$case]}"
+  if [ -n "${CASE_TRUST[$case]:-}" ]; then
+    user=$TRUST_USER
+    [ "$target" = direct ] || db=$TRUST_DB
+    vacuum=0 # tapp may not vacuum or truncate
+  fi
   [ "$vacuum" = 1 ] || args+=(-n)
+  args+=(--log "--sampling-rate=$SAMPLE" "--log-prefix=$lat_prefix")
 
   local nchildren
   nchildren=$(pgrep -c -P "$PG_PM_PID" || true)
   [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && {
     PROBLEMS+=("$case / $target rep $rep: the $target process (pid $pid) is gone")
     FAILS[$key]=$((${FAILS[$key]:-0} + 1))
-    RAW_ROWS+=("| $case | $target | $rep | FAIL | | | | |")
+    RAW_ROWS+=("| $case | $target | $rep | FAIL | | | | | | |")
     return 0
   }
   if [ -n "$pid" ]; then proc_ticks "$pid" cpu0 || true; fi
@@ -529,8 +634,8 @@ run_one() {
   self_child_ticks self0
   machine_ticks busy0 tot0
 
-  PGPASSWORD=$APP_PASSWORD run_bounded $((DURATION + 180)) "$out" pgbench -h "$HOST" -p "$port" \
-    -U "$APP_USER" -j "$JOBS" -T "$DURATION" "${args[@]}" "$APP_DB" || rc=$?
+  PGSSLMODE=$sslmode PGPASSWORD=$APP_PASSWORD run_bounded $((DURATION + 180)) "$out" pgbench -h "$HOST" -p "$port" \
+    -U "$user" -j "$JOBS" -T "$DURATION" "${args[@]}" "$db" || rc=$?
   if [ "$target" = direct ]; then
     # Let pgbench's backends exit and be reaped into the postmaster's cutime
     # before sampling (a backend exiting mid-sample would be lost).
@@ -546,7 +651,11 @@ run_one() {
   for p in $PGB_PID $PGT_PID; do proc_ticks "$p" t && bg1=$((bg1 + t)); done
   if [ -n "$pid" ]; then proc_ticks "$pid" cpu1 || true; fi
 
-  local tps lat tx failed errors outside cpu_us=""
+  local tps lat tx failed errors outside cpu_us="" p50="" p99=""
+  # Per-transaction latencies (µs, field 3) of all threads' sampled logs.
+  read -r p50 p99 < <(cat "$lat_prefix".* 2>/dev/null | awk '{print $3}' | sort -n |
+    awk '{a[NR]=$1} END{ if (NR) { i50=int(0.5*NR); if (i50<1) i50=1; i99=int(0.99*NR); if (i99<1) i99=1; printf "%.3f %.3f\n", a[i50]/1000, a[i99]/1000 } else print "" }') || true
+  rm -f -- "$lat_prefix".*
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
   tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)
@@ -568,7 +677,7 @@ run_one() {
     ERRS[$key]="${ERRS[$key]:-}exit $rc, ${tx:-0} tx: \`$first\`"
     [ "${count:-0}" -gt 1 ] && ERRS[$key]+=" - $count error lines: \`${distinct}\`"
     ERRS[$key]+=$'\n'
-    RAW_ROWS+=("| $case | $target | $rep | FAIL (exit $rc${tps:+, tps $(fmt 0 "$tps")}) | ${tx:-} | ${lat:-} | | $outside |")
+    RAW_ROWS+=("| $case | $target | $rep | FAIL (exit $rc${tps:+, tps $(fmt 0 "$tps")}) | ${tx:-} | ${lat:-} | | | | $outside |")
     log "  $case $target rep $rep: FAILED (exit $rc): $first"
     return 0
   fi
@@ -579,13 +688,63 @@ run_one() {
   fi
   TPS[$key]+="$tps "
   LAT[$key]+="$lat "
-  RAW_ROWS+=("| $case | $target | $rep | $(fmt 0 "$tps") | $tx | $lat | ${cpu_us:+$(fmt 1 "$cpu_us")} | $outside |")
-  log "  $case $target rep $rep: tps=$(fmt 0 "$tps") lat=${lat}ms${cpu_us:+ cpu=$(fmt 1 "$cpu_us")us/tx} outside=${outside}%"
+  [ -n "$p50" ] && P50[$key]+="$p50 "
+  [ -n "$p99" ] && P99[$key]+="$p99 "
+  RAW_ROWS+=("| $case | $target | $rep | $(fmt 0 "$tps") | $tx | $lat | ${p50:-} | ${p99:-} | ${cpu_us:+$(fmt 1 "$cpu_us")} | $outside |")
+  log "  $case $target rep $rep: tps=$(fmt 0 "$tps") lat=${lat}ms p50=${p50:-?}ms p99=${p99:-?}ms${cpu_us:+ cpu=$(fmt 1 "$cpu_us")us/tx} outside=${outside}%"
+}
+
+# VmRSS / VmHWM of PID in KiB, into the variables named $2 and $3.
+proc_mem() {
+  local rss hwm
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null)
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null)
+  printf -v "$2" '%s' "$rss"
+  printf -v "$3" '%s' "$hwm"
+}
+
+# idle10k: IDLE_CONNS trust logins held open against one pooler; records
+# its memory before and with them.
+declare -A IDLE=()
+run_idle() {
+  local target=$1 port pid out="$TMP/idle-$1.log" i ready="" rss0 rss1 hwm1 t0 t1 secs
+  port=$(port_of "$target")
+  pid=$(pid_of "$target")
+  proc_mem "$pid" rss0 _
+  t0=$EPOCHREALTIME
+  : >"$out"
+  python3 "$ROOT/benches/idle_clients.py" "$HOST" "$port" "$TRUST_USER" "$TRUST_DB" "$IDLE_CONNS" >"$out" 2>&1 &
+  IDLE_PID=$!
+  for ((i = 0; i < 3000; i++)); do
+    ready=$(sed -n 's/^ready \([0-9]*\)$/\1/p' "$out" 2>/dev/null || true)
+    [ -n "$ready" ] && break
+    kill -0 "$IDLE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  t1=$EPOCHREALTIME
+  sleep 2 # let the pooler settle
+  proc_mem "$pid" rss1 hwm1
+  stop_pid "$IDLE_PID" "idle clients"
+  IDLE_PID=""
+  secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN{ printf "%.1f", b - a }')
+  if [ "${ready:-0}" != "$IDLE_CONNS" ]; then
+    PROBLEMS+=("idle10k via $target: only ${ready:-0}/$IDLE_CONNS clients logged in: \`$(grep -v '^ready' "$out" | head -1 | cut -c1-300)\`")
+  fi
+  IDLE[$target]="${ready:-0}|$rss0|$rss1|$hwm1|$secs"
+  log "  idle10k $target: ${ready:-0} clients in ${secs}s, VmRSS ${rss0} KiB -> ${rss1} KiB, VmHWM ${hwm1} KiB"
+  sleep 3 # let the pooler close them
 }
 
 for case in $CASES; do
   LOAD_BEFORE[$case]=$(cut -d' ' -f1-3 /proc/loadavg)
-  log "case $case: pgbench ${CASE_ARGS[$case]} -j $JOBS -T $DURATION (load ${LOAD_BEFORE[$case]})"
+  if [ "$case" = idle10k ]; then
+    log "case idle10k: $IDLE_CONNS idle trust logins per pooler"
+    for target in pgbouncer pgtarn; do
+      want_target "$target" && run_idle "$target"
+    done
+    continue
+  fi
+  log "case $case: pgbench ${CASE_ARGS[$case]} -j $JOBS -T $DURATION${CASE_SSL[$case]:+ sslmode=${CASE_SSL[$case]}} (load ${LOAD_BEFORE[$case]})"
   first=1
   for ((rep = 1; rep <= REPS; rep++)); do
     for target in direct pgbouncer pgtarn; do
@@ -654,14 +813,18 @@ report() {
   echo "- load average (1/5/15 min): at start $LOAD_START; at end $LOAD_END (the end value includes this benchmark's own load)"
   echo "- PostgreSQL $PG_VERSION (fsync=off, max_connections=200, SCRAM); pgbench $PGBENCH_VERSION"
   echo "- PgBouncer: $PGB_VERSION; pgtarn: $PGTARN_VERSION"
-  echo "- settings: DURATION=${DURATION}s REPS=$REPS SCALE=$SCALE POOL_SIZE=$POOL_SIZE -j $JOBS, pool_mode=transaction, max_client_conn=2000; TPS and latency are medians over REPS; runs alternate direct, pgbouncer, pgtarn"
+  echo "- settings: DURATION=${DURATION}s REPS=$REPS SCALE=$SCALE POOL_SIZE=$POOL_SIZE -j $JOBS, pool_mode=transaction, max_client_conn=$((IDLE_CONNS + 2000)); TPS and latency are medians over REPS; runs alternate direct, pgbouncer, pgtarn; p50/p99 from pgbench --log --sampling-rate=$SAMPLE"
   echo "- command: \`$COMMAND\`"
   echo
-  echo "| case | direct TPS | PgBouncer TPS | pgtarn TPS | pgtarn/PgBouncer | pgtarn/direct | pgtarn µs CPU/tx | PgBouncer µs CPU/tx | mean latency ms (direct / pgbouncer / pgtarn) |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
-  local case d b t md mb mt ld lb lt
+  echo "| case | direct TPS | PgBouncer TPS | pgtarn TPS | pgtarn/PgBouncer | pgtarn/direct | pgtarn µs CPU/tx | PgBouncer µs CPU/tx | mean latency ms (direct / PgBouncer / pgtarn) | p99 latency ms (direct / PgBouncer / pgtarn) |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"
+  local case d b t md mb mt ld lb lt pd pb pt
   for case in $CASES; do
+    [ "$case" = idle10k ] && continue
     d=$(cell_tps "$case|direct")
+    if [ "$case" = select1000 ] && [ -z "${TPS[$case|direct]:-}" ] && want_target direct; then
+      d="cannot connect²"
+    fi
     b=$(cell_tps "$case|pgbouncer")
     t=$(cell_tps "$case|pgtarn")
     md=$(med "${TPS[$case|direct]:-}")
@@ -670,15 +833,47 @@ report() {
     ld=$(fmt 3 "$(med "${LAT[$case|direct]:-}")")
     lb=$(fmt 3 "$(med "${LAT[$case|pgbouncer]:-}")")
     lt=$(fmt 3 "$(med "${LAT[$case|pgtarn]:-}")")
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s |\n' \
-      "$case \`${CASE_ARGS[$case]}\`" "$d" "$b" "$t" \
+    pd=$(fmt 3 "$(med "${P99[$case|direct]:-}")")
+    pb=$(fmt 3 "$(med "${P99[$case|pgbouncer]:-}")")
+    pt=$(fmt 3 "$(med "${P99[$case|pgtarn]:-}")")
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s / %s |\n' \
+      "$case \`${CASE_ARGS[$case]}\`${CASE_SSL[$case]:+ TLS}" "$d" "$b" "$t" \
       "$(ratio "$mt" "$mb")" "$(ratio "$mt" "$md")" \
       "$(fmt 1 "$(med "${CPU[$case|pgtarn]:-}")")" "$(fmt 1 "$(med "${CPU[$case|pgbouncer]:-}")")" \
-      "${ld:--}" "${lb:--}" "${lt:--}"
+      "${ld:--}" "${lb:--}" "${lt:--}" "${pd:--}" "${pb:--}" "${pt:--}"
   done
   echo
   echo "Ratios compare medians. A failed run is left out of the medians and counted as failed; FAIL means every run failed."
-  echo "µs CPU/tx: pooler process utime+stime (all threads) per transaction processed, including the clients' SCRAM logins."
+  echo "µs CPU/tx: pooler process utime+stime (all threads) per transaction processed, including the clients' logins."
+  echo "connect_*: one new login per transaction (pgbench -C), so TPS = logins/s."
+  if [[ " $CASES " == *" select1000 "* ]] && want_target direct; then
+    echo "² PostgreSQL runs with max_connections = 200: 1,000 direct clients cannot connect (\`remaining connection slots are reserved ...\`): reported as failed."
+  fi
+  if [[ " $CASES " == *" select10 "* ]]; then
+    local p0 p1 p2
+    p0=$(med "${P50[select10|direct]:-}")
+    p1=$(med "${P50[select10|pgbouncer]:-}")
+    p2=$(med "${P50[select10|pgtarn]:-}")
+    if [ -n "$p0" ]; then
+      echo
+      echo "Median (p50) latency at \`-S -c 10\`: direct ${p0} ms, PgBouncer ${p1:--} ms, pgtarn ${p2:--} ms; added over direct: PgBouncer $(awk -v a="$p1" -v b="$p0" 'BEGIN{ if (a != "") printf "%.0f", (a - b) * 1000; else printf "-" }') µs, pgtarn $(awk -v a="$p2" -v b="$p0" 'BEGIN{ if (a != "") printf "%.0f", (a - b) * 1000; else printf "-" }') µs."
+    fi
+  fi
+  if [ ${#IDLE[@]} -gt 0 ]; then
+    echo
+    echo "Memory with $IDLE_CONNS idle logged-in clients (trust logins held open by benches/idle_clients.py; VmRSS before, with them, and peak VmHWM):"
+    echo
+    echo "| pooler | clients logged in | login time s | VmRSS before MiB | VmRSS with clients MiB | VmHWM MiB |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    local name n r0 r1 h1 sec
+    for name in pgbouncer pgtarn; do
+      [ -n "${IDLE[$name]:-}" ] || continue
+      IFS='|' read -r n r0 r1 h1 sec <<<"${IDLE[$name]}"
+      printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$n" "$sec" \
+        "$(awk -v k="$r0" 'BEGIN{ printf "%.1f", k / 1024 }')" "$(awk -v k="$r1" 'BEGIN{ printf "%.1f", k / 1024 }')" \
+        "$(awk -v k="$h1" 'BEGIN{ printf "%.1f", k / 1024 }')"
+    done
+  fi
   echo
   echo "### Noise"
   echo
@@ -688,6 +883,7 @@ report() {
   echo "|---|---|---|"
   local all v
   for case in $CASES; do
+    [ "$case" = idle10k ] && continue
     all=""
     for target in direct pgbouncer pgtarn; do all+="${OUTSIDE[$case|$target]:-}"; done
     # shellcheck disable=SC2086
@@ -713,8 +909,8 @@ report() {
   echo
   echo "### Raw runs"
   echo
-  echo "| case | target | rep | TPS | transactions | latency ms | pooler µs CPU/tx | outside CPU % |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|"
+  echo "| case | target | rep | TPS | transactions | mean latency ms | p50 ms | p99 ms | pooler µs CPU/tx | outside CPU % |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${RAW_ROWS[@]}"
 }
 

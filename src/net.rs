@@ -5,8 +5,8 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A client or server connection.
@@ -60,6 +60,26 @@ impl Stream {
         let mut buf = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
         !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+    }
+
+    /// Reads into `buf` after making sure it has `room` bytes free, like
+    /// `read_buf`. An idle plain connection (empty `buf`) first waits until
+    /// the socket is readable with `buf`'s memory released, so that a
+    /// client that sends nothing holds no read buffer (thousands of idle
+    /// clients would otherwise hold `room` bytes each). Cancel safe.
+    pub async fn read_buf_lazily(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
+        if buf.is_empty()
+            && let Stream::Plain(s) = self
+        {
+            if buf.capacity() > 0 {
+                *buf = BytesMut::new();
+            }
+            s.readable().await?;
+        }
+        if buf.capacity() - buf.len() < room {
+            buf.reserve(2 * room);
+        }
+        self.read_buf(buf).await
     }
 
     /// Best-effort, non-blocking write of a Terminate on close (plain

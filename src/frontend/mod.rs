@@ -42,7 +42,10 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
     let config = ctx.config();
     let login_timeout = config.pgtarn.client_login_timeout;
     let client_tls = ctx.client_tls();
+    // The handshake and login futures are boxed so that their (large) state
+    // is freed once they are done instead of sizing every client's task.
     let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, client_tls.as_deref());
+    let hello = Box::pin(hello);
     let logging_in = ctx.count_login();
     let hello = tokio::time::timeout(login_timeout, hello).await;
     count_tls(&ctx, &hello);
@@ -78,7 +81,8 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
             .or(startup.param("user"))
             .unwrap_or("?")
     );
-    let login = tokio::time::timeout(login_timeout, login(stream, buf, &startup, &ctx)).await;
+    let login = Box::pin(login(stream, buf, &startup, &ctx));
+    let login = tokio::time::timeout(login_timeout, login).await;
     let (mut session, registration) = match login {
         Ok(Ok(s)) => s,
         Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
@@ -219,7 +223,7 @@ async fn login_steps(
     if let Some(keys) = keys {
         pool.learn_scram_keys(keys);
     }
-    let defaults = Arc::new(pool.login_params().await?);
+    let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
     let mut out = BytesMut::new();
     for (k, v) in params.login_report(&defaults) {

@@ -203,17 +203,17 @@ impl Session {
             return Ok(end);
         }
         loop {
-            make_room(&mut self.cbuf);
             let timer = self.next_timer();
             let event = match self.server.as_mut() {
                 None => tokio::select! {
                     _ = shutdown.wait() => Event::Shutdown,
                     r = killed(&mut self.listed) => Event::Killed(r),
                     t = expiry(timer) => Event::Timeout(t),
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
+                    r = self.client.read_buf_lazily(&mut self.cbuf, READ_ROOM) => Event::Client(r?),
                 },
                 Some(server) => {
                     let server = &mut **server;
+                    make_room(&mut self.cbuf);
                     make_room(&mut server.rbuf);
                     tokio::select! {
                         r = killed(&mut self.listed) => Event::Killed(r),

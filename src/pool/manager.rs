@@ -37,7 +37,7 @@ pub struct Manager {
     retire_before: AtomicU64,
     login_retry: LoginRetry,
     /// The ParameterStatus set of the first server connection.
-    pub(super) defaults: OnceLock<Vec<(String, String)>>,
+    pub(super) defaults: OnceLock<Arc<Vec<(String, String)>>>,
     /// The pool's statistics.
     pub(super) stats: Arc<PoolStats>,
     /// Where server connections are listed (`SHOW SERVERS`).
@@ -74,7 +74,10 @@ impl Manager {
     /// Connects and logs in within `server_connect_timeout`.
     async fn connect(&self, id: u64) -> Result<ServerConn, BackendError> {
         self.stats.connecting.fetch_add(1, Ordering::Relaxed);
-        let connect = ServerConn::connect(&self.target, id);
+        // Boxed: connecting and logging in is a large future, and it would
+        // otherwise be part of every client task's state (checkout awaits
+        // this), costing memory for every idle client.
+        let connect = Box::pin(ServerConn::connect(&self.target, id));
         let limit = self.settings.load().connect_timeout;
         let result = tokio::time::timeout(limit, connect).await;
         self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
@@ -153,7 +156,8 @@ impl managed::Manager for Manager {
         info!(server = id, target = ?self.target, "server connection opened");
         self.stats.opened.inc();
         self.list(&mut conn);
-        self.defaults.get_or_init(|| conn.login_params().to_vec());
+        self.defaults
+            .get_or_init(|| Arc::new(conn.login_params().to_vec()));
         Ok(Box::new(conn))
     }
 

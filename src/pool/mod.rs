@@ -298,8 +298,9 @@ impl Pool {
     }
 
     /// The ParameterStatus set a new client is told at login: the first
-    /// server's, learned by connecting once if no server exists yet.
-    pub async fn login_params(&self) -> Result<Vec<(String, String)>, CheckoutError> {
+    /// server's, learned by connecting once if no server exists yet. Shared
+    /// by all the pool's clients.
+    pub async fn login_params(&self) -> Result<Arc<Vec<(String, String)>>, CheckoutError> {
         if let Some(p) = self.inner.manager().defaults.get() {
             return Ok(p.clone());
         }
