@@ -229,7 +229,15 @@ impl Pool {
     /// timeouts from the next use.
     pub fn update(&self, settings: PoolSettings) {
         if settings.size != self.settings().size {
+            let before = self.inner.status().size;
             self.inner.resize(settings.size);
+            let closed = before.saturating_sub(self.inner.status().size);
+            for _ in 0..closed {
+                self.stats.server_closed("pool_size reduced");
+            }
+            if closed > 0 {
+                info!(pool = ?self.key, closed, "idle server connections closed: pool_size reduced");
+            }
         }
         self.settings.store(Arc::new(settings));
     }

@@ -203,6 +203,7 @@ fn close_label(reason: &str) -> &'static str {
         r if r.starts_with("session ended with an error") => "client_error",
         r if r.contains("RECONNECT") => "reconnect",
         r if r.contains("check") => "check_failed",
+        r if r.starts_with("pool_size") => "resize",
         _ => "other",
     }
 }
