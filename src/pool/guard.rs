@@ -6,6 +6,7 @@
 //! client.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use deadpool::managed::Object;
@@ -37,6 +38,24 @@ impl Checkout {
     }
 }
 
+/// True if the pool holds more connections than its (reduced) size, so a
+/// released one must close rather than go back.
+fn over_size(obj: &Object<Manager>) -> bool {
+    let Some(pool) = Object::pool(obj) else {
+        return false;
+    };
+    let shrinking = &pool.manager().shrinking;
+    if !shrinking.load(Ordering::Relaxed) {
+        return false;
+    }
+    let status = pool.status();
+    let over = status.size > status.max_size;
+    if !over {
+        shrinking.store(false, Ordering::Relaxed);
+    }
+    over
+}
+
 fn close(obj: Object<Manager>, reason: &str) {
     if let Some(pool) = Object::pool(&obj) {
         pool.manager().stats.server_closed(reason);
@@ -53,6 +72,9 @@ impl Drop for Checkout {
         };
         if !obj.is_reusable() {
             return close(obj, "released while not idle");
+        }
+        if over_size(&obj) {
+            return close(obj, "pool_size reduced");
         }
         obj.idle_since = Instant::now();
         if let Some(l) = &obj.listed {

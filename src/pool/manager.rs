@@ -36,6 +36,9 @@ pub struct Manager {
     /// ([`crate::stats::now_ns`]; 0 = none).
     retire_before: AtomicU64,
     login_retry: LoginRetry,
+    /// Set while the pool holds more connections than a reduced
+    /// `pool_size`: released connections are then closed (and counted).
+    pub(super) shrinking: std::sync::atomic::AtomicBool,
     /// The ParameterStatus set of the first server connection.
     pub(super) defaults: OnceLock<Arc<Vec<(String, String)>>>,
     /// The pool's statistics.
@@ -64,6 +67,7 @@ impl Manager {
             settings,
             retire_before: AtomicU64::new(0),
             login_retry: LoginRetry::default(),
+            shrinking: Default::default(),
             defaults: OnceLock::new(),
             stats,
             servers,

@@ -230,6 +230,12 @@ impl Pool {
     pub fn update(&self, settings: PoolSettings) {
         if settings.size != self.settings().size {
             let before = self.inner.status().size;
+            if settings.size < before {
+                self.inner
+                    .manager()
+                    .shrinking
+                    .store(true, Ordering::Relaxed);
+            }
             self.inner.resize(settings.size);
             let closed = before.saturating_sub(self.inner.status().size);
             for _ in 0..closed {
