@@ -27,9 +27,6 @@ pub fn refresh(ctx: &Context) {
     for pool in ctx.registry.pools() {
         let l = pool.stats.labels();
         let c = pool.counts(check);
-        fn with<'a>(l: &[&'a str; 3], state: &'a str) -> [&'a str; 4] {
-            [l[0], l[1], l[2], state]
-        }
         m.pool_clients
             .with_label_values(&with(&l, "active"))
             .set(c.cl_active as i64);
@@ -70,6 +67,11 @@ pub fn refresh(ctx: &Context) {
     cc.with_label_values(&["active"]).set(active as i64);
     cc.with_label_values(&["waiting"])
         .set(waiting_total.min(clients.len()) as i64);
+}
+
+/// The pool labels plus a `state` label value.
+fn with<'a>(l: &[&'a str; 3], state: &'a str) -> [&'a str; 4] {
+    [l[0], l[1], l[2], state]
 }
 
 /// `server_check_delay` when health checks are on.
