@@ -32,6 +32,7 @@ use crate::protocol::encode;
 use crate::protocol::sqlstate::QUERY_CANCELED;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter};
 use crate::shutdown::Shutdown;
+use crate::stats::CloseReason;
 use crate::stats::clients::{ConnState, KillReason, Listed};
 
 /// How a session ended without error.
@@ -520,7 +521,7 @@ impl Session {
             return;
         };
         if !clean {
-            server.discard("session ended with an error");
+            server.discard(CloseReason::ClientError);
             return;
         }
         if self.mode == PoolMode::Session && server.is_reusable() {
@@ -529,7 +530,7 @@ impl Session {
                 tokio::time::timeout(s.reset_timeout, server.run_internal(&s.reset_query)).await;
             if !matches!(reset, Ok(Ok(None))) {
                 debug!(server = server.id(), "server_reset_query failed");
-                server.discard("server_reset_query failed");
+                server.discard(CloseReason::ResetFailed);
                 return;
             }
             server.settings = lowercase_map(&self.defaults);

@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::manager::Manager;
 use crate::backend::ServerConn;
+use crate::stats::CloseReason;
 use crate::stats::clients::ConnState;
 
 /// A checked-out server connection.
@@ -31,7 +32,7 @@ impl Checkout {
     }
 
     /// Closes the connection instead of returning it, whatever its state.
-    pub fn discard(mut self, reason: &str) {
+    pub fn discard(mut self, reason: CloseReason) {
         if let Some(obj) = self.obj.take() {
             close(obj, reason);
         }
@@ -56,12 +57,12 @@ fn over_size(obj: &Object<Manager>) -> bool {
     over
 }
 
-fn close(obj: Object<Manager>, reason: &str) {
+fn close(obj: Object<Manager>, reason: CloseReason) {
     if let Some(pool) = Object::pool(&obj) {
         pool.manager().stats.server_closed(reason);
     }
     let conn = Object::take(obj);
-    info!(server = conn.id(), reason, "server connection closed");
+    info!(server = conn.id(), %reason, "server connection closed");
 }
 
 impl Drop for Checkout {
@@ -71,10 +72,10 @@ impl Drop for Checkout {
             return;
         };
         if !obj.is_reusable() {
-            return close(obj, "released while not idle");
+            return close(obj, CloseReason::Dirty);
         }
         if over_size(&obj) {
-            return close(obj, "pool_size reduced");
+            return close(obj, CloseReason::Resize);
         }
         obj.idle_since = Instant::now();
         if let Some(l) = &obj.listed {

@@ -23,8 +23,8 @@ use tracing::{info, warn};
 use super::PoolSettings;
 use super::health::{self, LoginRetry};
 use crate::backend::{BackendError, ConnectFailure, ServerConn, Target};
-use crate::stats::PoolStats;
 use crate::stats::clients::{ConnList, ConnState, NewConn};
+use crate::stats::{CloseReason, PoolStats};
 
 /// Creates and checks server connections for one pool.
 #[derive(Debug)]
@@ -101,13 +101,13 @@ impl Manager {
     }
 
     /// Why a connection must close before reuse as of `now`, if it must.
-    pub fn expiry(&self, metrics: &Metrics, now: Instant) -> Option<&'static str> {
+    pub fn expiry(&self, metrics: &Metrics, now: Instant) -> Option<CloseReason> {
         let age = now.saturating_duration_since(metrics.created);
         let retire = self.retire_before.load(Ordering::Relaxed);
         if retire != 0 && crate::stats::ns_at(now).saturating_sub(retire) <= age.as_nanos() as u64 {
-            Some("closed by RECONNECT or reload")
+            Some(CloseReason::Reconnect)
         } else if age >= self.settings.load().lifetime {
-            Some("server_lifetime reached")
+            Some(CloseReason::Lifetime)
         } else {
             None
         }
@@ -172,21 +172,22 @@ impl managed::Manager for Manager {
     ) -> RecycleResult<BackendError> {
         let settings = self.settings.load();
         let now = Instant::now();
-        let reason = if let Some(why) = self.expiry(metrics, now) {
-            why.to_owned()
+        let (reason, detail) = if let Some(why) = self.expiry(metrics, now) {
+            (why, None)
         } else if !conn.is_reusable() {
-            "closed by the server or not idle".to_owned()
+            (CloseReason::Broken, None)
         } else if !settings.health.needs_check(conn.idle_since, now) {
             return Ok(());
         } else {
             let (query, limit) = (&settings.health.check_query, settings.connect_timeout);
             match health::check(conn, query, limit).await {
                 Ok(()) => return Ok(()),
-                Err(why) => why,
+                Err(why) => (CloseReason::CheckFailed, Some(why)),
             }
         };
-        info!(server = conn.id(), reason = %reason, "server connection closed");
-        self.stats.server_closed(&reason);
-        Err(RecycleError::message(reason))
+        let detail = detail.unwrap_or_else(|| reason.text().to_owned());
+        info!(server = conn.id(), reason = %detail, "server connection closed");
+        self.stats.server_closed(reason);
+        Err(RecycleError::message(detail))
     }
 }

@@ -26,8 +26,8 @@ use tracing::{info, warn};
 use crate::auth::scram_client::ScramKeys;
 use crate::backend::{BackendError, Target};
 use crate::config::PoolMode;
-use crate::stats::PoolStats;
 use crate::stats::clients::ConnList;
+use crate::stats::{CloseReason, PoolStats};
 pub use guard::Checkout;
 pub use health::HealthSettings;
 pub use manager::Manager;
@@ -239,7 +239,7 @@ impl Pool {
             self.inner.resize(settings.size);
             let closed = before.saturating_sub(self.inner.status().size);
             for _ in 0..closed {
-                self.stats.server_closed("pool_size reduced");
+                self.stats.server_closed(CloseReason::Resize);
             }
             if closed > 0 {
                 info!(pool = ?self.key, closed, "idle server connections closed: pool_size reduced");
@@ -254,7 +254,7 @@ impl Pool {
         self.inner.manager().retire_existing();
         let closed = self.inner.retain(|_, _| false);
         for _ in 0..closed.removed.len() {
-            self.stats.server_closed("RECONNECT");
+            self.stats.server_closed(CloseReason::Reconnect);
         }
         if !closed.removed.is_empty() {
             info!(pool = ?self.key, closed = closed.removed.len(), "idle server connections closed (RECONNECT or reload)");
@@ -378,14 +378,14 @@ impl Pool {
             let reason = if let Some(why) = manager.expiry(&m, Instant::now()) {
                 why
             } else if !conn.is_reusable() {
-                "closed by the server while idle"
+                CloseReason::Broken
             } else if m.last_used() >= self.settings().idle_timeout && removable > 0 {
                 removable -= 1;
-                "server_idle_timeout reached"
+                CloseReason::IdleTimeout
             } else {
                 return true;
             };
-            info!(server = conn.id(), reason, "server connection closed");
+            info!(server = conn.id(), %reason, "server connection closed");
             self.stats.server_closed(reason);
             false
         });

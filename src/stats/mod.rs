@@ -19,7 +19,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, core::Collector,
 };
 
-pub use pool::{PoolStats, StatsTotals};
+pub use pool::{CloseReason, PoolStats, StatsTotals};
 
 /// Nanoseconds since the process's first call: a monotonic time that fits
 /// in an atomic.

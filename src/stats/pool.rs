@@ -45,6 +45,69 @@ pub struct PoolStats {
     period: Mutex<Period>,
 }
 
+/// Why a server connection was closed: the log line says
+/// [`CloseReason::text`], the metric's `reason` label [`CloseReason::label`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Older than `server_lifetime`.
+    Lifetime,
+    /// Unused for `server_idle_timeout` above `min_pool_size`.
+    IdleTimeout,
+    /// Released while not idle (e.g. a client left inside a transaction).
+    Dirty,
+    /// Closed by the server, or unexpected input, found at checkout or
+    /// while idle.
+    Broken,
+    /// `server_check_query` failed or did not answer.
+    CheckFailed,
+    /// The client's session ended with an error while holding it.
+    ClientError,
+    /// `server_reset_query` failed (session mode).
+    ResetFailed,
+    /// Admin `RECONNECT`, or a reload that retired the pool.
+    Reconnect,
+    /// A reload reduced `pool_size`.
+    Resize,
+}
+
+impl CloseReason {
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Lifetime => "lifetime",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Dirty => "dirty",
+            CloseReason::Broken => "broken",
+            CloseReason::CheckFailed => "check_failed",
+            CloseReason::ClientError => "client_error",
+            CloseReason::ResetFailed => "reset_failed",
+            CloseReason::Reconnect => "reconnect",
+            CloseReason::Resize => "resize",
+        }
+    }
+
+    /// The wording in the log line.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Lifetime => "server_lifetime reached",
+            CloseReason::IdleTimeout => "server_idle_timeout reached",
+            CloseReason::Dirty => "released while not idle",
+            CloseReason::Broken => "closed by the server or unexpected input",
+            CloseReason::CheckFailed => "server_check_query failed",
+            CloseReason::ClientError => "session ended with an error",
+            CloseReason::ResetFailed => "server_reset_query failed",
+            CloseReason::Reconnect => "closed by RECONNECT or reload",
+            CloseReason::Resize => "pool_size reduced",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
 /// Cumulative figures, as `SHOW STATS` reports them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StatsTotals {
@@ -119,12 +182,11 @@ impl PoolStats {
         self.transaction.observe(took.as_secs_f64());
     }
 
-    /// Records a closed server connection; `reason` is the log line's
-    /// wording, the label a short token.
-    pub fn server_closed(&self, reason: &str) {
+    /// Records a closed server connection.
+    pub fn server_closed(&self, reason: CloseReason) {
         let [d, u, m] = self.labels();
         self.closed
-            .with_label_values(&[d, u, m, close_label(reason)])
+            .with_label_values(&[d, u, m, reason.label()])
             .inc();
     }
 
@@ -189,22 +251,6 @@ impl PoolStats {
             p.started = Some(Instant::now());
         }
         p.averages
-    }
-}
-
-/// The `reason` label for a close reason as logged.
-fn close_label(reason: &str) -> &'static str {
-    match reason {
-        r if r.starts_with("server_lifetime") => "lifetime",
-        r if r.starts_with("server_idle_timeout") => "idle_timeout",
-        r if r.starts_with("released while not idle") => "dirty",
-        r if r.starts_with("closed by the server") => "broken",
-        r if r.starts_with("server_reset_query") => "reset_failed",
-        r if r.starts_with("session ended with an error") => "client_error",
-        r if r.contains("RECONNECT") => "reconnect",
-        r if r.contains("check") => "check_failed",
-        r if r.starts_with("pool_size") => "resize",
-        _ => "other",
     }
 }
 
