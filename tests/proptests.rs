@@ -117,10 +117,9 @@ fn run_splitter(
                     let raw = frame.raw().clone();
                     // Over the limit only a streamable message may come out
                     // whole, when all of it was already read (no memory is
-                    // reserved for it).
+                    // reserved for it); otherwise it is streamed.
                     prop_assert!(
-                        raw.len() - 1 <= max_len
-                            || (streamable(raw[0]) && raw.len() > STREAM_THRESHOLD),
+                        raw.len() - 1 <= max_len || streamable(raw[0]),
                         "frame of {} bytes (tag {}) over max_len {max_len}",
                         raw.len(),
                         raw[0]
@@ -135,7 +134,10 @@ fn run_splitter(
                         prop_assert!(chunk.len() >= HEADER_LEN);
                         let len = u32::from_be_bytes(chunk[1..5].try_into().unwrap()) as usize;
                         prop_assert!(streamable(chunk[0]), "streamed tag {}", chunk[0]);
-                        prop_assert!(len + 1 > STREAM_THRESHOLD, "streamed a {len}-byte frame");
+                        prop_assert!(
+                            len + 1 > STREAM_THRESHOLD || len > max_len,
+                            "streamed a {len}-byte frame"
+                        );
                         prop_assert!(len <= HARD_MAX_LEN);
                     }
                     out.extend_from_slice(&chunk);
@@ -209,7 +211,10 @@ proptest! {
         ],
         tail in proptest::collection::vec(any::<u8>(), 0..16),
     ) {
-        let streamable_big = client_streamable(tag) && len as usize + 1 > STREAM_THRESHOLD;
+        // Streamable messages over the threshold or over max_len (1024) are
+        // streamed, not refused.
+        let streamable_big = client_streamable(tag)
+            && (len as usize + 1 > STREAM_THRESHOLD || len as usize > 1024);
         prop_assume!(!(streamable_big && len as usize <= HARD_MAX_LEN));
         let mut buf = BytesMut::with_capacity(64);
         buf.extend_from_slice(&[tag]);
@@ -488,7 +493,10 @@ proptest! {
             format!("c={},r={nonce}", STANDARD.encode(&cbind_input))
         };
         for (pw, good) in [(&password, true), (&wrong, false)] {
-            if !good && wrong == password {
+            // HMAC pads its key with zero bytes, so passwords that differ
+            // only in trailing NULs are the same key to PBKDF2: not "wrong".
+            let trimmed = |p: &[u8]| p.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+            if !good && wrong[..trimmed(&wrong)] == password[..trimmed(&password)] {
                 continue;
             }
             let mut server = ScramServer::new(secret.clone(), binding.clone());
