@@ -90,3 +90,39 @@ ratio() { # ratio A B: A/B with 2 decimals, empty if either is missing
   [ -n "${1:-}" ] && [ -n "${2:-}" ] || return 0
   awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a / b }'
 }
+
+# remove_tmp RC LOG...: on failure (RC != 0) shows the last lines of each
+# non-empty LOG, then keeps $TMP if KEEP_TMP=1, else removes it.
+remove_tmp() {
+  local rc=$1 f
+  shift
+  [ -n "${TMP:-}" ] && [ -d "$TMP" ] || return 0
+  if [ "$rc" -ne 0 ]; then
+    for f in "$@"; do
+      [ -s "$f" ] && { log "last lines of $f:"; tail -n 15 "$f" >&2; }
+    done
+  fi
+  if [ "${KEEP_TMP:-0}" = 1 ]; then
+    log "kept $TMP"
+  else
+    rm -rf -- "$TMP"
+  fi
+}
+
+# find_pg_bin: the PostgreSQL server binaries (PG_BINDIR, else the newest
+# /usr/lib/postgresql/*/bin holding initdb) into PG_BIN; dies if none, or
+# if we are root and there is no `postgres` OS user to run them as.
+find_pg_bin() {
+  if [ -n "${PG_BINDIR:-}" ]; then
+    PG_BIN=$PG_BINDIR
+  else
+    PG_BIN=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null |
+      sort -V | tail -1 | xargs -r dirname)
+  fi
+  if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
+    die "no PostgreSQL server binaries (set PG_BINDIR; Debian: apt-get install -y postgresql)"
+  fi
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' OS user"
+  fi
+}

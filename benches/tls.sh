@@ -126,14 +126,7 @@ cleanup() {
       kill -KILL "$PG_PM_PID" 2>/dev/null
     fi
   fi
-  if [ -n "$TMP" ] && [ -d "$TMP" ]; then
-    if [ "$rc" -ne 0 ]; then
-      for f in "$TMP"/postgres.log "$TMP"/pgtarn.log; do
-        [ -s "$f" ] && { log "last lines of $f:"; tail -n 15 "$f" >&2; }
-      done
-    fi
-    if [ "$KEEP_TMP" = 1 ]; then log "kept $TMP"; else rm -rf -- "$TMP"; fi
-  fi
+  remove_tmp "$rc" "$TMP"/postgres.log "$TMP"/pgtarn.log
   exit "$rc"
 }
 trap cleanup EXIT
@@ -186,18 +179,7 @@ fi
 
 # --------------------------------------------------------------- PostgreSQL --
 
-if [ -n "${PG_BINDIR:-}" ]; then
-  PG_BIN=$PG_BINDIR
-else
-  PG_BIN=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null |
-    sort -V | tail -1 | xargs -r dirname)
-fi
-if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
-  die "no PostgreSQL server binaries (set PG_BINDIR; Debian: apt-get install -y postgresql)"
-fi
-if [ "$(id -u)" -eq 0 ]; then
-  id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' OS user"
-fi
+find_pg_bin
 
 TMP=$(mktemp -d /tmp/pgtarn-tls-bench.XXXXXX)
 chmod 700 "$TMP"
