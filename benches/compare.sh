@@ -370,20 +370,11 @@ gen_cert pgbouncer
 gen_cert pgtarn
 [ "$(id -u)" -eq 0 ] && chown root: "$TMP/pgtarn.key" "$TMP/pgtarn.crt"
 
-log "initdb into $PG_DATA ($PG_BIN)"
-printf 'postgres-bench-secret\n' >"$TMP/pwfile"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$TMP/pwfile"
-as_pg timeout 300 "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --pwfile="$TMP/pwfile" -E UTF8 \
-  --auth-local=trust --auth-host=scram-sha-256 --no-sync >"$TMP/initdb.log" 2>&1 ||
-  { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+pg_initdb 'postgres-bench-secret'
 as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null <<EOF
 
 # benches/compare.sh
 max_connections = 200
-password_encryption = 'scram-sha-256'
-fsync = off
-listen_addresses = '$HOST'
-unix_socket_directories = '$TMP'
 ssl = on
 ssl_cert_file = '$TMP/postgres.crt'
 ssl_key_file = '$TMP/postgres.key'

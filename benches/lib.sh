@@ -126,3 +126,23 @@ find_pg_bin() {
     id postgres >/dev/null 2>&1 || die "running as root but there is no 'postgres' OS user"
   fi
 }
+
+# pg_initdb SECRET: initdb into $PG_DATA (superuser `postgres` with password
+# SECRET; SCRAM over TCP, trust on the Unix socket) and the settings every
+# benchmark shares. The caller appends its own settings and pg_hba.conf.
+pg_initdb() {
+  log "initdb into $PG_DATA ($PG_BIN)"
+  printf '%s\n' "$1" >"$TMP/pwfile"
+  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$TMP/pwfile"; fi
+  as_pg timeout 300 "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --pwfile="$TMP/pwfile" -E UTF8 \
+    --auth-local=trust --auth-host=scram-sha-256 --no-sync >"$TMP/initdb.log" 2>&1 ||
+    { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+  as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null <<CONF
+
+# benches/lib.sh
+password_encryption = 'scram-sha-256'
+fsync = off
+listen_addresses = '$HOST'
+unix_socket_directories = '$TMP'
+CONF
+}

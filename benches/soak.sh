@@ -218,20 +218,11 @@ PG_DATA=$TMP/data
 mkdir "$TMP/rounds"
 cp "$BUILT_BIN" "$TMP/pgtarn" # a private copy: other builds may replace the original meanwhile
 
-log "initdb into $PG_DATA ($PG_BIN)"
-printf 'postgres-soak-secret\n' >"$TMP/pwfile"
-[ "$(id -u)" -eq 0 ] && chown postgres: "$TMP/pwfile"
-as_pg timeout 300 "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --pwfile="$TMP/pwfile" -E UTF8 \
-  --auth-local=trust --auth-host=scram-sha-256 --no-sync >"$TMP/initdb.log" 2>&1 ||
-  { cat "$TMP/initdb.log" >&2; die "initdb failed"; }
+pg_initdb 'postgres-soak-secret'
 as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null <<EOF
 
 # benches/soak.sh
 max_connections = 100
-password_encryption = 'scram-sha-256'
-fsync = off
-listen_addresses = '$HOST'
-unix_socket_directories = '$TMP'
 include_if_exists = 'soak_port.conf'
 EOF
 as_pg tee "$PG_DATA/pg_hba.conf" >/dev/null <<EOF
