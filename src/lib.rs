@@ -286,6 +286,10 @@ impl Pgtarn {
         drop(self.listener);
         self.ctx.shutdown.trigger();
         info!(clients = clients.len(), "shutting down");
+        // Idle clients end now, the others at the end of their transaction.
+        for c in self.ctx.clients.snapshot() {
+            c.kill(stats::clients::KillReason::Drain);
+        }
         let drain = match self.ctx.fast_shutdown.load(Ordering::SeqCst) {
             true => std::time::Duration::ZERO,
             false => self.ctx.config().pgtarn.shutdown_timeout,

@@ -64,17 +64,18 @@ impl Stream {
 
     /// Reads into `buf` after making sure it has `room` bytes free, like
     /// `read_buf`. An idle plain connection (empty `buf`) first waits until
-    /// the socket is readable with `buf`'s memory released, so that a
-    /// client that sends nothing holds no read buffer (thousands of idle
-    /// clients would otherwise hold `room` bytes each). Cancel safe.
+    /// the socket is readable with `buf`'s memory lent to a small
+    /// per-thread stock of spare buffers, so that a client that sends
+    /// nothing holds no read buffer (thousands of idle clients would
+    /// otherwise hold `room` bytes each), while a busy one takes a buffer
+    /// from the stock instead of allocating one per message. Cancel safe.
     pub async fn read_buf_lazily(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
         if buf.is_empty()
             && let Stream::Plain(s) = self
         {
-            if buf.capacity() > 0 {
-                *buf = BytesMut::new();
-            }
+            spare::put(std::mem::take(buf), room);
             s.readable().await?;
+            *buf = spare::take();
         }
         if buf.capacity() - buf.len() < room {
             buf.reserve(2 * room);
@@ -88,6 +89,39 @@ impl Stream {
         if let Stream::Plain(s) = self {
             let _ = s.try_write(data);
         }
+    }
+}
+
+/// The per-thread stock of empty read buffers behind
+/// [`Stream::read_buf_lazily`].
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Most buffers kept per thread.
+    const STOCK: usize = 256;
+
+    thread_local! {
+        static BUFFERS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Keeps `buf` (empty) for reuse if it still has `room` bytes free.
+    pub fn put(buf: BytesMut, room: usize) {
+        if buf.capacity() < room {
+            return;
+        }
+        BUFFERS.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < STOCK {
+                b.push(buf);
+            }
+        });
+    }
+
+    /// A spare buffer, or an empty one (which allocates on first use).
+    pub fn take() -> BytesMut {
+        BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default()
     }
 }
 
@@ -170,12 +204,19 @@ impl Outbox {
         let mut offset = 0;
         while first < self.segments.len() {
             let end = self.segments.len().min(first + IOV_BATCH);
-            let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-            iov[0] = IoSlice::new(&self.segments[first][offset..]);
-            for (slot, seg) in iov[1..].iter_mut().zip(&self.segments[first + 1..end]) {
-                *slot = IoSlice::new(seg);
-            }
-            let mut n = w.write_vectored(&iov[..end - first]).await?;
+            let head = &self.segments[first][offset..];
+            // One segment (the usual reply or query) goes out with a plain
+            // `send`, which costs the kernel less than `writev`.
+            let mut n = if end - first == 1 {
+                w.write(head).await?
+            } else {
+                let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+                iov[0] = IoSlice::new(head);
+                for (slot, seg) in iov[1..].iter_mut().zip(&self.segments[first + 1..end]) {
+                    *slot = IoSlice::new(seg);
+                }
+                w.write_vectored(&iov[..end - first]).await?
+            };
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

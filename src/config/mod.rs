@@ -144,7 +144,10 @@ pub struct General {
     /// closed. Default `"5s"`.
     #[serde(with = "humantime_serde")]
     pub server_reset_timeout: Duration,
-    /// Runtime worker threads; 0 means one per CPU core. Default 0.
+    /// Threads that run client sessions; 0 picks half the CPU cores (at
+    /// least one), leaving the rest to Postgres and the applications on a
+    /// shared host. With 1, pgtarn runs a single-threaded runtime, which
+    /// costs the least CPU per transaction. Default 0.
     pub workers: usize,
     /// Named prepared statements kept prepared on each server connection in
     /// transaction mode (least recently used ones are closed); 0 turns
@@ -218,6 +221,15 @@ pub struct General {
 }
 
 impl General {
+    /// The runtime threads `workers` asks for: itself, or for 0 half the
+    /// CPU cores, at least one.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        }
+    }
+
     /// Every setting as (key, value text), sorted by key; unset optional
     /// settings are left out.
     pub fn settings(&self) -> BTreeMap<String, String> {

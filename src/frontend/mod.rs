@@ -36,7 +36,7 @@ use params::ClientParams;
 use session::{End, Session};
 
 /// Serves one accepted client connection to the end.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shutdown: Shutdown) {
+pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, shutdown: Shutdown) {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let config = ctx.config();
@@ -92,7 +92,7 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, mut shu
     info!(%peer, client = %who, "client connected");
     let _member = list_client(&ctx, &mut session, &startup, peer);
     let span = tracing::debug_span!("client", %peer);
-    let end = session.run(&mut shutdown).instrument(span).await;
+    let end = session.run(&shutdown).instrument(span).await;
     drop(registration);
     if let Err(e) = &end
         && let Some(r) = e.reply()

@@ -126,7 +126,6 @@ enum Event {
     Killed(KillReason),
     Client(usize),
     Server(std::io::Result<usize>),
-    Shutdown,
 }
 
 /// Keeps at least this much free room before a read.
@@ -182,9 +181,16 @@ impl Session {
     }
 
     /// Relays until the client leaves, an error ends the session, or
-    /// shutdown; then releases or discards the server.
-    pub async fn run(&mut self, shutdown: &mut Shutdown) -> Result<End, ClientError> {
-        let result = self.relay(shutdown).await;
+    /// shutdown; then releases or discards the server. Shutdown reaches a
+    /// listed session as a [`KillReason::Drain`]; `shutdown` covers one
+    /// that was listed after the drain was announced.
+    pub async fn run(&mut self, shutdown: &Shutdown) -> Result<End, ClientError> {
+        if shutdown.is_triggered()
+            && let Some(l) = &self.listed
+        {
+            l.kill(KillReason::Drain);
+        }
+        let result = self.relay().await;
         let mid_message = self.server.as_ref().is_some_and(|s| s.splitter.in_stream());
         self.finish(result.is_ok()).await;
         result.map_err(|e| match e {
@@ -197,7 +203,7 @@ impl Session {
         })
     }
 
-    async fn relay(&mut self, shutdown: &mut Shutdown) -> Result<End, ClientError> {
+    async fn relay(&mut self) -> Result<End, ClientError> {
         if !self.cbuf.is_empty()
             && let Some(end) = self.on_client_data().await?
         {
@@ -207,8 +213,8 @@ impl Session {
             let timer = self.next_timer();
             let event = match self.server.as_mut() {
                 None => tokio::select! {
-                    _ = shutdown.wait() => Event::Shutdown,
-                    r = killed(&mut self.listed) => Event::Killed(r),
+                    biased;
+                    r = killed(&self.listed, KillReason::Drain) => Event::Killed(r),
                     t = expiry(timer) => Event::Timeout(t),
                     r = self.client.read_buf_lazily(&mut self.cbuf, READ_ROOM) => Event::Client(r?),
                 },
@@ -217,17 +223,19 @@ impl Session {
                     make_room(&mut self.cbuf);
                     make_room(&mut server.rbuf);
                     tokio::select! {
-                        r = killed(&mut self.listed) => Event::Killed(r),
+                        biased;
+                        r = killed(&self.listed, KillReason::Admin) => Event::Killed(r),
                         t = expiry(timer) => Event::Timeout(t),
-                        r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                         r = server.stream.read_buf(&mut server.rbuf) => Event::Server(r),
+                        r = self.client.read_buf(&mut self.cbuf) => Event::Client(r?),
                     }
                 }
             };
             match event {
-                Event::Shutdown => return Ok(End::Shutdown),
                 Event::Killed(KillReason::Admin) => return Ok(End::Killed),
-                Event::Killed(KillReason::Shutdown) => return Ok(End::Shutdown),
+                Event::Killed(KillReason::Drain | KillReason::Shutdown) => {
+                    return Ok(End::Shutdown);
+                }
                 Event::Timeout(t) => self.on_timeout(t)?,
                 Event::Client(0) => return Ok(End::Closed),
                 Event::Client(n) => {
@@ -569,10 +577,10 @@ fn query_timeout_error(f: Frame) -> Frame {
     Frame::from_raw(out.freeze()).unwrap_or(f)
 }
 
-/// Completes when an admin kills the client.
-async fn killed(listed: &mut Option<Listed>) -> KillReason {
+/// Completes when the client is asked to end with `at_least` or stronger.
+async fn killed(listed: &Option<Listed>, at_least: KillReason) -> KillReason {
     match listed {
-        Some(l) => l.killed().await,
+        Some(l) => l.killed(at_least).await,
         None => std::future::pending().await,
     }
 }

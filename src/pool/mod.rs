@@ -20,7 +20,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use deadpool::managed::{self, PoolError, QueueMode, Timeouts};
+use deadpool::managed::{self, PoolError, QueueMode, TimeoutType, Timeouts};
 use tracing::{info, warn};
 
 use crate::auth::scram_client::ScramKeys;
@@ -279,18 +279,30 @@ impl Pool {
         &self,
         started: Instant,
     ) -> Result<(Checkout, Instant), CheckoutError> {
-        let timeouts = Timeouts {
-            wait: Some(self.settings().wait_timeout),
-            create: None,
-            recycle: None,
-        };
         if self.paused.load(Ordering::Relaxed) {
             let _waiting = self.stats.start_wait();
             self.wait_resumed().await;
         }
-        let get = self.inner.timeout_get(&timeouts);
+        // First without waiting: a free server (the common case) costs no
+        // timer. With none free, queue (FIFO) for `query_wait_timeout`.
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: None,
+            recycle: None,
+        };
+        let get = self.inner.timeout_get(&now);
         let mut get = std::pin::pin!(get);
         let result = match poll_once(get.as_mut()).await {
+            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
+                let _waiting = self.stats.start_wait();
+                let queued = Timeouts {
+                    wait: Some(self.settings().wait_timeout),
+                    ..now
+                };
+                // Boxed: the queued path is the rare one, and keeping its
+                // state out of this future keeps every checkout's small.
+                Box::pin(self.inner.timeout_get(&queued)).await
+            }
             Some(r) => r,
             None => {
                 let _waiting = self.stats.start_wait();

@@ -9,15 +9,34 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::SystemTime;
 
-/// Why a connection was asked to end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use atomic_waker::AtomicWaker;
+
+/// Why a connection was asked to end, from the mildest request up; a
+/// stronger request overrides a milder one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum KillReason {
-    /// Admin `KILL`.
-    Admin,
-    /// Shutdown after `shutdown_timeout` (or a fast shutdown).
-    Shutdown,
+    /// Graceful shutdown: end at the next idle point (outside a
+    /// transaction), letting the running one finish.
+    Drain = 1,
+    /// Admin `KILL`: end now.
+    Admin = 2,
+    /// Shutdown after `shutdown_timeout` (or a fast shutdown): end now.
+    Shutdown = 3,
+}
+
+impl KillReason {
+    fn from_u8(v: u8) -> Option<KillReason> {
+        match v {
+            1 => Some(KillReason::Drain),
+            2 => Some(KillReason::Admin),
+            3 => Some(KillReason::Shutdown),
+            _ => None,
+        }
+    }
 }
 
 /// What a connection is doing.
@@ -61,7 +80,10 @@ pub struct ConnInfo {
     request_ns: AtomicU64,
     link: AtomicU64,
     remote_pid: AtomicI32,
-    kill: Mutex<Option<tokio::sync::oneshot::Sender<KillReason>>>,
+    /// The strongest [`KillReason`] asked for so far (0: none), and the
+    /// task waiting for it: an atomic load per poll on the relay path.
+    kill: AtomicU8,
+    kill_waker: AtomicWaker,
 }
 
 /// The facts a connection is listed with.
@@ -151,13 +173,15 @@ impl ConnInfo {
         self.remote_pid.load(Ordering::Relaxed)
     }
 
-    /// Asks the connection's task to end (admin `KILL`); see
-    /// [`Listed::killed`].
+    /// Asks the connection's task to end; see [`Listed::killed`].
     pub fn kill(&self, reason: KillReason) {
-        let sender = self.kill.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(s) = sender {
-            let _ = s.send(reason);
-        }
+        self.kill.fetch_max(reason as u8, Ordering::AcqRel);
+        self.kill_waker.wake();
+    }
+
+    /// The strongest kill request so far, if any.
+    pub fn kill_requested(&self) -> Option<KillReason> {
+        KillReason::from_u8(self.kill.load(Ordering::Acquire))
     }
 
     /// Records the Postgres backend's process id.
@@ -189,7 +213,6 @@ impl ConnList {
     /// Lists a new connection in `state` until the returned guard drops.
     pub fn add(self: &Arc<Self>, c: NewConn, state: ConnState) -> Listed {
         let now = SystemTime::now();
-        let (kill, killed) = tokio::sync::oneshot::channel();
         let info = Arc::new(ConnInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             facts: c,
@@ -200,13 +223,13 @@ impl ConnList {
             request_ns: AtomicU64::new(super::now_ns()),
             link: AtomicU64::new(0),
             remote_pid: AtomicI32::new(0),
-            kill: Mutex::new(Some(kill)),
+            kill: AtomicU8::new(0),
+            kill_waker: AtomicWaker::new(),
         });
         self.lock().insert(info.id, info.clone());
         Listed {
             list: self.clone(),
             info,
-            killed,
         }
     }
 
@@ -232,16 +255,24 @@ pub struct Listed {
     list: Arc<ConnList>,
     /// The entry.
     pub info: Arc<ConnInfo>,
-    killed: tokio::sync::oneshot::Receiver<KillReason>,
 }
 
 impl Listed {
-    /// Completes once [`ConnInfo::kill`] was called (never otherwise).
-    pub async fn killed(&mut self) -> KillReason {
-        match (&mut self.killed).await {
-            Ok(reason) => reason,
-            Err(_) => std::future::pending().await,
-        }
+    /// Completes once [`ConnInfo::kill`] asked for `at_least` or stronger,
+    /// with the reason (never otherwise). Can be polled again after it
+    /// completed.
+    pub fn killed(&self, at_least: KillReason) -> impl Future<Output = KillReason> + '_ {
+        std::future::poll_fn(move |cx| {
+            let ready = |v| KillReason::from_u8(v).filter(|r| *r >= at_least);
+            if let Some(r) = ready(self.info.kill.load(Ordering::Acquire)) {
+                return Poll::Ready(r);
+            }
+            self.info.kill_waker.register(cx.waker());
+            match ready(self.info.kill.load(Ordering::Acquire)) {
+                Some(r) => Poll::Ready(r),
+                None => Poll::Pending,
+            }
+        })
     }
 }
 
