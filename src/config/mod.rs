@@ -514,4 +514,19 @@ mod tests {
         assert!(err("[databases.a]\npool_mode = \"statement\"").contains("pool_mode"));
         assert!(err("[users.u]\npasword = \"x\"").contains("pasword"));
     }
+
+    #[test]
+    fn workers_zero_means_half_the_cores_and_at_least_one() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let with = |workers| {
+            General {
+                workers,
+                ..General::default()
+            }
+            .worker_threads()
+        };
+        assert_eq!(with(0), (cores / 2).max(1));
+        assert_eq!(with(1), 1);
+        assert_eq!(with(6), 6);
+    }
 }

@@ -35,34 +35,58 @@ impl Changed {
 }
 
 /// Cheap pre-check: could `sql` contain a tracked command at all? One
-/// tight pass, looking back only at a `t` (for `set`, which `reset`
-/// contains) or an `r` (for `discard`): both are rare letters in SQL.
+/// tight pass, looking back only at a `t` (ending `set` or `reset`) or an
+/// `r` (in `discard`), both rare letters in SQL, and accepting the word
+/// only where a statement starts, as [`changed_settings`] reads it: so
+/// `UPDATE t SET ...` costs no statement parsing.
 fn may_change(sql: &[u8]) -> bool {
     let lower = |i: usize| sql[i] | 0x20;
     for (i, &b) in sql.iter().enumerate() {
-        let hit = match b | 0x20 {
-            b't' => i >= 2 && lower(i - 1) == b'e' && lower(i - 2) == b's',
-            b'r' => {
-                i >= 5
-                    && sql
-                        .get(i - 5..i + 2)
-                        .is_some_and(|d| d.eq_ignore_ascii_case(b"discard"))
+        let start = match b | 0x20 {
+            b't' if i >= 2 && lower(i - 1) == b'e' && lower(i - 2) == b's' => {
+                let reset = i >= 4 && lower(i - 3) == b'e' && lower(i - 4) == b'r';
+                if reset && starts_statement(sql, i - 4) {
+                    return true;
+                }
+                i - 2
             }
-            _ => false,
+            b'r' if i >= 5
+                && sql
+                    .get(i - 5..i + 2)
+                    .is_some_and(|d| d.eq_ignore_ascii_case(b"discard")) =>
+            {
+                i - 5
+            }
+            _ => continue,
         };
-        if hit {
+        if starts_statement(sql, start) {
             return true;
         }
     }
     false
 }
 
+/// True when only white space stands between position `k` and the
+/// preceding `;` or the start of `sql`.
+fn starts_statement(sql: &[u8], k: usize) -> bool {
+    sql[..k]
+        .iter()
+        .rev()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_none_or(|&b| b == b';')
+}
+
 /// The settings the simple query `sql` changes.
 pub fn changed_settings(sql: &[u8]) -> Changed {
-    let mut changed = Changed::default();
     if !may_change(sql) {
-        return changed;
+        return Changed::default();
     }
+    read_changes(sql)
+}
+
+/// [`changed_settings`] without the pre-check.
+fn read_changes(sql: &[u8]) -> Changed {
+    let mut changed = Changed::default();
     let Ok(text) = std::str::from_utf8(sql) else {
         return changed;
     };
@@ -151,28 +175,60 @@ mod tests {
             b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"
         ));
         assert!(!may_change(b""));
-        for sql in [
-            &b"SET x = 1"[..],
-            b"update t sEt a = 1",
-            b"discard all",
-            b"select set_config('a', 'b', false)",
-            b"RESET ALL",
-            b"DISCARD",
-            b"xs",
-            b"se",
-            b"et",
-            b"discar",
-            b"iscard",
-            b"e",
-            b"c",
+        for (sql, may) in [
+            (&b"SET x = 1"[..], true),
+            (b"  reset all", true),
+            (b"RESET ALL", true),
+            (b"BEGIN; SET x = 1", true),
+            (b"select 1;\n\tsEt x to 2", true),
+            (b"x; discard all", true),
+            (b"DISCARD", true),
+            (b"update t sEt a = 1", false),
+            (b"select set_config('a', 'b', false)", false),
+            (b"select 'reset'", false),
+            (b"xs", false),
+            (b"se", false),
+            (b"et", false),
+            (b"discar", false),
+            (b"iscard", false),
+            (b"t", false),
+            (b"r", false),
         ] {
-            let expected = [&b"xs"[..], b"se", b"et", b"discar", b"iscard", b"e", b"c"];
-            assert_eq!(
-                may_change(sql),
-                !expected.contains(&sql),
-                "{}",
-                String::from_utf8_lossy(sql)
-            );
+            assert_eq!(may_change(sql), may, "{}", String::from_utf8_lossy(sql));
+        }
+    }
+
+    #[test]
+    fn the_pre_check_passes_everything_the_reader_finds() {
+        let heads = [
+            "",
+            " ",
+            "\n\t",
+            "select 1;",
+            "select ';'; ",
+            "update t ",
+            "x = 'a;b'; ",
+        ];
+        let bodies = [
+            "set a = 1",
+            "SET SESSION b TO 2",
+            "Set time zone 'UTC'",
+            "reset c",
+            "RESET ALL",
+            "discard all",
+            "set local d = 1",
+            "setx",
+            "select set_config('e', '1', false)",
+        ];
+        for head in heads {
+            for body in bodies {
+                for tail in ["", ";", "; select 2"] {
+                    let sql = format!("{head}{body}{tail}");
+                    if !read_changes(sql.as_bytes()).is_empty() {
+                        assert!(may_change(sql.as_bytes()), "{sql}");
+                    }
+                }
+            }
         }
     }
 
