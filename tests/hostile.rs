@@ -19,7 +19,7 @@ use common::pooler::{self, Pooler};
 use common::process::{PgtarnProcess, free_port};
 use common::raw::{self, Raw, ext};
 use common::{one, wait_until};
-use pgtarn::protocol::backend::error_fields;
+use pgtarn::protocol::backend::{ErrorFields, error_fields};
 use pgtarn::protocol::encode;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -608,25 +608,11 @@ async fn bad_lengths_mid_session_get_08p01_and_spare_other_clients() {
     // session; 10 MB of CopyData is streamed and lands whole.
     let big = "x".repeat(10_000_000);
     let (raw, _) = scram_login(p.addr, "big", LoginStop::Ready).await;
-    let (mut rd, mut wr) = raw.stream.into_split();
     let mut query = BytesMut::new();
     encode::query(&mut query, &format!("select '{big}'"));
-    let writer = tokio::spawn(async move {
-        // pgtarn may close before reading it all.
-        let _ = wr.write_all(&query).await;
-    });
-    let mut head = vec![0u8; 5];
-    timeout(DEADLINE, rd.read_exact(&mut head))
-        .await
-        .expect("an answer to a 10 MB Query")
-        .expect("an ErrorResponse header");
-    let len = u32::from_be_bytes(head[1..5].try_into().expect("len")) as usize;
-    let mut body = vec![0u8; len - 4];
-    rd.read_exact(&mut body).await.expect("error body");
-    let fields = error_fields(&body).expect("error fields");
-    assert_eq!((head[0], fields.code.as_str()), (b'E', "08P01"), "{fields}");
+    let (tag, fields) = first_reply_while_sending(raw.stream, query.to_vec()).await;
+    assert_eq!((tag, fields.code.as_str()), (b'E', "08P01"), "{fields}");
     assert!(fields.message.contains("max_message_len"), "{fields}");
-    writer.await.expect("writer");
 
     let (mut raw, _) = scram_login(p.addr, "big-copy", LoginStop::Ready).await;
     query_until(&mut raw, "copy hostile_rows from stdin", b'G').await;
@@ -649,21 +635,8 @@ async fn bad_lengths_mid_session_get_08p01_and_spare_other_clients() {
     packet.extend_from_slice(&(3u32 << 16).to_be_bytes());
     packet.resize(10_000_008, b'a');
     let raw = Raw::open(p.addr).await;
-    let (mut rd, mut wr) = raw.stream.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = wr.write_all(&packet).await;
-    });
-    let mut head = vec![0u8; 5];
-    timeout(DEADLINE, rd.read_exact(&mut head))
-        .await
-        .expect("an answer to a 10 MB startup packet")
-        .expect("an ErrorResponse header");
-    let len = u32::from_be_bytes(head[1..5].try_into().expect("len")) as usize;
-    let mut body = vec![0u8; len - 4];
-    rd.read_exact(&mut body).await.expect("error body");
-    let fields = error_fields(&body).expect("error fields");
-    assert_eq!((head[0], fields.code.as_str()), (b'E', "08P01"), "{fields}");
-    writer.await.expect("writer");
+    let (tag, fields) = first_reply_while_sending(raw.stream, packet).await;
+    assert_eq!((tag, fields.code.as_str()), (b'E', "08P01"), "{fields}");
 
     bystander.batch_execute("rollback").await.expect("rollback");
     assert_eq!(
@@ -674,4 +647,27 @@ async fn bad_lengths_mid_session_get_08p01_and_spare_other_clients() {
         .await,
         "0"
     );
+}
+
+/// Sends `bytes` (pgtarn may close before reading them all) while reading
+/// the first message back, which must be an error: its tag and fields.
+async fn first_reply_while_sending(
+    stream: tokio::net::TcpStream,
+    bytes: Vec<u8>,
+) -> (u8, ErrorFields) {
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+    });
+    let mut head = vec![0u8; 5];
+    timeout(DEADLINE, rd.read_exact(&mut head))
+        .await
+        .expect("an answer to a 10 MB message")
+        .expect("an ErrorResponse header");
+    let len = u32::from_be_bytes(head[1..5].try_into().expect("len")) as usize;
+    let mut body = vec![0u8; len - 4];
+    rd.read_exact(&mut body).await.expect("error body");
+    let fields = error_fields(&body).expect("error fields");
+    writer.await.expect("writer");
+    (head[0], fields)
 }
