@@ -203,20 +203,10 @@ impl Outbox {
         let mut first = 0;
         let mut offset = 0;
         while first < self.segments.len() {
-            let end = self.segments.len().min(first + IOV_BATCH);
-            let head = &self.segments[first][offset..];
-            // One segment (the usual reply or query) goes out with a plain
-            // `send`, which costs the kernel less than `writev`.
-            let mut n = if end - first == 1 {
-                w.write(head).await?
-            } else {
-                let mut iov = [IoSlice::new(&[]); IOV_BATCH];
-                iov[0] = IoSlice::new(head);
-                for (slot, seg) in iov[1..].iter_mut().zip(&self.segments[first + 1..end]) {
-                    *slot = IoSlice::new(seg);
-                }
-                w.write_vectored(&iov[..end - first]).await?
-            };
+            let segments = &self.segments;
+            let mut n =
+                std::future::poll_fn(|cx| poll_write_from(segments, first, offset, &mut *w, cx))
+                    .await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -237,6 +227,32 @@ impl Outbox {
         // no-op for plain TCP).
         w.flush().await
     }
+}
+
+/// Writes `segments` from byte `offset` of segment `first` on, up to
+/// [`IOV_BATCH`] of them at once. The `iovec` array lives only during the
+/// poll, so it is no part of any future's state. One segment (the usual
+/// reply or query) goes out with a plain `send`, which costs the kernel less
+/// than `writev`.
+fn poll_write_from<W: AsyncWrite + Unpin>(
+    segments: &[Bytes],
+    first: usize,
+    offset: usize,
+    w: &mut W,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<io::Result<usize>> {
+    let end = segments.len().min(first + IOV_BATCH);
+    let head = &segments[first][offset..];
+    let w = std::pin::Pin::new(w);
+    if end - first == 1 {
+        return w.poll_write(cx, head);
+    }
+    let mut iov = [IoSlice::new(&[]); IOV_BATCH];
+    iov[0] = IoSlice::new(head);
+    for (slot, seg) in iov[1..].iter_mut().zip(&segments[first + 1..end]) {
+        *slot = IoSlice::new(seg);
+    }
+    w.poll_write_vectored(cx, &iov[..end - first])
 }
 
 #[cfg(test)]

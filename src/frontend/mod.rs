@@ -37,40 +37,73 @@ use session::{End, Session};
 
 /// Serves one accepted client connection to the end.
 pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, shutdown: Shutdown) {
+    // Opening (handshake, login, cancel requests, the admin console) is
+    // boxed and freed once done: only the session loop's state stays in the
+    // task for as long as the client is connected, idle or not.
+    let mut opened = Box::pin(open(tcp, peer, &ctx, &shutdown)).await;
+    if let Some(client) = opened.as_mut() {
+        client.serve(&shutdown).await;
+    }
+}
+
+/// A logged-in client, listed and counted, ready for its session loop.
+struct Opened {
+    session: Session,
+    /// Unregistered (`None`) when the session ends, before the goodbye.
+    registration: Option<cancel::Registration>,
+    _member: PoolMember,
+    who: String,
+    peer: SocketAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Reads the client's first packets and logs it in. Answers cancel requests
+/// and admin console connections to the end; `None` when there is nothing
+/// more to serve (done, refused or failed, each logged and answered).
+async fn open(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<Context>,
+    shutdown: &Shutdown,
+) -> Option<Opened> {
     let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let config = ctx.config();
     let login_timeout = config.pgtarn.client_login_timeout;
     let client_tls = ctx.client_tls();
-    // The handshake and login futures are boxed so that their (large) state
-    // is freed once they are done instead of sizing every client's task.
     let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, client_tls.as_deref());
-    let hello = Box::pin(hello);
     let logging_in = ctx.count_login();
     let hello = tokio::time::timeout(login_timeout, hello).await;
-    count_tls(&ctx, &hello);
+    count_tls(ctx, &hello);
     let (mut stream, startup) = match hello {
         Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
         Ok(Ok((_, Hello::Cancel(key)))) => {
             let limit = config.pgtarn.cancel_wait_timeout;
-            return ctx.cancels.cancel(key, limit).await;
+            ctx.cancels.cancel(key, limit).await;
+            return None;
         }
         Ok(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
-        Ok(Err((None, e))) => return info!(%peer, error = %e, "client connection refused"),
-        Err(_) => return info!(%peer, "client connection closed: client_login_timeout"),
+        Ok(Err((None, e))) => {
+            info!(%peer, error = %e, "client connection refused");
+            return None;
+        }
+        Err(_) => {
+            info!(%peer, "client connection closed: client_login_timeout");
+            return None;
+        }
     };
     if config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() {
         return fail(&mut stream, peer, &ClientError::TlsRequired).await;
     }
     if is_admin_database(&startup) {
         drop(logging_in);
-        let served = crate::admin::serve(stream, buf, &startup, ctx.clone(), shutdown).await;
-        if let Err((mut stream, e)) = served {
-            fail(&mut stream, peer, &e).await;
+        let served = crate::admin::serve(stream, buf, &startup, ctx.clone(), shutdown.clone());
+        if let Err((mut stream, e)) = served.await {
+            fail::<()>(&mut stream, peer, &e).await;
         }
-        return;
+        return None;
     }
-    let Ok(_permit) = ctx.client_slots.clone().try_acquire_owned() else {
+    let Ok(permit) = ctx.client_slots.clone().try_acquire_owned() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
     let who = format!(
@@ -81,25 +114,43 @@ pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, shutdow
             .or(startup.param("user"))
             .unwrap_or("?")
     );
-    let login = Box::pin(login(stream, buf, &startup, &ctx));
-    let login = tokio::time::timeout(login_timeout, login).await;
+    let login = tokio::time::timeout(login_timeout, login(stream, buf, &startup, ctx)).await;
     let (mut session, registration) = match login {
         Ok(Ok(s)) => s,
         Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
-        Err(_) => return info!(%peer, client = %who, "client login timed out"),
+        Err(_) => {
+            info!(%peer, client = %who, "client login timed out");
+            return None;
+        }
     };
     drop(logging_in);
     info!(%peer, client = %who, "client connected");
-    let _member = list_client(&ctx, &mut session, &startup, peer);
-    let span = tracing::debug_span!("client", %peer);
-    let end = session.run(&shutdown).instrument(span).await;
-    drop(registration);
-    if let Err(e) = &end
-        && let Some(r) = e.reply()
-    {
-        session.pool.stats.error(&r.code);
+    let member = list_client(ctx, &mut session, &startup, peer);
+    Some(Opened {
+        session,
+        registration: Some(registration),
+        _member: member,
+        who,
+        peer,
+        _permit: permit,
+    })
+}
+
+impl Opened {
+    /// Runs the session loop to its end and reports how it ended. Takes
+    /// `&mut self` so that the task holds one copy of the client, not one
+    /// per future.
+    async fn serve(&mut self, shutdown: &Shutdown) {
+        let span = tracing::debug_span!("client", peer = %self.peer);
+        let end = self.session.run(shutdown).instrument(span).await;
+        drop(self.registration.take());
+        if let Err(e) = &end
+            && let Some(r) = e.reply()
+        {
+            self.session.pool.stats.error(&r.code);
+        }
+        report_end(&mut self.session.client, self.peer, &self.who, end).await;
     }
-    report_end(&mut session.client, peer, &who, end).await;
 }
 
 fn is_admin_database(startup: &StartupMessage) -> bool {
@@ -257,9 +308,11 @@ async fn negotiate_version(
 }
 
 /// Sends the error for `e`, if the client can still hear it, and logs it.
-async fn fail(stream: &mut Stream, peer: SocketAddr, e: &ClientError) {
+/// Returns `None`: the connection has nothing more to serve.
+async fn fail<T>(stream: &mut Stream, peer: SocketAddr, e: &ClientError) -> Option<T> {
     info!(%peer, error = %e, "client connection refused");
     send_fatal(stream, e).await;
+    None
 }
 
 async fn send_fatal(stream: &mut Stream, e: &ClientError) {

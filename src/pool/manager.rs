@@ -180,7 +180,9 @@ impl managed::Manager for Manager {
             return Ok(());
         } else {
             let (query, limit) = (&settings.health.check_query, settings.connect_timeout);
-            match health::check(conn, query, limit).await {
+            // Boxed: the check is rare, and its state would otherwise be
+            // part of every checkout future (so of every client's task).
+            match Box::pin(health::check(conn, query, limit)).await {
                 Ok(()) => return Ok(()),
                 Err(why) => (CloseReason::CheckFailed, Some(why)),
             }
