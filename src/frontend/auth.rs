@@ -60,7 +60,12 @@ pub async fn authenticate(
     method: AuthType,
 ) -> Result<Option<ScramKeys>, ClientError> {
     let failed = || ClientError::AuthFailed(user.to_owned());
-    let md5_hash = creds.user.and_then(|u| u.secret.md5_hash(user));
+    // Hashed only when md5 is asked for: the hash costs an allocation and
+    // an MD5 at every login otherwise.
+    let md5_hash = match method {
+        AuthType::Md5 => creds.user.and_then(|u| u.secret.md5_hash(user)),
+        _ => None,
+    };
     let keys = match method {
         AuthType::Trust if creds.user.is_some() => None,
         AuthType::Trust => return Err(failed()),

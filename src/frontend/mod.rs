@@ -276,9 +276,9 @@ async fn login_steps(
     }
     let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(512);
     for (k, v) in params.login_report(&defaults) {
-        encode::parameter_status(&mut out, &k, &v);
+        encode::parameter_status(&mut out, k, v);
     }
     encode::backend_key_data(&mut out, registration.key);
     encode::ready_for_query(&mut out, TxStatus::Idle);

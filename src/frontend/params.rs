@@ -102,18 +102,23 @@ impl ClientParams {
 
     /// The value the client asked for, by case-insensitive name.
     pub fn get(&self, name: &str) -> Option<&str> {
+        // A linear, allocation-free scan: this runs for every reported
+        // parameter at every login, over the few settings a client sent.
         self.wanted
-            .get(&name.to_ascii_lowercase())
-            .map(|(_, v)| v.as_str())
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, (_, v))| v.as_str())
     }
 
     /// The ParameterStatus set to report at login: the server defaults,
     /// with the client's own values where it set a reported parameter.
-    pub fn login_report(&self, defaults: &[(String, String)]) -> Vec<(String, String)> {
+    pub fn login_report<'a>(
+        &'a self,
+        defaults: &'a [(String, String)],
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
         defaults
             .iter()
-            .map(|(k, v)| (k.clone(), self.get(k).unwrap_or(v).to_owned()))
-            .collect()
+            .map(|(k, v)| (k.as_str(), self.get(k).unwrap_or(v)))
     }
 
     /// The SQL that brings a server whose known settings are `current`
@@ -318,9 +323,13 @@ mod tests {
     fn login_report_overrides_defaults_with_client_values() {
         let defaults = startup(&[("application_name", ""), ("server_version", "15")]);
         let p = ClientParams::from_startup(&startup(&[("application_name", "x")])).unwrap();
+        let report: Vec<(&str, &str)> = p.login_report(&defaults).collect();
         assert_eq!(
-            p.login_report(&defaults),
-            startup(&[("application_name", "x"), ("server_version", "15")])
+            report,
+            [("application_name", "x"), ("server_version", "15")]
         );
+        assert_eq!(p.get("Application_Name"), Some("x"));
+        let long = "x".repeat(100);
+        assert_eq!(p.get(&long), None);
     }
 }

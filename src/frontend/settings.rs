@@ -34,46 +34,24 @@ impl Changed {
     }
 }
 
-/// Cheap pre-check: could `sql` contain a tracked command at all? One
-/// tight pass, looking back only at a `t` (ending `set` or `reset`) or an
-/// `r` (in `discard`), both rare letters in SQL, and accepting the word
-/// only where a statement starts, as [`changed_settings`] reads it: so
-/// `UPDATE t SET ...` costs no statement parsing.
+/// Cheap pre-check: could `sql` contain a tracked command at all? Looks
+/// only where a statement can start, as [`changed_settings`] reads it (the
+/// beginning and after each `;`, found with `memchr`), for a word starting
+/// `set`, `reset` or `discard`: so `SELECT ...` or `UPDATE t SET ...` costs
+/// no statement parsing, and one pass over the bytes.
 fn may_change(sql: &[u8]) -> bool {
-    let lower = |i: usize| sql[i] | 0x20;
-    for (i, &b) in sql.iter().enumerate() {
-        let start = match b | 0x20 {
-            b't' if i >= 2 && lower(i - 1) == b'e' && lower(i - 2) == b's' => {
-                let reset = i >= 4 && lower(i - 3) == b'e' && lower(i - 4) == b'r';
-                if reset && starts_statement(sql, i - 4) {
-                    return true;
-                }
-                i - 2
-            }
-            b'r' if i >= 5
-                && sql
-                    .get(i - 5..i + 2)
-                    .is_some_and(|d| d.eq_ignore_ascii_case(b"discard")) =>
-            {
-                i - 5
-            }
-            _ => continue,
-        };
-        if starts_statement(sql, start) {
-            return true;
-        }
-    }
-    false
+    std::iter::once(0)
+        .chain(memchr::memchr_iter(b';', sql).map(|i| i + 1))
+        .any(|start| starts_tracked_word(&sql[start..]))
 }
 
-/// True when only white space stands between position `k` and the
-/// preceding `;` or the start of `sql`.
-fn starts_statement(sql: &[u8], k: usize) -> bool {
-    sql[..k]
+/// True when `s`, after white space, starts with `set`, `reset` or
+/// `discard` (any case).
+fn starts_tracked_word(s: &[u8]) -> bool {
+    let s = s.trim_ascii_start();
+    [&b"set"[..], b"reset", b"discard"]
         .iter()
-        .rev()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_none_or(|&b| b == b';')
+        .any(|w| s.get(..w.len()).is_some_and(|p| p.eq_ignore_ascii_case(w)))
 }
 
 /// The settings the simple query `sql` changes.
