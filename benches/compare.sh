@@ -26,6 +26,7 @@
 #   JOBS        pgbench worker threads (-j)                           [2]
 #   SAMPLE      pgbench --sampling-rate for the per-transaction logs that
 #               the p50/p99 latencies come from                       [0.1]
+#   RATE        total transactions/s of the latency10 case (-R)     [2000]
 #   IDLE_CONNS  idle logged-in clients held open for the idle10k case [10000]
 #   OUT         also write the Markdown report to this file           [unset]
 #   PGTARN_BIN  use this pgtarn binary instead of `cargo build --release`
@@ -46,6 +47,12 @@
 #
 # Cases (all with -j JOBS -T DURATION, SCRAM login as role "app" unless said):
 #   select10    -S -c 10                 select-only, simple protocol
+#   latency10   -S -c 10 -R RATE         the same, rate-limited to RATE tx/s in
+#               all so that no target saturates the machine: the latency a
+#               pooler adds per transaction (with the machine saturated, as in
+#               select10, a closed loop's latency is just clients / TPS).
+#               Its latencies leave out pgbench's schedule lag (the wait for
+#               the transaction's scheduled start).
 #   select100   -S -c 100                (direct: 100 backends; max_connections=200)
 #   select1000  -S -c 1000               direct cannot connect (max_connections=200):
 #               it is run and reported as failed
@@ -85,15 +92,15 @@
 # The load average is printed too, but on 2 cores it mostly counts this
 # benchmark's own runnable clients; "outside CPU %" is the better noise gauge.
 #
-# Time: about 5 cases x 3 targets x REPS x (DURATION + ~0.5 s) plus build and
-# setup: ~4 min at DURATION=5 REPS=3, ~8 min at the defaults.
+# Time: about 10 pgbench cases x 3 targets x REPS x (DURATION + ~0.5 s) plus
+# idle10k, build and setup: ~16 min at the defaults, ~9 min at DURATION=5.
 # Progress goes to stderr; the report goes to stdout (and OUT).
 # Needs: bash 4+, pgbench and psql on PATH, PostgreSQL server binaries,
 # coreutils timeout, pgrep; when run as root, the `postgres` OS user.
 
 set -euo pipefail
 
-KNOBS=(DURATION REPS CASES TARGETS SCALE POOL_SIZE JOBS SAMPLE IDLE_CONNS OUT PGTARN_BIN PGTARN_REF PG_BINDIR
+KNOBS=(DURATION REPS CASES TARGETS SCALE POOL_SIZE JOBS SAMPLE RATE IDLE_CONNS OUT PGTARN_BIN PGTARN_REF PG_BINDIR
   PGBOUNCER_BIN PGB_AUTH BUILD_TIMEOUT KEEP_TMP)
 # The command as given, with the knobs that were set, for the report.
 COMMAND=""
@@ -111,11 +118,12 @@ SCALE=${SCALE:-10}
 POOL_SIZE=${POOL_SIZE:-20}
 JOBS=${JOBS:-2}
 SAMPLE=${SAMPLE:-0.1}
+RATE=${RATE:-2000}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 PGB_AUTH=${PGB_AUTH:-plain}
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 KEEP_TMP=${KEEP_TMP:-0}
-ALL_CASES="select10 select100 select1000 tpcb50 extended50 prepared50 tls50 connect_scram connect_trust idle10k"
+ALL_CASES="select10 latency10 select100 select1000 tpcb50 extended50 prepared50 tls50 connect_scram connect_trust idle10k"
 CASES=${CASES:-$ALL_CASES}
 TARGETS=${TARGETS:-direct pgbouncer pgtarn}
 
@@ -128,6 +136,7 @@ HOST=127.0.0.1
 
 declare -A CASE_ARGS=(
   [select10]="-S -c 10"
+  [latency10]="-S -c 10 -R $RATE"
   [select100]="-S -c 100"
   [select1000]="-S -c 1000"
   [tpcb50]="-c 50"
@@ -161,7 +170,7 @@ die() {
 . "$ROOT/benches/lib.sh"
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-for knob in DURATION REPS SCALE POOL_SIZE JOBS BUILD_TIMEOUT IDLE_CONNS; do
+for knob in DURATION REPS SCALE POOL_SIZE JOBS RATE BUILD_TIMEOUT IDLE_CONNS; do
   if ! is_uint "${!knob}" || [ "${!knob}" -eq 0 ]; then die "$knob must be a positive integer (got '${!knob}')"; fi
 done
 for c in $CASES; do
@@ -468,6 +477,8 @@ max_client_conn = $((IDLE_CONNS + 2000))
 client_tls_sslmode = allow
 client_tls_cert_file = $TMP/pgbouncer.crt
 client_tls_key_file = $TMP/pgbouncer.key
+; plain TCP to Postgres (the default is "disable" before 1.20, "prefer" after)
+server_tls_sslmode = disable
 logfile = $TMP/pgbouncer.log
 ; pgtarn logs no connections at RUST_LOG=warn; do the same here
 log_connections = 0
@@ -531,6 +542,11 @@ password = "tapp-secret"
 mode = "allow"
 cert = "$TMP/pgtarn.crt"
 key = "$TMP/pgtarn.key"
+
+# Plain TCP to Postgres, as for PgBouncer (pgtarn's default "prefer" would
+# use TLS there, since this Postgres offers it).
+[tls.server]
+mode = "disable"
 EOF
     timeout 30 "$PGTARN_BIN_RUN" --check-config "$TMP/pgtarn.toml" >&2 ||
       die "pgtarn --check-config rejected $TMP/pgtarn.toml"
@@ -572,6 +588,24 @@ pid_of() {
 }
 
 # One pgbench run; appends to the per-(case, target) lists.
+# Prints the median p50 latency of CASE per target and what each pooler
+# adds over direct, with NOTE saying how to read it.
+added_latency() {
+  local case=$1 note=$2 p0 p1 p2
+  [[ " $CASES " == *" $case "* ]] || return 0
+  p0=$(med "${P50[$case|direct]:-}")
+  p1=$(med "${P50[$case|pgbouncer]:-}")
+  p2=$(med "${P50[$case|pgtarn]:-}")
+  [ -n "$p0" ] || return 0
+  echo
+  echo "Median (p50) latency at \`${CASE_ARGS[$case]}\` ($note): direct ${p0} ms, PgBouncer ${p1:--} ms, pgtarn ${p2:--} ms; added over direct: PgBouncer $(added_us "$p1" "$p0") µs, pgtarn $(added_us "$p2" "$p0") µs."
+}
+
+# (A - B) in µs for A and B in ms, or "-" without A.
+added_us() {
+  awk -v a="$1" -v b="$2" 'BEGIN{ if (a != "") printf "%.0f", (a - b) * 1000; else printf "-" }'
+}
+
 run_one() {
   local case=$1 target=$2 rep=$3 vacuum=$4
   local port pid key="$1|$2" out="$TMP/run-$1-$2-$3.log" rc=0
@@ -620,13 +654,18 @@ run_one() {
   for p in $PGB_PID $PGT_PID; do proc_ticks "$p" t && bg1=$((bg1 + t)); done
   if [ -n "$pid" ]; then proc_ticks "$pid" cpu1 || true; fi
 
-  local tps lat tx failed errors outside cpu_us="" p50="" p99=""
-  # Per-transaction latencies (µs, field 3) of all threads' sampled logs.
-  read -r p50 p99 < <(cat "$lat_prefix".* 2>/dev/null | awk '{print $3}' | sort -n |
+  local tps lat lag tx failed errors outside cpu_us="" p50="" p99=""
+  # Per-transaction latencies (µs, field 3) of all threads' sampled logs;
+  # with -R a 7th field is the schedule lag, which field 3 includes.
+  read -r p50 p99 < <(cat "$lat_prefix".* 2>/dev/null | awk '{print (NF >= 7) ? $3 - $7 : $3}' | sort -n |
     awk '{a[NR]=$1} END{ if (NR) { i50=int(0.5*NR); if (i50<1) i50=1; i99=int(0.99*NR); if (i99<1) i99=1; printf "%.3f %.3f\n", a[i50]/1000, a[i99]/1000 } else print "" }') || true
   rm -f -- "$lat_prefix".*
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
+  lag=$(sed -n 's/^rate limit schedule lag: avg \([0-9.]*\) .*/\1/p' "$out" | head -1)
+  if [ -n "$lat" ] && [ -n "$lag" ]; then
+    lat=$(awk -v l="$lat" -v g="$lag" 'BEGIN{ printf "%.3f", l - g }')
+  fi
   tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -1)
   outside=$(awk -v b=$((busy1 - busy0)) -v t=$((tot1 - tot0)) \
@@ -725,6 +764,16 @@ for case in $CASES; do
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# The poolers' server connections are still open: check that both reach
+# Postgres the same way (plain TCP), so that the comparison is fair.
+UPSTREAM_TLS=$(su_psql postgres -Atc "select count(*) filter (where s.ssl) || ' of ' || count(*)
+  from pg_stat_activity a join pg_stat_ssl s using (pid)
+  where a.usename in ('$APP_USER', '$TRUST_USER') and a.pid <> pg_backend_pid()" 2>/dev/null || echo "?")
+case $UPSTREAM_TLS in
+  0\ of\ * | \?) ;;
+  *) PROBLEMS+=("$UPSTREAM_TLS pooler server connections use TLS to Postgres (both poolers should use plain TCP)") ;;
+esac
+
 for name in pgbouncer pgtarn; do
   pid=$(pid_of "$name")
   if want_target "$name" && [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
@@ -783,6 +832,7 @@ report() {
   echo "- PostgreSQL $PG_VERSION (fsync=off, max_connections=200, SCRAM); pgbench $PGBENCH_VERSION"
   echo "- PgBouncer: $PGB_VERSION; pgtarn: $PGTARN_VERSION"
   echo "- settings: DURATION=${DURATION}s REPS=$REPS SCALE=$SCALE POOL_SIZE=$POOL_SIZE -j $JOBS, pool_mode=transaction, max_client_conn=$((IDLE_CONNS + 2000)); TPS and latency are medians over REPS; runs alternate direct, pgbouncer, pgtarn; p50/p99 from pgbench --log --sampling-rate=$SAMPLE"
+  echo "- poolers to Postgres: plain TCP (pgtarn \`[tls.server] mode = \"disable\"\`, PgBouncer \`server_tls_sslmode = disable\`); server connections over TLS at the end of the run: $UPSTREAM_TLS"
   echo "- command: \`$COMMAND\`"
   echo
   echo "| case | direct TPS | PgBouncer TPS | pgtarn TPS | pgtarn/PgBouncer | pgtarn/direct | pgtarn µs CPU/tx | PgBouncer µs CPU/tx | mean latency ms (direct / PgBouncer / pgtarn) | p99 latency ms (direct / PgBouncer / pgtarn) |"
@@ -815,19 +865,14 @@ report() {
   echo "Ratios compare medians. A failed run is left out of the medians and counted as failed; FAIL means every run failed."
   echo "µs CPU/tx: pooler process utime+stime (all threads) per transaction processed, including the clients' logins."
   echo "connect_*: one new login per transaction (pgbench -C), so TPS = logins/s."
+  if [[ " $CASES " == *" latency10 "* ]]; then
+    echo "latency10: pgbench -R $RATE paces the clients, so TPS is the rate; its latencies (mean, p50, p99) leave out the schedule lag."
+  fi
   if [[ " $CASES " == *" select1000 "* ]] && want_target direct; then
     echo "² PostgreSQL runs with max_connections = 200: 1,000 direct clients cannot connect (\`remaining connection slots are reserved ...\`): reported as failed."
   fi
-  if [[ " $CASES " == *" select10 "* ]]; then
-    local p0 p1 p2
-    p0=$(med "${P50[select10|direct]:-}")
-    p1=$(med "${P50[select10|pgbouncer]:-}")
-    p2=$(med "${P50[select10|pgtarn]:-}")
-    if [ -n "$p0" ]; then
-      echo
-      echo "Median (p50) latency at \`-S -c 10\`: direct ${p0} ms, PgBouncer ${p1:--} ms, pgtarn ${p2:--} ms; added over direct: PgBouncer $(awk -v a="$p1" -v b="$p0" 'BEGIN{ if (a != "") printf "%.0f", (a - b) * 1000; else printf "-" }') µs, pgtarn $(awk -v a="$p2" -v b="$p0" 'BEGIN{ if (a != "") printf "%.0f", (a - b) * 1000; else printf "-" }') µs."
-    fi
-  fi
+  added_latency select10 "closed loop, the machine saturated: each client's latency is about 10 / TPS"
+  added_latency latency10 "rate-limited to $RATE tx/s in all, schedule lag left out: the latency the hop adds"
   if [ ${#IDLE[@]} -gt 0 ]; then
     echo
     echo "Memory with $IDLE_CONNS idle logged-in clients (trust logins held open by benches/idle_clients.py; VmRSS before, with them, and peak VmHWM):"
