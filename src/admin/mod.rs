@@ -137,11 +137,11 @@ async fn login(
         mock_nonce: &ctx.mock_nonce,
         channel_binding: tls.as_ref().map(|t| &t.end_point_hash[..]),
     };
-    auth::authenticate(stream, buf, user, creds, config.pgtarn.auth_type).await?;
+    let mut out = BytesMut::with_capacity(256);
+    auth::authenticate(stream, buf, user, creds, config.pgtarn.auth_type, &mut out).await?;
     let Some(role) = role(&config, user) else {
         return Err(ClientError::NotAdmin(user.to_owned()));
     };
-    let mut out = BytesMut::new();
     for (k, val) in [
         ("server_version", "15.0 (pgtarn)"),
         ("server_encoding", "UTF8"),

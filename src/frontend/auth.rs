@@ -49,7 +49,10 @@ pub struct Credentials<'a> {
     pub channel_binding: Option<&'a [u8]>,
 }
 
-/// Authenticates the client as `user`, ending with AuthenticationOk.
+/// Authenticates the client as `user`. The last messages of a successful
+/// exchange (SCRAM's AuthenticationSASLFinal, then AuthenticationOk) are
+/// appended to `out` for the caller to send with the rest of the login, so
+/// that the client gets its whole answer in one segment and one wake-up.
 /// Returns the SCRAM passthrough keys when the user's secret is a verifier
 /// and the client proved it with SCRAM.
 pub async fn authenticate(
@@ -58,6 +61,7 @@ pub async fn authenticate(
     user: &str,
     creds: Credentials<'_>,
     method: AuthType,
+    out: &mut BytesMut,
 ) -> Result<Option<ScramKeys>, ClientError> {
     let failed = || ClientError::AuthFailed(user.to_owned());
     // Hashed only when md5 is asked for: the hash costs an allocation and
@@ -73,19 +77,19 @@ pub async fn authenticate(
             md5(stream, buf, user, md5_hash.as_deref()).await?;
             None
         }
-        AuthType::Md5 | AuthType::ScramSha256 => scram(stream, buf, user, creds).await?,
+        AuthType::Md5 | AuthType::ScramSha256 => scram(stream, buf, user, creds, out).await?,
     };
-    let mut out = BytesMut::new();
-    encode::auth_ok(&mut out);
-    stream.send(&out).await?;
+    encode::auth_ok(out);
     Ok(keys)
 }
 
+/// The SCRAM exchange; appends AuthenticationSASLFinal to `out`.
 async fn scram(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     creds: Credentials<'_>,
+    out: &mut BytesMut,
 ) -> Result<Option<ScramKeys>, ClientError> {
     let failed = || ClientError::AuthFailed(user.to_owned());
     let known = creds.user.and_then(|u| u.scram.as_ref());
@@ -116,7 +120,7 @@ async fn scram(
     if known.is_none() {
         return Err(failed());
     }
-    send_auth(stream, 12, |b| b.put_slice(&last)).await?;
+    put_auth(out, 12, |b| b.put_slice(&last));
     let passthrough = matches!(creds.user.map(|u| &u.secret), Some(Secret::Scram(_)));
     Ok(server
         .client_key()
@@ -154,12 +158,17 @@ async fn send_auth(
     body: impl FnOnce(&mut BytesMut),
 ) -> Result<(), ClientError> {
     let mut out = BytesMut::new();
-    encode::message(&mut out, b'R', |b| {
+    put_auth(&mut out, code, body);
+    stream.send(&out).await?;
+    Ok(())
+}
+
+/// Appends an Authentication message with `code` to `out`.
+fn put_auth(out: &mut BytesMut, code: i32, body: impl FnOnce(&mut BytesMut)) {
+    encode::message(out, b'R', |b| {
         b.put_i32(code);
         body(b);
     });
-    stream.send(&out).await?;
-    Ok(())
 }
 
 async fn password_frame(

@@ -251,10 +251,11 @@ async fn login_steps(
     let found = match ctx.users().get(user) {
         Some(u) => Some(u.clone()),
         None => {
+            // Boxed: the lookup (a tokio-postgres connection) is ~4.7 KB of
+            // future that every login would otherwise carry and copy.
             let tls = ctx.registry.upstream_tls(database);
-            ctx.auth_query
-                .lookup(&config, database, user, tls.as_ref())
-                .await
+            let lookup = ctx.auth_query.lookup(&config, database, user, tls.as_ref());
+            Box::pin(lookup).await
         }
     };
     let client_tls = ctx.client_tls();
@@ -268,7 +269,9 @@ async fn login_steps(
             .map(|t| &t.end_point_hash[..]),
     };
     let method = db.auth_type(&config.pgtarn);
-    let keys = auth::authenticate(stream, buf, user, creds, method).await?;
+    // AuthenticationOk and the rest of the login answer go in one write.
+    let mut out = BytesMut::with_capacity(512);
+    let keys = auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
     let secret = found.as_ref().map(|u| &u.secret);
     let pool = ctx.registry.get(database, user, secret)?;
     if let Some(keys) = keys {
@@ -276,7 +279,6 @@ async fn login_steps(
     }
     let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
-    let mut out = BytesMut::with_capacity(512);
     for (k, v) in params.login_report(&defaults) {
         encode::parameter_status(&mut out, k, v);
     }
