@@ -29,6 +29,27 @@ pub enum ParamError {
 /// Lower-case setting name → (name as sent, value).
 pub type Wanted = BTreeMap<String, (String, String)>;
 
+/// `wanted`, or an equal map already in use by an earlier client on this
+/// thread. Clients of one application usually log in with identical
+/// settings; sharing one `Arc` lets checkout see that a server is already
+/// in line with a client by comparing pointers instead of maps. (Changes
+/// during a session copy the map first: `Arc::make_mut`.)
+fn shared(wanted: Arc<Wanted>) -> Arc<Wanted> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<Arc<Wanted>>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(l) if **l == *wanted => l.clone(),
+            _ => {
+                *last = Some(wanted.clone());
+                wanted
+            }
+        }
+    })
+}
+
 /// The settings one client asked for at startup.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientParams {
@@ -58,6 +79,7 @@ impl ClientParams {
             }
         }
         p.startup = (*p.wanted).clone();
+        p.wanted = shared(p.wanted);
         Ok(p)
     }
 
@@ -266,6 +288,21 @@ mod tests {
         assert!(parse_options("-D /tmp").is_err());
         assert!(parse_options("-c").is_err());
         assert!(parse_options("-c noequals").is_err());
+    }
+
+    #[test]
+    fn equal_startup_settings_share_one_snapshot_until_one_changes() {
+        let s = startup(&[("user", "u"), ("application_name", "shared-test")]);
+        let mut a = ClientParams::from_startup(&s).unwrap();
+        let b = ClientParams::from_startup(&s).unwrap();
+        assert!(Arc::ptr_eq(&a.snapshot(), &b.snapshot()));
+        a.set("application_name", "changed");
+        assert_eq!(a.get("application_name"), Some("changed"));
+        assert_eq!(b.get("application_name"), Some("shared-test"));
+        assert!(!Arc::ptr_eq(&a.snapshot(), &b.snapshot()));
+        let other = ClientParams::from_startup(&startup(&[("application_name", "x")])).unwrap();
+        assert!(!Arc::ptr_eq(&other.snapshot(), &b.snapshot()));
+        assert_eq!(b.get("application_name"), Some("shared-test"));
     }
 
     #[test]
