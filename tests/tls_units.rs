@@ -188,7 +188,12 @@ async fn scripted_server(mut tcp: tokio::net::TcpStream, server: &ServerTls) -> 
     .await?;
     let initial = read_message(&mut tls, b'p').await?;
     let (mechanism, client_first) = split_initial_response(&initial);
-    let nonce = client_first.rsplit_once("r=").map_or("", |(_, n)| n);
+    // The nonce is the `r=` attribute; it may itself contain "r=" (any
+    // printable character but ','), so split on ',' rather than search.
+    let nonce = client_first
+        .split(',')
+        .find_map(|f| f.strip_prefix("r="))
+        .unwrap_or_default();
     let salt = STANDARD.encode(b"pgtarn-test-salt");
     let server_first = format!("r={nonce}server,s={salt},i=4096");
     let continue_body = [&11i32.to_be_bytes()[..], server_first.as_bytes()].concat();
