@@ -52,7 +52,6 @@ struct Opened {
     /// Unregistered (`None`) when the session ends, before the goodbye.
     registration: Option<cancel::Registration>,
     _member: PoolMember,
-    who: String,
     peer: SocketAddr,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -106,31 +105,22 @@ async fn open(
     let Ok(permit) = ctx.client_slots.clone().try_acquire_owned() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
-    let who = format!(
-        "{}@{}",
-        startup.param("user").unwrap_or("?"),
-        startup
-            .param("database")
-            .or(startup.param("user"))
-            .unwrap_or("?")
-    );
     let login = tokio::time::timeout(login_timeout, login(stream, buf, &startup, ctx)).await;
     let (mut session, registration) = match login {
         Ok(Ok(s)) => s,
         Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
         Err(_) => {
-            info!(%peer, client = %who, "client login timed out");
+            info!(%peer, client = %Who(&startup), "client login timed out");
             return None;
         }
     };
     drop(logging_in);
-    info!(%peer, client = %who, "client connected");
+    info!(%peer, client = %session.pool.key, "client connected");
     let member = list_client(ctx, &mut session, &startup, peer);
     Some(Opened {
         session,
         registration: Some(registration),
         _member: member,
-        who,
         peer,
         _permit: permit,
     })
@@ -149,7 +139,19 @@ impl Opened {
         {
             self.session.pool.stats.error(&r.code);
         }
-        report_end(&mut self.session.client, self.peer, &self.who, end).await;
+        let session = &mut self.session;
+        report_end(&mut session.client, self.peer, &session.pool.key, end).await;
+    }
+}
+
+/// `user@database` as a client's startup packet names them, for logs.
+struct Who<'a>(&'a StartupMessage);
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.0.param("user").unwrap_or("?");
+        let db = self.0.param("database").or(self.0.param("user"));
+        write!(f, "{user}@{}", db.unwrap_or("?"))
     }
 }
 
@@ -279,9 +281,7 @@ async fn login_steps(
     }
     let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
-    for (k, v) in params.login_report(&defaults) {
-        encode::parameter_status(&mut out, k, v);
-    }
+    params.encode_login_report(&defaults, &mut out);
     encode::backend_key_data(&mut out, registration.key);
     encode::ready_for_query(&mut out, TxStatus::Idle);
     stream.send(&out).await?;
@@ -329,7 +329,7 @@ async fn send_fatal(stream: &mut Stream, e: &ClientError) {
 async fn report_end(
     client: &mut Stream,
     peer: SocketAddr,
-    who: &str,
+    who: &crate::pool::PoolKey,
     end: Result<End, ClientError>,
 ) {
     match end {

@@ -6,11 +6,13 @@
 //! holds them; [`ClientParams::sync_sql`] computes the one statement that
 //! makes a server's settings match before the client's transaction runs.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Startup parameters that are not settings.
-const NOT_SETTINGS: [&str; 3] = ["user", "database", "options"];
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::encode;
 
 /// Why a client's startup parameters are refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,25 +31,38 @@ pub enum ParamError {
 /// Lower-case setting name → (name as sent, value).
 pub type Wanted = BTreeMap<String, (String, String)>;
 
-/// `wanted`, or an equal map already in use by an earlier client on this
-/// thread. Clients of one application usually log in with identical
-/// settings; sharing one `Arc` lets checkout see that a server is already
-/// in line with a client by comparing pointers instead of maps. (Changes
-/// during a session copy the map first: `Arc::make_mut`.)
-fn shared(wanted: Arc<Wanted>) -> Arc<Wanted> {
+/// Startup parameters that name settings (`options` included), in order.
+fn setting_params(params: &[(String, String)]) -> impl Iterator<Item = &(String, String)> {
+    params
+        .iter()
+        .filter(|(k, _)| !k.starts_with("_pq_.") && k != "user" && k != "database")
+}
+
+/// The settings map for `params`, built by `build`, or the one an earlier
+/// client on this thread logged in with if its setting parameters were the
+/// same. Clients of one application usually log in with identical
+/// settings: they then share one `Arc` (no map is built, and checkout sees
+/// that a server is already in line with a client by comparing pointers).
+/// Changes during a session copy the map first (`Arc::make_mut`).
+fn shared(
+    params: &[(String, String)],
+    build: impl FnOnce() -> Result<Wanted, ParamError>,
+) -> Result<Arc<Wanted>, ParamError> {
+    type Last = Option<(Vec<(String, String)>, Arc<Wanted>)>;
     thread_local! {
-        static LAST: std::cell::RefCell<Option<Arc<Wanted>>> = const { std::cell::RefCell::new(None) };
+        static LAST: RefCell<Last> = const { RefCell::new(None) };
     }
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        match last.as_ref() {
-            Some(l) if **l == *wanted => l.clone(),
-            _ => {
-                *last = Some(wanted.clone());
-                wanted
-            }
-        }
-    })
+    let hit = LAST.with(|last| match last.borrow().as_ref() {
+        Some((raw, map)) if raw.iter().eq(setting_params(params)) => Some(map.clone()),
+        _ => None,
+    });
+    if let Some(map) = hit {
+        return Ok(map);
+    }
+    let map = Arc::new(build()?);
+    let raw = setting_params(params).cloned().collect();
+    LAST.with(|last| *last.borrow_mut() = Some((raw, map.clone())));
+    Ok(map)
 }
 
 /// The settings one client asked for at startup.
@@ -57,46 +72,31 @@ pub struct ClientParams {
     /// last brought in line with it (see [`ClientParams::snapshot`]).
     wanted: Arc<Wanted>,
     /// The settings from the startup packet (what `RESET ALL` returns to).
-    startup: Wanted,
+    startup: Arc<Wanted>,
 }
 
 impl ClientParams {
     /// Collects the settings from a StartupMessage's parameters.
     pub fn from_startup(params: &[(String, String)]) -> Result<ClientParams, ParamError> {
-        let mut p = ClientParams::default();
-        for (k, v) in params {
-            if k == "replication" {
-                return Err(ParamError::Replication);
-            }
-            if k.starts_with("_pq_.") || NOT_SETTINGS.contains(&k.as_str()) {
-                continue;
-            }
-            p.insert(k, v)?;
+        if params.iter().any(|(k, _)| k == "replication") {
+            return Err(ParamError::Replication);
         }
-        if let Some((_, opts)) = params.iter().find(|(k, _)| k == "options") {
-            for (k, v) in parse_options(opts)? {
-                p.insert(&k, &v)?;
+        let startup = shared(params, || {
+            let mut map = Wanted::new();
+            for (k, v) in setting_params(params).filter(|(k, _)| k != "options") {
+                insert(&mut map, k, v)?;
             }
-        }
-        p.startup = (*p.wanted).clone();
-        p.wanted = shared(p.wanted);
-        Ok(p)
-    }
-
-    fn insert(&mut self, name: &str, value: &str) -> Result<(), ParamError> {
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-        if !valid {
-            return Err(ParamError::InvalidName(name.to_owned()));
-        }
-        let key = name.to_ascii_lowercase();
-        Arc::make_mut(&mut self.wanted).insert(key, (name.to_owned(), value.to_owned()));
-        Ok(())
+            if let Some((_, opts)) = params.iter().find(|(k, _)| k == "options") {
+                for (k, v) in parse_options(opts)? {
+                    insert(&mut map, &k, &v)?;
+                }
+            }
+            Ok(map)
+        })?;
+        Ok(ClientParams {
+            wanted: startup.clone(),
+            startup,
+        })
     }
 
     /// Records a value the client set during its session (`name` is
@@ -113,7 +113,7 @@ impl ClientParams {
 
     /// Back to the startup settings (`RESET ALL`, `DISCARD ALL`).
     pub fn reset_to_startup(&mut self) {
-        self.wanted = Arc::new(self.startup.clone());
+        self.wanted = self.startup.clone();
     }
 
     /// The settings wanted now, shared: a server that was brought in line
@@ -141,6 +141,33 @@ impl ClientParams {
         defaults
             .iter()
             .map(|(k, v)| (k.as_str(), self.get(k).unwrap_or(v)))
+    }
+
+    /// Appends [`ClientParams::login_report`] to `out` as ParameterStatus
+    /// messages. The encoding is kept per thread for the last (defaults,
+    /// settings) pair: clients of one application share both `Arc`s, so a
+    /// login usually copies the bytes instead of encoding ~14 messages.
+    pub fn encode_login_report(&self, defaults: &Arc<Vec<(String, String)>>, out: &mut BytesMut) {
+        type Last = Option<(Arc<Vec<(String, String)>>, Arc<Wanted>, Bytes)>;
+        thread_local! {
+            static LAST: RefCell<Last> = const { RefCell::new(None) };
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((d, w, bytes)) = last.as_ref()
+                && Arc::ptr_eq(d, defaults)
+                && Arc::ptr_eq(w, &self.wanted)
+            {
+                out.extend_from_slice(bytes);
+                return;
+            }
+            let start = out.len();
+            for (k, v) in self.login_report(defaults) {
+                encode::parameter_status(out, k, v);
+            }
+            let bytes = Bytes::copy_from_slice(&out[start..]);
+            *last = Some((defaults.clone(), self.wanted.clone(), bytes));
+        })
     }
 
     /// The SQL that brings a server whose known settings are `current`
@@ -191,6 +218,23 @@ impl ClientParams {
         }
         Some(sql)
     }
+}
+
+/// Adds a startup setting to `map`, checking its name.
+fn insert(map: &mut Wanted, name: &str, value: &str) -> Result<(), ParamError> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if !valid {
+        return Err(ParamError::InvalidName(name.to_owned()));
+    }
+    let key = name.to_ascii_lowercase();
+    map.insert(key, (name.to_owned(), value.to_owned()));
+    Ok(())
 }
 
 fn default_of<'a>(defaults: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -368,5 +412,27 @@ mod tests {
         assert_eq!(p.get("Application_Name"), Some("x"));
         let long = "x".repeat(100);
         assert_eq!(p.get(&long), None);
+    }
+
+    #[test]
+    fn encoded_login_report_is_reused_only_for_the_same_snapshots() {
+        let defaults = Arc::new(startup(&[("application_name", ""), ("TimeZone", "UTC")]));
+        let encode = |p: &ClientParams, d: &Arc<Vec<(String, String)>>| {
+            let mut out = BytesMut::from(&b"prefix"[..]);
+            p.encode_login_report(d, &mut out);
+            let mut want = BytesMut::from(&b"prefix"[..]);
+            for (k, v) in p.login_report(d) {
+                encode::parameter_status(&mut want, k, v);
+            }
+            assert_eq!(out, want);
+            out
+        };
+        let a = ClientParams::from_startup(&startup(&[("application_name", "report-a")])).unwrap();
+        let first = encode(&a, &defaults);
+        assert_eq!(encode(&a, &defaults), first);
+        let b = ClientParams::from_startup(&startup(&[("application_name", "report-b")])).unwrap();
+        assert_ne!(encode(&b, &defaults), first);
+        let other_defaults = Arc::new(startup(&[("application_name", ""), ("TimeZone", "CET")]));
+        assert_ne!(encode(&b, &other_defaults), encode(&b, &defaults));
     }
 }

@@ -42,6 +42,13 @@ pub struct PoolKey {
     pub user: String,
 }
 
+impl std::fmt::Display for PoolKey {
+    /// `user@database`, as logs name a client.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.user, self.database)
+    }
+}
+
 /// The settings one pool runs with.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {

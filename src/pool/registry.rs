@@ -2,7 +2,9 @@
 //! runs each pool's maintenance task, applies reloads, and pauses,
 //! resumes and reconnects pools for the admin console.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,14 +94,14 @@ impl Registry {
         user: &str,
         secret: Option<&Secret>,
     ) -> Result<Arc<Pool>, LookupError> {
+        let mut pools = self.lock();
+        if let Some(pool) = pools.get(&(database, user) as &dyn KeyRef) {
+            return Ok(pool.clone());
+        }
         let key = PoolKey {
             database: database.to_owned(),
             user: user.to_owned(),
         };
-        let mut pools = self.lock();
-        if let Some(pool) = pools.get(&key) {
-            return Ok(pool.clone());
-        }
         let pool = self.build(key.clone(), secret)?;
         if self.is_paused(database) {
             pool.set_paused(true);
@@ -116,11 +118,7 @@ impl Registry {
 
     /// The pool for `database` and `user`, if a client created it.
     pub fn find(&self, database: &str, user: &str) -> Option<Arc<Pool>> {
-        let key = PoolKey {
-            database: database.to_owned(),
-            user: user.to_owned(),
-        };
-        self.lock().get(&key).cloned()
+        self.lock().get(&(database, user) as &dyn KeyRef).cloned()
     }
 
     /// Every pool created so far (and not retired by a reload).
@@ -329,4 +327,65 @@ fn spawn_maintenance(pool: std::sync::Weak<Pool>) {
             pool.maintain().await;
         }
     });
+}
+
+/// A pool key as borrowed strings (database, user), so that looking a
+/// pool up at every login allocates nothing. Hashes and compares exactly
+/// like [`PoolKey`].
+trait KeyRef {
+    fn parts(&self) -> (&str, &str);
+}
+
+impl KeyRef for PoolKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.database, &self.user)
+    }
+}
+
+impl KeyRef for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn KeyRef + 'a> for PoolKey {
+    fn borrow(&self) -> &(dyn KeyRef + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn KeyRef + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The same sequence as PoolKey's derived Hash (database, user).
+        let (database, user) = self.parts();
+        database.hash(state);
+        user.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyRef + '_ {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_keys_find_exactly_their_pool() {
+        let key = |d: &str, u: &str| PoolKey {
+            database: d.into(),
+            user: u.into(),
+        };
+        let map: HashMap<PoolKey, u32> = [(key("app", "bob"), 1), (key("ab", "pbob"), 2)].into();
+        assert_eq!(map.get(&("app", "bob") as &dyn KeyRef), Some(&1));
+        assert_eq!(map.get(&("ab", "pbob") as &dyn KeyRef), Some(&2));
+        assert_eq!(map.get(&("app", "pbob") as &dyn KeyRef), None);
+        assert_eq!(map.get(&("appb", "ob") as &dyn KeyRef), None);
+        assert_eq!(map.get(&("bob", "app") as &dyn KeyRef), None);
+    }
 }
