@@ -230,10 +230,13 @@ impl Outbox {
 }
 
 /// Writes `segments` from byte `offset` of segment `first` on, up to
-/// [`IOV_BATCH`] of them at once. The `iovec` array lives only during the
-/// poll, so it is no part of any future's state. One segment (the usual
-/// reply or query) goes out with a plain `send`, which costs the kernel less
-/// than `writev`.
+/// [`IOV_BATCH`] of them at once. A batch of at most [`COALESCE_MAX`] bytes
+/// (a reply's RowDescription, DataRow, CommandComplete and ReadyForQuery,
+/// or a pipeline of small messages) is copied into one buffer and goes out
+/// with a plain `send`, which costs the kernel less than a `writev` of the
+/// same bytes in several pieces; larger batches are written vectored (their
+/// `iovec` array lives only during the poll, so it is no part of any
+/// future's state).
 fn poll_write_from<W: AsyncWrite + Unpin>(
     segments: &[Bytes],
     first: usize,
@@ -243,16 +246,37 @@ fn poll_write_from<W: AsyncWrite + Unpin>(
 ) -> std::task::Poll<io::Result<usize>> {
     let end = segments.len().min(first + IOV_BATCH);
     let head = &segments[first][offset..];
+    let rest = &segments[first + 1..end];
     let w = std::pin::Pin::new(w);
-    if end - first == 1 {
+    if rest.is_empty() {
         return w.poll_write(cx, head);
+    }
+    let total = head.len() + rest.iter().map(Bytes::len).sum::<usize>();
+    if total <= COALESCE_MAX {
+        return COALESCED.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.extend_from_slice(head);
+            rest.iter().for_each(|seg| buf.extend_from_slice(seg));
+            w.poll_write(cx, buf)
+        });
     }
     let mut iov = [IoSlice::new(&[]); IOV_BATCH];
     iov[0] = IoSlice::new(head);
-    for (slot, seg) in iov[1..].iter_mut().zip(&segments[first + 1..end]) {
+    for (slot, seg) in iov[1..].iter_mut().zip(rest) {
         *slot = IoSlice::new(seg);
     }
-    w.poll_write_vectored(cx, &iov[..end - first])
+    w.poll_write_vectored(cx, &iov[..=rest.len()])
+}
+
+/// Most bytes [`poll_write_from`] copies into one buffer rather than
+/// writing them vectored.
+const COALESCE_MAX: usize = 8 * 1024;
+
+thread_local! {
+    /// The buffer small batches are copied into (per thread, reused: it is
+    /// only borrowed within one poll).
+    static COALESCED: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(COALESCE_MAX));
 }
 
 #[cfg(test)]
@@ -279,5 +303,92 @@ mod tests {
         drop(a);
         assert_eq!(reader.await.unwrap(), expected);
         assert!(out.is_empty());
+    }
+
+    /// Records how each write arrived: plain (`false`) or vectored (`true`),
+    /// with its length; accepts at most `limit` bytes per call.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<(bool, usize)>,
+        data: Vec<u8>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = buf.len().min(self.limit);
+            self.calls.push((false, n));
+            self.data.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.limit - n);
+                self.data.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            self.calls.push((true, n));
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn flush_all(sizes: &[usize], limit: usize) -> Recorder {
+        let mut out = Outbox::default();
+        let mut expected = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let seg = vec![i as u8; n];
+            expected.extend_from_slice(&seg);
+            out.push(Bytes::from(seg));
+        }
+        let mut w = Recorder {
+            limit,
+            ..Recorder::default()
+        };
+        out.flush(&mut w).await.unwrap();
+        assert_eq!(w.data, expected);
+        w
+    }
+
+    #[tokio::test]
+    async fn a_small_reply_in_several_frames_goes_out_in_one_plain_write() {
+        // RowDescription, DataRow, CommandComplete, ReadyForQuery.
+        let w = flush_all(&[31, 13, 14, 6], usize::MAX).await;
+        assert_eq!(w.calls, [(false, 64)]);
+    }
+
+    #[tokio::test]
+    async fn large_batches_are_written_vectored_and_resume_after_short_writes() {
+        let w = flush_all(&[COALESCE_MAX, 10, 3000], 5000).await;
+        // 11,202 bytes: vectored while more than COALESCE_MAX remain, then
+        // copied into one buffer, then the rest of the last segment.
+        assert_eq!(w.calls, [(true, 5000), (false, 5000), (false, 1202)]);
     }
 }
