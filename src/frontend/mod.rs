@@ -249,7 +249,7 @@ async fn login_steps(
     let Some(db) = config.databases.get(database) else {
         return Err(ClientError::UnknownDatabase(database.to_owned()));
     };
-    let params = ClientParams::from_startup(&startup.params)?;
+    let params = ClientParams::from_startup(startup.params())?;
     let found = match ctx.users().get(user) {
         Some(u) => Some(u.clone()),
         None => {
@@ -295,10 +295,9 @@ async fn negotiate_version(
     startup: &StartupMessage,
 ) -> Result<(), ClientError> {
     let options: Vec<&str> = startup
-        .params
-        .iter()
+        .params()
         .filter(|(k, _)| k.starts_with("_pq_."))
-        .map(|(k, _)| k.as_str())
+        .map(|(k, _)| k)
         .collect();
     if startup.minor_version == 0 && options.is_empty() {
         return Ok(());

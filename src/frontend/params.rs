@@ -32,10 +32,25 @@ pub enum ParamError {
 pub type Wanted = BTreeMap<String, (String, String)>;
 
 /// Startup parameters that name settings (`options` included), in order.
-fn setting_params(params: &[(String, String)]) -> impl Iterator<Item = &(String, String)> {
-    params
-        .iter()
-        .filter(|(k, _)| !k.starts_with("_pq_.") && k != "user" && k != "database")
+fn setting_params<'a>(
+    params: impl Iterator<Item = (&'a str, &'a str)>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    params.filter(|(k, _)| !k.starts_with("_pq_.") && *k != "user" && *k != "database")
+}
+
+/// True if `raw` holds exactly the pairs of `pairs`, in order.
+fn same_pairs<'a>(
+    raw: &[(String, String)],
+    mut pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> bool {
+    let mut raw = raw.iter();
+    loop {
+        match (raw.next(), pairs.next()) {
+            (None, None) => return true,
+            (Some((rk, rv)), Some((k, v))) if rk == k && rv == v => {}
+            _ => return false,
+        }
+    }
 }
 
 /// The settings map for `params`, built by `build`, or the one an earlier
@@ -44,8 +59,8 @@ fn setting_params(params: &[(String, String)]) -> impl Iterator<Item = &(String,
 /// settings: they then share one `Arc` (no map is built, and checkout sees
 /// that a server is already in line with a client by comparing pointers).
 /// Changes during a session copy the map first (`Arc::make_mut`).
-fn shared(
-    params: &[(String, String)],
+fn shared<'a>(
+    params: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     build: impl FnOnce() -> Result<Wanted, ParamError>,
 ) -> Result<Arc<Wanted>, ParamError> {
     type Last = Option<(Vec<(String, String)>, Arc<Wanted>)>;
@@ -53,14 +68,16 @@ fn shared(
         static LAST: RefCell<Last> = const { RefCell::new(None) };
     }
     let hit = LAST.with(|last| match last.borrow().as_ref() {
-        Some((raw, map)) if raw.iter().eq(setting_params(params)) => Some(map.clone()),
+        Some((raw, map)) if same_pairs(raw, setting_params(params.clone())) => Some(map.clone()),
         _ => None,
     });
     if let Some(map) = hit {
         return Ok(map);
     }
     let map = Arc::new(build()?);
-    let raw = setting_params(params).cloned().collect();
+    let raw = setting_params(params)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
     LAST.with(|last| *last.borrow_mut() = Some((raw, map.clone())));
     Ok(map)
 }
@@ -77,16 +94,18 @@ pub struct ClientParams {
 
 impl ClientParams {
     /// Collects the settings from a StartupMessage's parameters.
-    pub fn from_startup(params: &[(String, String)]) -> Result<ClientParams, ParamError> {
-        if params.iter().any(|(k, _)| k == "replication") {
+    pub fn from_startup<'a>(
+        params: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    ) -> Result<ClientParams, ParamError> {
+        if params.clone().any(|(k, _)| k == "replication") {
             return Err(ParamError::Replication);
         }
-        let startup = shared(params, || {
+        let startup = shared(params.clone(), || {
             let mut map = Wanted::new();
-            for (k, v) in setting_params(params).filter(|(k, _)| k != "options") {
+            for (k, v) in setting_params(params.clone()).filter(|(k, _)| *k != "options") {
                 insert(&mut map, k, v)?;
             }
-            if let Some((_, opts)) = params.iter().find(|(k, _)| k == "options") {
+            if let Some((_, opts)) = params.clone().find(|(k, _)| *k == "options") {
                 for (k, v) in parse_options(opts)? {
                     insert(&mut map, &k, &v)?;
                 }
@@ -307,6 +326,10 @@ fn split_words(s: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn pairs(v: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> + Clone {
+        v.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     fn startup(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()
@@ -337,36 +360,37 @@ mod tests {
     #[test]
     fn equal_startup_settings_share_one_snapshot_until_one_changes() {
         let s = startup(&[("user", "u"), ("application_name", "shared-test")]);
-        let mut a = ClientParams::from_startup(&s).unwrap();
-        let b = ClientParams::from_startup(&s).unwrap();
+        let mut a = ClientParams::from_startup(pairs(&s)).unwrap();
+        let b = ClientParams::from_startup(pairs(&s)).unwrap();
         assert!(Arc::ptr_eq(&a.snapshot(), &b.snapshot()));
         a.set("application_name", "changed");
         assert_eq!(a.get("application_name"), Some("changed"));
         assert_eq!(b.get("application_name"), Some("shared-test"));
         assert!(!Arc::ptr_eq(&a.snapshot(), &b.snapshot()));
-        let other = ClientParams::from_startup(&startup(&[("application_name", "x")])).unwrap();
+        let other =
+            ClientParams::from_startup(pairs(&startup(&[("application_name", "x")]))).unwrap();
         assert!(!Arc::ptr_eq(&other.snapshot(), &b.snapshot()));
         assert_eq!(b.get("application_name"), Some("shared-test"));
     }
 
     #[test]
     fn startup_params_become_settings() {
-        let p = ClientParams::from_startup(&startup(&[
+        let p = ClientParams::from_startup(pairs(&startup(&[
             ("user", "u"),
             ("database", "d"),
             ("application_name", "app1"),
             ("options", "-c search_path=s1"),
             ("_pq_.x", "1"),
-        ]))
+        ])))
         .unwrap();
         assert_eq!(p.get("APPLICATION_NAME"), Some("app1"));
         assert_eq!(p.get("search_path"), Some("s1"));
         assert_eq!(p.get("user"), None);
         assert_eq!(
-            ClientParams::from_startup(&startup(&[("replication", "true")])),
+            ClientParams::from_startup(pairs(&startup(&[("replication", "true")]))),
             Err(ParamError::Replication)
         );
-        assert!(ClientParams::from_startup(&startup(&[("bad name;", "x")])).is_err());
+        assert!(ClientParams::from_startup(pairs(&startup(&[("bad name;", "x")]))).is_err());
     }
 
     #[test]
@@ -377,10 +401,10 @@ mod tests {
             ("timezone".into(), "UTC".into()),
         ]
         .into();
-        let a = ClientParams::from_startup(&startup(&[
+        let a = ClientParams::from_startup(pairs(&startup(&[
             ("application_name", "it's"),
             ("search_path", "s"),
-        ]))
+        ])))
         .unwrap();
         let sql = a.sync_sql(&mut current, &defaults).unwrap();
         assert_eq!(
@@ -403,7 +427,7 @@ mod tests {
     #[test]
     fn login_report_overrides_defaults_with_client_values() {
         let defaults = startup(&[("application_name", ""), ("server_version", "15")]);
-        let p = ClientParams::from_startup(&startup(&[("application_name", "x")])).unwrap();
+        let p = ClientParams::from_startup(pairs(&startup(&[("application_name", "x")]))).unwrap();
         let report: Vec<(&str, &str)> = p.login_report(&defaults).collect();
         assert_eq!(
             report,
@@ -427,10 +451,12 @@ mod tests {
             assert_eq!(out, want);
             out
         };
-        let a = ClientParams::from_startup(&startup(&[("application_name", "report-a")])).unwrap();
+        let a = ClientParams::from_startup(pairs(&startup(&[("application_name", "report-a")])))
+            .unwrap();
         let first = encode(&a, &defaults);
         assert_eq!(encode(&a, &defaults), first);
-        let b = ClientParams::from_startup(&startup(&[("application_name", "report-b")])).unwrap();
+        let b = ClientParams::from_startup(pairs(&startup(&[("application_name", "report-b")])))
+            .unwrap();
         assert_ne!(encode(&b, &defaults), first);
         let other_defaults = Arc::new(startup(&[("application_name", ""), ("TimeZone", "CET")]));
         assert_ne!(encode(&b, &other_defaults), encode(&b, &defaults));
