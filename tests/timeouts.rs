@@ -192,3 +192,46 @@ async fn query_timeout_gives_up_on_a_cancel_that_cannot_be_delivered() {
     assert_eq!(common::one(&next, "SELECT 5").await, "5");
     p.stop().await;
 }
+
+/// `client_login_timeout` bounds the whole login, from connecting to
+/// ReadyForQuery (as PgBouncer's does): a client that spends most of it
+/// before its startup packet does not get a fresh limit for authenticating.
+#[tokio::test]
+async fn client_login_timeout_bounds_the_whole_login() {
+    let general = "auth_type = \"scram-sha-256\"\nclient_login_timeout = \"1s\"";
+    let p = Pooler::start(&pooler::config(
+        PgServer::shared(),
+        general,
+        "pool_size = 1",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut raw = Raw::open(p.addr).await;
+    // A slow client: most of the limit passes before the startup packet.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    raw.send(&pgtarn::protocol::encode::startup_message(&[
+        ("user", "app"),
+        ("database", "app"),
+    ]))
+    .await;
+    let (tag, _) = raw.read().await.expect("an authentication request");
+    assert_eq!(tag, b'R');
+    // It never answers: pgtarn closes once the login's 1 s is up.
+    let rest = raw.read_to_eof().await;
+    let waited = started.elapsed();
+    assert!(rest.is_empty(), "sent {rest:?} before closing");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(1500)).contains(&waited),
+        "closed {waited:?} after connecting; client_login_timeout is 1 s for the whole login"
+    );
+    // Others still log in.
+    let (client, conn) = tokio_postgres::connect(&p.conn_str(""), NoTls)
+        .await
+        .expect("a prompt client logs in");
+    tokio::spawn(conn);
+    let row = tokio::time::timeout(DEADLINE, client.query_one("SELECT 1", &[]))
+        .await
+        .expect("SELECT 1 within the deadline")
+        .expect("SELECT 1");
+    assert_eq!(row.get::<_, i32>(0), 1);
+}

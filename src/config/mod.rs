@@ -126,7 +126,8 @@ pub struct General {
     /// long. Default `"1h"`.
     #[serde(with = "humantime_serde")]
     pub server_lifetime: Duration,
-    /// Time limit for a client to finish startup and authentication.
+    /// Time limit for a client's whole login (TLS handshake, startup and
+    /// authentication, from connecting to ReadyForQuery).
     /// Default `"60s"`.
     #[serde(with = "humantime_serde")]
     pub client_login_timeout: Duration,

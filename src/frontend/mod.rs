@@ -12,12 +12,14 @@ pub mod settings;
 pub mod translate;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tracing::{Instrument, info};
 
 use crate::Context;
@@ -72,21 +74,26 @@ async fn open(
     let client_tls = ctx.client_tls();
     let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, client_tls.as_deref());
     let logging_in = ctx.count_login();
-    let hello = tokio::time::timeout(login_timeout, hello).await;
+    // One limit for the whole login, from here to ReadyForQuery (as
+    // PgBouncer's); dropped (`set(None)`) when the connection turns out to
+    // be a cancel request or an admin console session.
+    let mut deadline = std::pin::pin!(Some(tokio::time::sleep(login_timeout)));
+    let hello = before(deadline.as_mut(), hello).await;
     count_tls(ctx, &hello);
     let (mut stream, startup) = match hello {
-        Ok(Ok((stream, Hello::Startup(m)))) => (stream, m),
-        Ok(Ok((_, Hello::Cancel(key)))) => {
+        Some(Ok((stream, Hello::Startup(m)))) => (stream, m),
+        Some(Ok((_, Hello::Cancel(key)))) => {
+            deadline.set(None);
             let limit = config.pgtarn.cancel_wait_timeout;
             ctx.cancels.cancel(key, limit).await;
             return None;
         }
-        Ok(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
-        Ok(Err((None, e))) => {
+        Some(Err((Some(mut stream), e))) => return fail(&mut stream, peer, &e).await,
+        Some(Err((None, e))) => {
             info!(%peer, error = %e, "client connection refused");
             return None;
         }
-        Err(_) => {
+        None => {
             info!(%peer, "client connection closed: client_login_timeout");
             return None;
         }
@@ -96,6 +103,7 @@ async fn open(
     }
     if is_admin_database(&startup) {
         drop(logging_in);
+        deadline.set(None);
         let served = crate::admin::serve(stream, buf, &startup, ctx.clone(), shutdown.clone());
         if let Err((mut stream, e)) = served.await {
             fail::<()>(&mut stream, peer, &e).await;
@@ -105,11 +113,11 @@ async fn open(
     let Ok(permit) = ctx.client_slots.clone().try_acquire_owned() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
-    let login = tokio::time::timeout(login_timeout, login(stream, buf, &startup, ctx)).await;
+    let login = before(deadline.as_mut(), login(stream, buf, &startup, ctx)).await;
     let (mut session, registration) = match login {
-        Ok(Ok(s)) => s,
-        Ok(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
-        Err(_) => {
+        Some(Ok(s)) => s,
+        Some(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
+        None => {
             info!(%peer, client = %Who(&startup), "client login timed out");
             return None;
         }
@@ -192,15 +200,31 @@ impl Drop for PoolMember {
     }
 }
 
-/// The outcome of reading a client's first packets, under the login timeout.
-type HelloResult =
-    Result<Result<(Stream, Hello), handshake::HelloError>, tokio::time::error::Elapsed>;
+/// The outcome of reading a client's first packets (`None`: the login
+/// timeout passed).
+type HelloResult = Option<Result<(Stream, Hello), handshake::HelloError>>;
 
 fn count_tls(ctx: &Context, hello: &HelloResult) {
     match hello {
-        Ok(Ok((s, _))) if s.is_tls() => ctx.registry.metrics.tls_handshake("client", true),
-        Ok(Err((_, ClientError::Tls(_)))) => ctx.registry.metrics.tls_handshake("client", false),
+        Some(Ok((s, _))) if s.is_tls() => ctx.registry.metrics.tls_handshake("client", true),
+        Some(Err((_, ClientError::Tls(_)))) => ctx.registry.metrics.tls_handshake("client", false),
         _ => {}
+    }
+}
+
+/// Runs `f` unless `deadline` passes first (`None`). A dropped deadline
+/// never passes.
+async fn before<F: std::future::Future>(
+    deadline: Pin<&mut Option<Sleep>>,
+    f: F,
+) -> Option<F::Output> {
+    let Some(deadline) = deadline.as_pin_mut() else {
+        return Some(f.await);
+    };
+    tokio::select! {
+        biased;
+        r = f => Some(r),
+        () = deadline => None,
     }
 }
 
