@@ -195,7 +195,8 @@ async fn query_timeout_gives_up_on_a_cancel_that_cannot_be_delivered() {
 
 /// `client_login_timeout` bounds the whole login, from connecting to
 /// ReadyForQuery (as PgBouncer's does): a client that spends most of it
-/// before its startup packet does not get a fresh limit for authenticating.
+/// before its startup packet does not get a fresh limit for authenticating
+/// (with a limit per phase it would be closed 1.8 s after connecting).
 #[tokio::test]
 async fn client_login_timeout_bounds_the_whole_login() {
     let general = "auth_type = \"scram-sha-256\"\nclient_login_timeout = \"1s\"";
@@ -208,7 +209,7 @@ async fn client_login_timeout_bounds_the_whole_login() {
     let started = Instant::now();
     let mut raw = Raw::open(p.addr).await;
     // A slow client: most of the limit passes before the startup packet.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     raw.send(&pgtarn::protocol::encode::startup_message(&[
         ("user", "app"),
         ("database", "app"),
@@ -221,7 +222,7 @@ async fn client_login_timeout_bounds_the_whole_login() {
     let waited = started.elapsed();
     assert!(rest.is_empty(), "sent {rest:?} before closing");
     assert!(
-        (Duration::from_millis(900)..Duration::from_millis(1500)).contains(&waited),
+        (Duration::from_millis(900)..Duration::from_millis(1600)).contains(&waited),
         "closed {waited:?} after connecting; client_login_timeout is 1 s for the whole login"
     );
     // Others still log in.
