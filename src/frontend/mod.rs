@@ -157,15 +157,15 @@ struct Who<'a>(&'a StartupMessage);
 
 impl std::fmt::Display for Who<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let user = self.0.param("user").unwrap_or("?");
-        let db = self.0.param("database").or(self.0.param("user"));
-        write!(f, "{user}@{}", db.unwrap_or("?"))
+        let user = self.0.user().unwrap_or("?");
+        write!(f, "{user}@{}", self.0.database().unwrap_or("?"))
     }
 }
 
 fn is_admin_database(startup: &StartupMessage) -> bool {
-    let db = startup.param("database").or(startup.param("user"));
-    db.is_some_and(|d| crate::config::ADMIN_DATABASES.contains(&d))
+    startup
+        .database()
+        .is_some_and(|d| crate::config::ADMIN_DATABASES.contains(&d))
 }
 
 /// Lists a logged-in client (`SHOW CLIENTS`) and counts it in its pool
@@ -261,14 +261,8 @@ async fn login_steps(
     ctx: &Arc<Context>,
 ) -> Result<LoggedIn, ClientError> {
     negotiate_version(stream, startup).await?;
-    let user = startup
-        .param("user")
-        .filter(|u| !u.is_empty())
-        .ok_or(ClientError::NoUser)?;
-    let database = startup
-        .param("database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or(user);
+    let user = startup.user().ok_or(ClientError::NoUser)?;
+    let database = startup.database().unwrap_or(user);
     let config = ctx.config();
     let Some(db) = config.databases.get(database) else {
         return Err(ClientError::UnknownDatabase(database.to_owned()));

@@ -11,8 +11,10 @@ mod health;
 mod manager;
 mod registry;
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,13 +36,61 @@ pub use manager::Manager;
 pub use registry::{LookupError, Registry};
 
 /// Identifies a pool: the database name clients use, and the user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PoolKey {
     /// Database name as clients know it.
     pub database: String,
     /// User name.
     pub user: String,
 }
+
+impl Hash for PoolKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyRef).hash(state);
+    }
+}
+
+/// A pool key as borrowed strings (database, user), so that looking a
+/// pool up at every login allocates nothing. [`PoolKey`] hashes through
+/// it, so both hash alike.
+pub(crate) trait KeyRef {
+    /// (database, user).
+    fn parts(&self) -> (&str, &str);
+}
+
+impl KeyRef for PoolKey {
+    fn parts(&self) -> (&str, &str) {
+        (&self.database, &self.user)
+    }
+}
+
+impl KeyRef for (&str, &str) {
+    fn parts(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> Borrow<dyn KeyRef + 'a> for PoolKey {
+    fn borrow(&self) -> &(dyn KeyRef + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn KeyRef + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (database, user) = self.parts();
+        database.hash(state);
+        user.hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyRef + '_ {}
 
 impl std::fmt::Display for PoolKey {
     /// `user@database`, as logs name a client.

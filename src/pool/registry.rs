@@ -2,16 +2,14 @@
 //! runs each pool's maintenance task, applies reloads, and pauses,
 //! resumes and reconnects pools for the admin console.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tracing::info;
 
-use super::{Pool, PoolKey, PoolSettings};
+use super::{KeyRef, Pool, PoolKey, PoolSettings};
 use crate::auth::Secret;
 use crate::backend::{Credential, Target, UpstreamTls};
 use crate::config::Config;
@@ -328,48 +326,6 @@ fn spawn_maintenance(pool: std::sync::Weak<Pool>) {
         }
     });
 }
-
-/// A pool key as borrowed strings (database, user), so that looking a
-/// pool up at every login allocates nothing. Hashes and compares exactly
-/// like [`PoolKey`].
-trait KeyRef {
-    fn parts(&self) -> (&str, &str);
-}
-
-impl KeyRef for PoolKey {
-    fn parts(&self) -> (&str, &str) {
-        (&self.database, &self.user)
-    }
-}
-
-impl KeyRef for (&str, &str) {
-    fn parts(&self) -> (&str, &str) {
-        (self.0, self.1)
-    }
-}
-
-impl<'a> Borrow<dyn KeyRef + 'a> for PoolKey {
-    fn borrow(&self) -> &(dyn KeyRef + 'a) {
-        self
-    }
-}
-
-impl Hash for dyn KeyRef + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // The same sequence as PoolKey's derived Hash (database, user).
-        let (database, user) = self.parts();
-        database.hash(state);
-        user.hash(state);
-    }
-}
-
-impl PartialEq for dyn KeyRef + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.parts() == other.parts()
-    }
-}
-
-impl Eq for dyn KeyRef + '_ {}
 
 #[cfg(test)]
 mod tests {

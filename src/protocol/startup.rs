@@ -64,6 +64,18 @@ impl StartupMessage {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params().find(|(k, _)| *k == name).map(|(_, v)| v)
     }
+
+    /// The user, if the client named one (an empty name counts as none).
+    pub fn user(&self) -> Option<&str> {
+        self.param("user").filter(|u| !u.is_empty())
+    }
+
+    /// The database, which defaults to the user's name (as in Postgres).
+    pub fn database(&self) -> Option<&str> {
+        self.param("database")
+            .filter(|d| !d.is_empty())
+            .or(self.user())
+    }
 }
 
 /// The total length of the startup packet at the front of `buf`, once its
@@ -186,6 +198,17 @@ mod tests {
         );
         assert_eq!(m.param("application_name"), Some(""));
         assert_eq!(m.param("options"), None);
+        assert_eq!((m.user(), m.database()), (Some("bob"), Some("app")));
+        let Ok(StartupPacket::Startup(m)) =
+            parse(&packet(PROTOCOL_3_0, b"user\0bob\0database\0\0\0"))
+        else {
+            panic!()
+        };
+        assert_eq!(m.database(), Some("bob"), "an empty database is the user's");
+        let Ok(StartupPacket::Startup(m)) = parse(&packet(PROTOCOL_3_0, b"user\0\0\0")) else {
+            panic!()
+        };
+        assert_eq!((m.user(), m.database()), (None, None));
         // Longer than any startup packet pgtarn reads: refused, not sliced.
         let mut huge = Vec::new();
         for i in 0..9_000 {
