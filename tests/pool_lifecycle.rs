@@ -84,6 +84,35 @@ async fn idle_servers_close_down_to_min_pool_size() {
     );
 }
 
+/// `server_idle_timeout` counts from when a server went back to the pool,
+/// not from when it was checked out: a server that has just served a
+/// transaction longer than the timeout is not idle.
+#[tokio::test]
+async fn server_idle_timeout_counts_from_release() {
+    let config = pooler::config(
+        PgServer::shared(),
+        "server_idle_timeout = \"2s\"",
+        "pool_size = 1",
+    );
+    let p = Pooler::start(&config).await;
+    let c = p.connect().await;
+    c.batch_execute("select pg_sleep(2.5)").await.unwrap();
+    let released = Instant::now();
+    let pool = p.pool();
+    // Maintenance runs every second: a server taken for idle since its
+    // checkout would be closed within a second of its release.
+    while released.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(pool.size(), 1, "closed {:?} after release", released.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until("the idle server closes", DEADLINE, || {
+        let size = pool.size();
+        async move { size == 0 }
+    })
+    .await;
+    assert!(released.elapsed() >= Duration::from_secs(2));
+}
+
 #[tokio::test]
 async fn servers_are_replaced_after_server_lifetime() {
     let config = pooler::config(

@@ -403,8 +403,8 @@ impl Pool {
         let mut used = 0;
         if let Some(delay) = check_delay {
             // `retain` visits the idle connections; keeping all of them.
-            self.inner.retain(|_, m| {
-                used += usize::from(m.last_used() >= delay);
+            self.inner.retain(|conn, _| {
+                used += usize::from(conn.idle_since.elapsed() >= delay);
                 true
             });
         }
@@ -448,7 +448,7 @@ impl Pool {
                 why
             } else if !conn.is_reusable() {
                 CloseReason::Broken
-            } else if m.last_used() >= self.settings().idle_timeout && removable > 0 {
+            } else if conn.idle_since.elapsed() >= self.settings().idle_timeout && removable > 0 {
                 removable -= 1;
                 CloseReason::IdleTimeout
             } else {
