@@ -578,6 +578,40 @@ async fn blackholed_or_slow_server_times_out_and_other_pools_are_unaffected() {
     wait_stats(&p, "direct", 1, 1).await;
 }
 
+/// A client whose login times out while pgtarn is still opening a server
+/// connection for it abandons that connect: `sv_login` (SHOW POOLS, the
+/// `login` servers gauge) must not go on counting it.
+#[tokio::test]
+async fn an_abandoned_server_connect_is_no_longer_counted_as_logging_in() {
+    let pg = PgServer::shared();
+    let proxy = FaultProxy::start(pg_addr(pg)).await;
+    proxy.set(Fault::Blackhole);
+    let general = "client_login_timeout = \"1s\"\nserver_connect_timeout = \"60s\"";
+    let p = Pooler::start(&config(
+        general,
+        &[("app", proxy.addr.port())],
+        "",
+        "app-secret",
+    ))
+    .await;
+    let pp = conn_str(&p, "app");
+    let login = tokio::spawn(async move { tokio_postgres::connect(&pp, NoTls).await.err() });
+    let logging_in = || {
+        let pool = p.ctx.registry.find("app", "app");
+        pool.map(|pool| pool.counts(None).sv_login)
+    };
+    wait_until("pgtarn is connecting", DEADLINE, || async {
+        logging_in() == Some(1)
+    })
+    .await;
+    let refused = within("the login timeout", login).await.unwrap();
+    assert!(refused.is_some(), "the login timed out");
+    wait_until("no server counted as logging in", DEADLINE, || async {
+        logging_in() == Some(0)
+    })
+    .await;
+}
+
 /// The connection cut in the middle of a large result: the client gets an
 /// error, not a truncated success; the server connection is discarded and
 /// the next query gets a new one and the whole result.

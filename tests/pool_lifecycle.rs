@@ -102,7 +102,12 @@ async fn server_idle_timeout_counts_from_release() {
     // Maintenance runs every second: a server taken for idle since its
     // checkout would be closed within a second of its release.
     while released.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(pool.size(), 1, "closed {:?} after release", released.elapsed());
+        assert_eq!(
+            pool.size(),
+            1,
+            "closed {:?} after release",
+            released.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_until("the idle server closes", DEADLINE, || {

@@ -77,14 +77,15 @@ impl Manager {
 
     /// Connects and logs in within `server_connect_timeout`.
     async fn connect(&self, id: u64) -> Result<ServerConn, BackendError> {
-        self.stats.connecting.fetch_add(1, Ordering::Relaxed);
+        // Counted until this future ends or is dropped (a client whose
+        // login timed out abandons the connect).
+        let _connecting = Connecting::count(&self.stats);
         // Boxed: connecting and logging in is a large future, and it would
         // otherwise be part of every client task's state (checkout awaits
         // this), costing memory for every idle client.
         let connect = Box::pin(ServerConn::connect(&self.target, id));
         let limit = self.settings.load().connect_timeout;
         let result = tokio::time::timeout(limit, connect).await;
-        self.stats.connecting.fetch_sub(1, Ordering::Relaxed);
         let result = result.map_err(|_| BackendError::Timeout(limit))?;
         match &result {
             Ok(conn) if conn.is_tls() => self.stats.server_tls(true),
@@ -191,5 +192,21 @@ impl managed::Manager for Manager {
         info!(server = conn.id(), reason = %detail, "server connection closed");
         self.stats.server_closed(reason);
         Err(RecycleError::message(detail))
+    }
+}
+
+/// A server connection being opened, counted in `sv_login` until dropped.
+struct Connecting<'a>(&'a PoolStats);
+
+impl<'a> Connecting<'a> {
+    fn count(stats: &'a PoolStats) -> Self {
+        stats.connecting.fetch_add(1, Ordering::Relaxed);
+        Connecting(stats)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::Relaxed);
     }
 }
