@@ -236,3 +236,60 @@ async fn client_login_timeout_bounds_the_whole_login() {
         .expect("SELECT 1");
     assert_eq!(row.get::<_, i32>(0), 1);
 }
+
+/// The admin console's login is a login like any other: bounded by
+/// `client_login_timeout` and counted against `max_client_conn`, so that
+/// unauthenticated connections naming the console cannot pile up.
+#[tokio::test]
+async fn console_logins_are_bounded_and_counted_like_any_login() {
+    let general = "auth_type = \"scram-sha-256\"\nclient_login_timeout = \"1s\"\n\
+                   max_client_conn = 2\nadmin_users = [\"app\"]";
+    let p = Pooler::start(&pooler::config(
+        PgServer::shared(),
+        general,
+        "pool_size = 1",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut stalled = Vec::new();
+    for database in ["pgtarn", "pgbouncer"] {
+        let mut raw = Raw::open(p.addr).await;
+        raw.send(&pgtarn::protocol::encode::startup_message(&[
+            ("user", "app"),
+            ("database", database),
+        ]))
+        .await;
+        let (tag, _) = raw.read().await.expect("an authentication request");
+        assert_eq!(tag, b'R');
+        stalled.push(raw);
+    }
+    // Both slots are taken by logins in progress: a third client is refused.
+    let refused = tokio_postgres::connect(&p.conn_str(""), NoTls).await;
+    let e = refused.err().expect("max_client_conn reached");
+    assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e}");
+    // Neither answers: each is closed once its login's 1 s is up.
+    for raw in &mut stalled {
+        let rest = raw.read_to_eof().await;
+        assert!(rest.is_empty(), "sent {rest:?} before closing");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1800),
+        "closed after {waited:?}"
+    );
+    // The slots are free again: the console and clients log in.
+    let admin = p.connect_with("dbname=pgtarn").await;
+    assert!(!admin.simple_query("SHOW POOLS").await.unwrap().is_empty());
+    let (client, conn) = tokio_postgres::connect(&p.conn_str(""), NoTls)
+        .await
+        .expect("a client logs in");
+    tokio::spawn(conn);
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}

@@ -50,22 +50,15 @@ pub fn role(config: &Config, user: &str) -> Option<Role> {
     }
 }
 
-/// Logs `user` in to the console and answers commands until the client
-/// leaves. Users who are neither admin nor stats users get 42501 after
-/// authenticating.
+/// Answers console commands for a user [`login`] let in, until the client
+/// leaves.
 pub async fn serve(
     mut stream: Stream,
     mut buf: BytesMut,
-    startup: &StartupMessage,
+    role: Role,
     ctx: Arc<Context>,
     mut shutdown: Shutdown,
 ) -> Result<(), (Stream, ClientError)> {
-    let user = startup.param("user").unwrap_or("").to_owned();
-    let role = match login(&mut stream, &mut buf, &user, &ctx).await {
-        Ok(role) => role,
-        Err(e) => return Err((stream, e)),
-    };
-    info!(%user, ?role, "admin console login");
     let mut splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
     loop {
         let mut out = BytesMut::new();
@@ -121,13 +114,16 @@ pub async fn serve(
     }
 }
 
-/// Authenticates like any user, then checks the console role.
-async fn login(
+/// Logs `startup`'s user in to the console: authenticates like any user,
+/// then checks the console role. Users who are neither admin nor stats
+/// users get 42501 after authenticating.
+pub async fn login(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    user: &str,
+    startup: &StartupMessage,
     ctx: &Arc<Context>,
 ) -> Result<Role, ClientError> {
+    let user = startup.user().unwrap_or("");
     let config = ctx.config();
     let users = ctx.users();
     let found = users.get(user).cloned();
@@ -142,6 +138,7 @@ async fn login(
     let Some(role) = role(&config, user) else {
         return Err(ClientError::NotAdmin(user.to_owned()));
     };
+    info!(%user, ?role, "admin console login");
     for (k, val) in [
         ("server_version", "15.0 (pgtarn)"),
         ("server_encoding", "UTF8"),

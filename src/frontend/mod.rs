@@ -101,18 +101,29 @@ async fn open(
     if config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() {
         return fail(&mut stream, peer, &ClientError::TlsRequired).await;
     }
-    if is_admin_database(&startup) {
-        drop(logging_in);
-        deadline.set(None);
-        let served = crate::admin::serve(stream, buf, &startup, ctx.clone(), shutdown.clone());
-        if let Err((mut stream, e)) = served.await {
-            fail::<()>(&mut stream, peer, &e).await;
-        }
-        return None;
-    }
+    // Console sessions count against max_client_conn too, as in PgBouncer.
     let Ok(permit) = ctx.client_slots.clone().try_acquire_owned() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
+    if is_admin_database(&startup) {
+        let login = crate::admin::login(&mut stream, &mut buf, &startup, ctx);
+        let role = match before(deadline.as_mut(), login).await {
+            Some(Ok(role)) => role,
+            Some(Err(e)) => return fail(&mut stream, peer, &e).await,
+            None => {
+                info!(%peer, client = %Who(&startup), "client login timed out");
+                return None;
+            }
+        };
+        drop(logging_in);
+        deadline.set(None);
+        let served = crate::admin::serve(stream, buf, role, ctx.clone(), shutdown.clone());
+        if let Err((mut stream, e)) = served.await {
+            fail::<()>(&mut stream, peer, &e).await;
+        }
+        drop(permit);
+        return None;
+    }
     let login = before(deadline.as_mut(), login(stream, buf, &startup, ctx)).await;
     let (mut session, registration) = match login {
         Some(Ok(s)) => s,
