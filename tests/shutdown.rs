@@ -89,3 +89,86 @@ async fn fast_shutdown_disconnects_everyone_at_once() {
     assert_eq!(ended_with(conn).await, "57P01 pgtarn is shutting down");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+/// A table `app` may write to, dropped and made anew.
+async fn fresh_table(name: &str) -> tokio_postgres::Client {
+    let pg = PgServer::shared();
+    let (su, conn) = tokio_postgres::connect(&pg.superuser_conn_str("app"), NoTls)
+        .await
+        .expect("superuser");
+    tokio::spawn(conn);
+    let sql = format!(
+        "drop table if exists {name}; create table {name} (id int); grant all on {name} to app"
+    );
+    su.batch_execute(&sql).await.expect("create table");
+    su
+}
+
+async fn rows_in(su: &tokio_postgres::Client, table: &str) -> i64 {
+    let sql = format!("select count(*) from {table}");
+    su.query_one(&sql, &[]).await.expect("count").get(0)
+}
+
+/// A client queued for a server when KILL or shutdown comes is ended
+/// there, with 57P01: its query never runs, not even on the server the
+/// kill frees (a client told 57P01 must be able to trust that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_for_a_server_are_ended_before_their_query_runs() {
+    for how in ["KILL app", "SHUTDOWN"] {
+        let table = format!(
+            "waiting_{}_{}",
+            &how[..4].to_lowercase(),
+            std::process::id()
+        );
+        let su = fresh_table(&table).await;
+        let general = "admin_users = [\"app\"]\nshutdown_timeout = \"10s\"";
+        let p = Pooler::start(&pooler::config(
+            PgServer::shared(),
+            general,
+            "pool_size = 1",
+        ))
+        .await;
+        let (holder, holder_conn) = connect(&p).await;
+        holder.batch_execute("begin").await.expect("begin");
+        let (waiter, waiter_conn) = connect(&p).await;
+        let insert = format!("insert into {table} values (1)");
+        let waiting = tokio::spawn(async move { waiter.batch_execute(&insert).await });
+        let pool = p.pool();
+        common::wait_until("the client is queued", DEADLINE, || {
+            let queued = pool.waiting();
+            async move { queued == 1 }
+        })
+        .await;
+        let admin = p.connect_with("dbname=pgtarn").await;
+        admin.simple_query(how).await.expect(how);
+        let expected = match how {
+            "KILL app" => "57P01 terminating connection due to administrator command (KILL)",
+            _ => "57P01 pgtarn is shutting down",
+        };
+        let e = tokio::time::timeout(DEADLINE, waiting)
+            .await
+            .expect("the waiting client is ended")
+            .unwrap()
+            .expect_err("ended by an error");
+        let got = e
+            .as_db_error()
+            .map(|d| format!("{} {}", d.code().code(), d.message()));
+        assert_eq!(got.as_deref(), Some(expected), "{how}: {e}");
+        let _ = tokio::time::timeout(DEADLINE, waiter_conn).await;
+        if how == "SHUTDOWN" {
+            // The holder's transaction may finish; the freed server must
+            // not then run the ended client's query.
+            holder.batch_execute("commit").await.expect("commit");
+        }
+        drop(holder);
+        let _ = tokio::time::timeout(DEADLINE, holder_conn).await;
+        assert_eq!(
+            rows_in(&su, &table).await,
+            0,
+            "{how}: the ended client's INSERT ran"
+        );
+        su.batch_execute(&format!("drop table {table}"))
+            .await
+            .unwrap();
+    }
+}

@@ -7,6 +7,7 @@ use crate::pool::{CheckoutError, LookupError};
 use crate::protocol::ProtocolError;
 use crate::protocol::backend::ErrorFields;
 use crate::protocol::sqlstate as code;
+use crate::stats::clients::KillReason;
 
 use super::params::ParamError;
 
@@ -183,6 +184,16 @@ fn checkout_reply(e: &CheckoutError) -> Option<Reply> {
         ),
         CheckoutError::Closed => {
             reply(code::ADMIN_SHUTDOWN, "pgtarn is shutting down".into(), None)
+        }
+    }
+}
+
+impl From<KillReason> for ClientError {
+    /// How a session that was asked to end for `r` ends.
+    fn from(r: KillReason) -> Self {
+        match r {
+            KillReason::Admin => ClientError::Killed,
+            KillReason::Drain | KillReason::Shutdown => ClientError::Shutdown,
         }
     }
 }

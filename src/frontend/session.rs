@@ -190,7 +190,11 @@ impl Session {
         {
             l.kill(KillReason::Drain);
         }
-        let result = self.relay().await;
+        let result = match self.relay().await {
+            Err(ClientError::Killed) => Ok(End::Killed),
+            Err(ClientError::Shutdown) => Ok(End::Shutdown),
+            r => r,
+        };
         let mid_message = self.server.as_ref().is_some_and(|s| s.splitter.in_stream());
         self.finish(result.is_ok()).await;
         result.map_err(|e| match e {
@@ -375,7 +379,17 @@ impl Session {
         }
         let started = Instant::now();
         self.set_state(ConnState::Waiting, started);
-        let (mut server, now) = self.pool.checkout_since(started).await?;
+        // A client waiting for a server holds none and has sent nothing of
+        // its transaction: any kill (a drain too) ends it before its query
+        // can run, on a server that a kill may just have freed.
+        let (mut server, now) = tokio::select! {
+            biased;
+            r = self.pool.checkout_since(started) => r?,
+            r = killed(&self.listed, KillReason::Drain) => return Err(r.into()),
+        };
+        if let Some(r) = self.listed.as_ref().and_then(|l| l.kill_requested()) {
+            return Err(r.into());
+        }
         if let (Some(me), Some(sv)) = (&self.listed, &server.listed) {
             me.set_link(sv.id);
             sv.set_link(me.id);
