@@ -66,6 +66,8 @@ pub struct Context {
     shutdown: shutdown::Trigger,
     /// Set for a fast shutdown: no time for transactions to finish.
     fast_shutdown: std::sync::atomic::AtomicBool,
+    /// Wakes a graceful drain in progress when a fast shutdown is asked.
+    fast_wake: tokio::sync::Notify,
 }
 
 /// Configured users by name.
@@ -165,6 +167,7 @@ impl Context {
     /// with 57P01 at once.
     pub fn request_fast_shutdown(&self) {
         self.fast_shutdown.store(true, Ordering::SeqCst);
+        self.fast_wake.notify_one();
         self.shutdown.trigger();
     }
 
@@ -174,6 +177,13 @@ impl Context {
             if c.facts.database == database {
                 c.kill(stats::clients::KillReason::Admin);
             }
+        }
+    }
+
+    /// Completes once a fast shutdown has been asked for.
+    async fn fast_requested(&self) {
+        if !self.fast_shutdown.load(Ordering::SeqCst) {
+            self.fast_wake.notified().await;
         }
     }
 
@@ -225,6 +235,7 @@ impl Pgtarn {
             config_path: Default::default(),
             shutdown: trigger,
             fast_shutdown: Default::default(),
+            fast_wake: Default::default(),
             cancels: Arc::default(),
             client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
             users: ArcSwap::from_pointee(users),
@@ -304,15 +315,17 @@ impl Pgtarn {
         for c in self.ctx.clients.snapshot() {
             c.kill(stats::clients::KillReason::Drain);
         }
-        let drain = match self.ctx.fast_shutdown.load(Ordering::SeqCst) {
-            true => std::time::Duration::ZERO,
-            false => self.ctx.config().pgtarn.shutdown_timeout,
-        };
         clients.close();
-        if !drained(&clients, drain).await {
+        // A fast shutdown asked for during the drain cuts it short.
+        let drain = self.ctx.config().pgtarn.shutdown_timeout;
+        let finished = tokio::select! {
+            done = drained(&clients, drain) => done,
+            () = self.ctx.fast_requested() => false,
+        };
+        if !finished {
             info!(
                 clients = clients.len(),
-                "shutdown_timeout passed: disconnecting the remaining clients"
+                "shutdown_timeout passed or fast shutdown: disconnecting the remaining clients"
             );
             for c in self.ctx.clients.snapshot() {
                 c.kill(stats::clients::KillReason::Shutdown);

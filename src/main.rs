@@ -77,11 +77,17 @@ fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
         *ctx.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
         tokio::spawn(reload_on_sighup(ctx.clone()));
         tokio::spawn(async move {
-            match wait_for_signal().await {
+            let Some(mut signals) = ShutdownSignals::new() else {
+                return;
+            };
+            match signals.next().await {
                 Signal::Term => ctx.request_shutdown(),
                 Signal::Int => ctx.request_fast_shutdown(),
             }
             trigger.trigger();
+            // During a graceful drain, SIGINT (or SIGTERM again) makes it fast.
+            signals.next().await;
+            ctx.request_fast_shutdown();
         });
         server.run(shutdown).await
     })
@@ -106,22 +112,32 @@ enum Signal {
     Int,
 }
 
-async fn wait_for_signal() -> Signal {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {
-            tracing::info!("SIGTERM received: graceful shutdown (shutdown_timeout)");
-            Signal::Term
-        }
-        _ = int.recv() => {
-            tracing::info!("SIGINT received: fast shutdown");
-            Signal::Int
+/// The `SIGTERM` and `SIGINT` streams, registered once.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// `None` if the handlers cannot be installed.
+    fn new() -> Option<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok()?;
+        let int = signal(SignalKind::interrupt()).ok()?;
+        Some(ShutdownSignals { term, int })
+    }
+
+    /// The next shutdown signal, logged.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => {
+                tracing::info!("SIGTERM received: graceful shutdown (shutdown_timeout)");
+                Signal::Term
+            }
+            _ = self.int.recv() => {
+                tracing::info!("SIGINT received: fast shutdown");
+                Signal::Int
+            }
         }
     }
 }

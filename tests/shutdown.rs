@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::PgServer;
 use common::pooler::{self, Pooler};
+use common::process::{PgtarnProcess, free_port};
 use tokio_postgres::NoTls;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -171,4 +172,37 @@ async fn clients_waiting_for_a_server_are_ended_before_their_query_runs() {
             .await
             .unwrap();
     }
+}
+
+/// The signals, on the real binary: SIGTERM drains (a transaction in
+/// progress goes on), and SIGINT during that drain makes it fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_during_a_graceful_drain_makes_it_fast() {
+    let port = free_port();
+    let toml = pooler::config(PgServer::shared(), "shutdown_timeout = \"30s\"", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let mut pgtarn = PgtarnProcess::start(&toml, port);
+    let conn_str = format!("host=127.0.0.1 port={port} user=app password=app-secret dbname=app");
+    let (client, conn) = tokio_postgres::connect(&conn_str, NoTls)
+        .await
+        .expect("connect");
+    let conn: Conn = tokio::spawn(conn);
+    client.batch_execute("begin").await.expect("begin");
+    pgtarn.signal(libc::SIGTERM);
+    let draining = tokio::task::block_in_place(|| !pgtarn.wait_exit(Duration::from_millis(500)));
+    assert!(draining, "SIGTERM waits for the transaction");
+    client
+        .batch_execute("select 1")
+        .await
+        .expect("the transaction goes on");
+    pgtarn.signal(libc::SIGINT);
+    let t = Instant::now();
+    let exited = tokio::task::block_in_place(|| pgtarn.wait_exit(DEADLINE));
+    assert!(exited, "SIGINT during the drain; log:\n{}", pgtarn.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "exited {:?} after SIGINT",
+        t.elapsed()
+    );
+    assert_eq!(ended_with(conn).await, "57P01 pgtarn is shutting down");
 }
