@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
@@ -47,8 +46,8 @@ pub struct Context {
     pub registry: Registry,
     /// Client cancel keys.
     pub cancels: Arc<CancelRegistry>,
-    /// One permit per allowed client connection (`max_client_conn`).
-    pub client_slots: Arc<Semaphore>,
+    /// Client connections against `max_client_conn`.
+    pub client_slots: Arc<frontend::slots::ClientSlots>,
     /// pgtarn's TLS identity for clients, unless `tls.client.mode` is
     /// `disable`.
     client_tls: ArcSwapOption<tls::ServerTls>,
@@ -141,16 +140,11 @@ impl Context {
         let client_tls = client_tls(&new.tls.client).map_err(|e| e.to_string())?;
         let new = Arc::new(new);
         let users = users_of(&new);
-        let old = self.config();
         let secret_of = |user: &str| users.get(user).map(|u| u.secret.clone());
         self.registry
             .apply(new.clone(), secret_of)
             .map_err(|e| e.to_string())?;
-        resize_slots(
-            &self.client_slots,
-            old.pgtarn.max_client_conn,
-            new.pgtarn.max_client_conn,
-        );
+        self.client_slots.set_limit(new.pgtarn.max_client_conn);
         self.client_tls.store(client_tls.map(Arc::new));
         self.users.store(Arc::new(users));
         self.config.store(new);
@@ -237,7 +231,7 @@ impl Pgtarn {
             fast_shutdown: Default::default(),
             fast_wake: Default::default(),
             cancels: Arc::default(),
-            client_slots: Arc::new(Semaphore::new(config.pgtarn.max_client_conn)),
+            client_slots: frontend::slots::ClientSlots::new(config.pgtarn.max_client_conn),
             users: ArcSwap::from_pointee(users),
             auth_query: Default::default(),
             mock_nonce: rand::random(),
@@ -360,14 +354,6 @@ const FAREWELL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Waits up to `limit` for every client task to end; true if they did.
 async fn drained(clients: &TaskTracker, limit: std::time::Duration) -> bool {
     tokio::time::timeout(limit, clients.wait()).await.is_ok()
-}
-
-fn resize_slots(slots: &Semaphore, old: usize, new: usize) {
-    if new > old {
-        slots.add_permits(new - old);
-    } else {
-        slots.forget_permits(old - new);
-    }
 }
 
 fn client_tls(c: &config::tls::ClientTls) -> Result<Option<tls::ServerTls>, tls::TlsError> {

@@ -124,3 +124,47 @@ async fn sighup_applies_new_users_and_passwords() {
         "a connected client stays"
     );
 }
+
+/// A reload that lowers `max_client_conn` below the clients connected
+/// keeps them, refuses newcomers (53300), and holds the new limit once
+/// clients leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_max_client_conn_holds_once_clients_leave() {
+    let pg = PgServer::shared();
+    let port = free_port();
+    let with_limit = |limit: u32| {
+        config(pg, port, "").replace(
+            "[databases.app]",
+            &format!("max_client_conn = {limit}\n[databases.app]"),
+        )
+    };
+    let p = PgtarnProcess::start(&with_limit(4), port);
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(connect(port, "app").await.expect("within 4"));
+    }
+    std::fs::write(&p.config_path, with_limit(2)).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_until("the lower limit is in force", DEADLINE, || async {
+        connect(port, "app").await.is_err()
+    })
+    .await;
+    for c in &clients {
+        assert_eq!(one(c, "select 'kept'").await, "kept");
+    }
+    // Down to one client: exactly one more gets in.
+    clients.truncate(1);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let second = loop {
+        match connect(port, "app").await {
+            Ok(c) => break c,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("a second client is let in: {e}"),
+        }
+    };
+    let e = connect(port, "app").await.err().expect("2 is the limit");
+    assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e}");
+    assert_eq!(one(&second, "select 'in'").await, "in");
+}

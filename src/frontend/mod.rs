@@ -9,6 +9,7 @@ pub mod prepared;
 pub mod replies;
 pub mod session;
 pub mod settings;
+pub mod slots;
 pub mod translate;
 
 use std::net::SocketAddr;
@@ -55,7 +56,7 @@ struct Opened {
     registration: Option<cancel::Registration>,
     _member: PoolMember,
     peer: SocketAddr,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: slots::ClientSlot,
 }
 
 /// Reads the client's first packets and logs it in. Answers cancel requests
@@ -102,7 +103,7 @@ async fn open(
         return fail(&mut stream, peer, &ClientError::TlsRequired).await;
     }
     // Console sessions count against max_client_conn too, as in PgBouncer.
-    let Ok(permit) = ctx.client_slots.clone().try_acquire_owned() else {
+    let Some(slot) = ctx.client_slots.try_take() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
     if is_admin_database(&startup) {
@@ -121,7 +122,7 @@ async fn open(
         if let Err((mut stream, e)) = served.await {
             fail::<()>(&mut stream, peer, &e).await;
         }
-        drop(permit);
+        drop(slot);
         return None;
     }
     let login = before(deadline.as_mut(), login(stream, buf, &startup, ctx)).await;
@@ -141,7 +142,7 @@ async fn open(
         registration: Some(registration),
         _member: member,
         peer,
-        _permit: permit,
+        _slot: slot,
     })
 }
 
