@@ -164,7 +164,121 @@ async fn a_lowered_max_client_conn_holds_once_clients_leave() {
             Err(e) => panic!("a second client is let in: {e}"),
         }
     };
-    let e = connect(port, "app").await.err().expect("2 is the limit");
+    let e = connect(port, "app").await.expect_err("2 is the limit");
     assert_eq!(e.code().map(|c| c.code()), Some("53300"), "{e}");
     assert_eq!(one(&second, "select 'in'").await, "in");
+}
+
+/// Applies `toml` to a running in-process pgtarn, as a reload does.
+fn apply(p: &common::pooler::Pooler, toml: &str) {
+    let config = pgtarn::config::Config::from_toml(toml).expect("a valid config");
+    p.ctx.apply(config).expect("the reload applies");
+}
+
+/// A reload that points a database elsewhere (here another upstream
+/// database) moves its connected clients there too, at their next
+/// transaction, as PgBouncer does: one pool, counted in SHOW POOLS, within
+/// its pool_size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_upstream_takes_connected_clients_along() {
+    use common::pooler::{self, Pooler};
+    let pg = PgServer::shared();
+    let before = pooler::config(pg, "", "pool_size = 1\ndbname = \"app\"");
+    let p = Pooler::start(&before).await;
+    let a = p.connect().await;
+    assert_eq!(one(&a, "select current_database()::text").await, "app");
+    let pool = p.pool();
+    apply(
+        &p,
+        &before.replace("dbname = \"app\"", "dbname = \"postgres\""),
+    );
+    assert!(std::sync::Arc::ptr_eq(&pool, &p.pool()), "the same pool");
+    assert_eq!(
+        one(&a, "select current_database()::text").await,
+        "postgres",
+        "the connected client's next transaction"
+    );
+    let b = p.connect().await;
+    assert_eq!(one(&b, "select current_database()::text").await, "postgres");
+    assert_eq!(pool.size(), 1, "pool_size 1 holds across the reload");
+    let counts = pool.counts(None);
+    assert_eq!((counts.cl_active, counts.sv_idle), (2, 1), "{counts:?}");
+}
+
+/// A reload that changes nothing keeps every pool, including those of
+/// users found by auth_query (who have no secret in the file), with
+/// their idle server connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_nothing_keeps_auth_query_pools() {
+    use common::pooler::{self, Pooler};
+    let pg = PgServer::shared();
+    let su = pg.superuser().await;
+    let role = format!("rl_aq_{}", std::process::id());
+    let sql = format!(
+        "drop role if exists {role}; create role {role} login password 'rl-pw'; \
+         grant connect on database app to {role}"
+    );
+    su.batch_execute(&sql).await.unwrap();
+    let toml = pooler::config(pg, "auth_user = \"postgres\"", "pool_size = 2")
+        + &format!(
+            "[users.postgres]\npassword = \"{}\"\n",
+            pg.superuser_password
+        );
+    let p = Pooler::start(&toml).await;
+    let conn = format!(
+        "host=127.0.0.1 port={} user={role} password=rl-pw dbname=app",
+        p.addr.port()
+    );
+    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert_eq!(one(&c, "select current_user::text").await, role);
+    let pool = p.ctx.registry.find("app", &role).expect("the pool");
+    let server = one(&c, "select pg_backend_pid()::text").await;
+    apply(&p, &toml);
+    let after = p.ctx.registry.find("app", &role).expect("still there");
+    assert!(std::sync::Arc::ptr_eq(&pool, &after), "the same pool");
+    assert_eq!(
+        one(&c, "select pg_backend_pid()::text").await,
+        server,
+        "the same server"
+    );
+    drop(c);
+    su.batch_execute(&format!("drop role {role}")).await.ok();
+}
+
+/// The present-state gauges of a pool whose database a reload removed
+/// leave /metrics instead of freezing at their last values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_database_leaves_no_frozen_gauges() {
+    use common::pooler::{self, Pooler};
+    let pg = PgServer::shared();
+    let other = format!("[databases.other]\nport = {}\ndbname = \"app\"\n", pg.port);
+    let both = pooler::config(pg, "", "pool_size = 1") + &other;
+    let p = Pooler::start(&both).await;
+    let a = p.connect().await;
+    a.batch_execute("begin").await.unwrap();
+    let saturated =
+        "pgtarn_pool_saturation{database=\"app\",pool_mode=\"transaction\",user=\"app\"} 1";
+    assert!(pgtarn::metrics::render(&p.ctx).contains(saturated));
+    let start = both.find("[databases.app]").unwrap();
+    let end = start + both[start..].find("[users.app]").unwrap();
+    let without_app = format!("{}{}", &both[..start], &both[end..]);
+    apply(&p, &without_app);
+    a.batch_execute("commit").await.unwrap();
+    let text = pgtarn::metrics::render(&p.ctx);
+    let frozen: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pgtarn_pool_") && l.contains("database=\"app\""))
+        .filter(|l| {
+            !l.contains("_total")
+                && !l.contains("_bucket")
+                && !l.contains("_sum")
+                && !l.contains("_count")
+        })
+        .collect();
+    assert!(
+        frozen.is_empty(),
+        "gauges of a removed database:\n{}",
+        frozen.join("\n")
+    );
 }

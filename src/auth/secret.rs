@@ -29,23 +29,6 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-impl Secret {
-    /// A digest of the secret: equal for equal secrets, revealing nothing
-    /// of them (used to notice a changed password on reload).
-    pub fn digest(&self) -> [u8; 32] {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        match self {
-            Secret::Password(p) => h.update([b"p", p.as_bytes()].concat()),
-            Secret::Md5(m) => h.update([b"m", m.as_bytes()].concat()),
-            Secret::Scram(s) => {
-                h.update([&b"s"[..], &s.salt, &s.stored_key, &s.server_key].concat())
-            }
-        }
-        h.finalize().into()
-    }
-}
-
 fn is_md5_hash(s: &str) -> bool {
     s.len() == 35 && s.starts_with("md5") && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -19,9 +19,17 @@ use crate::stats::clients::ConnState;
 
 pub use http::serve;
 
-/// Sets every scrape-time gauge from the live pools and connections.
+/// Sets every scrape-time gauge from the live pools and connections. The
+/// per-pool gauges are cleared first, so that a pool a reload removed
+/// leaves no frozen values behind.
 pub fn refresh(ctx: &Context) {
     let m = &ctx.registry.metrics;
+    m.pool_clients.reset();
+    m.pool_servers.reset();
+    m.pool_size.reset();
+    m.pool_max_size.reset();
+    m.pool_saturation.reset();
+    m.pool_max_wait.reset();
     let check = check_delay(ctx);
     let mut waiting_total = 0;
     for pool in ctx.registry.pools() {
@@ -83,6 +91,10 @@ pub fn check_delay(ctx: &Context) -> Option<Duration> {
 
 /// The Prometheus text exposition of every metric.
 pub fn render(ctx: &Context) -> String {
+    // One scrape at a time: `refresh` clears the per-pool gauges before
+    // setting them anew.
+    static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SCRAPE.lock().unwrap_or_else(|p| p.into_inner());
     refresh(ctx);
     let families = ctx.registry.metrics.registry.gather();
     let mut out = Vec::new();

@@ -29,7 +29,8 @@ use crate::stats::{CloseReason, PoolStats};
 /// Creates and checks server connections for one pool.
 #[derive(Debug)]
 pub struct Manager {
-    target: Target,
+    /// Where connections go (swapped on reload).
+    target: ArcSwap<Target>,
     settings: Arc<ArcSwap<PoolSettings>>,
     /// Connections created before this instant are closed at their next
     /// checkout (admin `RECONNECT`).
@@ -63,7 +64,7 @@ impl Manager {
         database: String,
     ) -> Self {
         Manager {
-            target,
+            target: ArcSwap::from_pointee(target),
             settings,
             retire_before: AtomicU64::new(0),
             login_retry: LoginRetry::default(),
@@ -83,7 +84,8 @@ impl Manager {
         // Boxed: connecting and logging in is a large future, and it would
         // otherwise be part of every client task's state (checkout awaits
         // this), costing memory for every idle client.
-        let connect = Box::pin(ServerConn::connect(&self.target, id));
+        let target = self.target.load_full();
+        let connect = Box::pin(async move { ServerConn::connect(&target, id).await });
         let limit = self.settings.load().connect_timeout;
         let result = tokio::time::timeout(limit, connect).await;
         let result = result.map_err(|_| BackendError::Timeout(limit))?;
@@ -114,6 +116,18 @@ impl Manager {
         }
     }
 
+    /// The upstream new connections go to.
+    pub fn target(&self) -> Arc<Target> {
+        self.target.load_full()
+    }
+
+    /// Sends new connections to `target` (a reload); forgets a failed
+    /// login to the old one.
+    pub fn set_target(&self, target: Target) {
+        self.target.store(Arc::new(target));
+        self.login_retry.succeeded();
+    }
+
     /// Closes every connection that exists now at its next checkout.
     pub fn retire_existing(&self) {
         self.retire_before
@@ -123,7 +137,7 @@ impl Manager {
     fn list(&self, conn: &mut ServerConn) {
         let listed = self.servers.add(
             NewConn {
-                user: self.target.user.clone(),
+                user: self.target.load().user.clone(),
                 database: self.database.clone(),
                 peer: Some(conn.addr()),
                 tls: conn.is_tls(),
@@ -152,13 +166,13 @@ impl managed::Manager for Manager {
             Ok(conn) => conn,
             Err(e) => {
                 let failure = ConnectFailure::new(&self.database, &e);
-                warn!(target = ?self.target, error = %failure, "server login failed");
+                warn!(target = ?**self.target.load(), error = %failure, "server login failed");
                 self.login_retry.failed(&failure, retry);
                 return Err(BackendError::Connect(failure));
             }
         };
         self.login_retry.succeeded();
-        info!(server = id, target = ?self.target, "server connection opened");
+        info!(server = id, target = ?**self.target.load(), "server connection opened");
         self.stats.opened.inc();
         self.list(&mut conn);
         self.defaults

@@ -25,8 +25,9 @@ use arc_swap::ArcSwap;
 use deadpool::managed::{self, PoolError, QueueMode, TimeoutType, Timeouts};
 use tracing::{info, warn};
 
+use crate::auth::Secret;
 use crate::auth::scram_client::ScramKeys;
-use crate::backend::{BackendError, Target};
+use crate::backend::{BackendError, Credential, Target};
 use crate::config::PoolMode;
 use crate::stats::clients::ConnList;
 use crate::stats::{CloseReason, PoolStats};
@@ -206,9 +207,9 @@ pub struct Pool {
     pub key: PoolKey,
     /// Its settings (swapped on reload).
     settings: Arc<ArcSwap<PoolSettings>>,
-    /// What the pool's connections depend on (upstream address, TLS,
-    /// credentials): a reload that changes it retires the pool.
-    pub fingerprint: String,
+    /// Where the pool's connections go (address, database name, TLS
+    /// settings): a reload that changes it replaces the connections.
+    upstream: Mutex<String>,
     /// Statements known to parse on this pool's servers.
     pub known_statements: Arc<KnownStatements>,
     /// SCRAM passthrough keys, learned from a client's SCRAM login; used
@@ -240,14 +241,14 @@ pub struct PoolCounts {
 
 impl Pool {
     /// A pool for `key` whose connections go to `target`.
-    pub fn new(
+    fn new(
         key: PoolKey,
         target: Target,
         settings: PoolSettings,
         passthrough: Arc<Mutex<Option<ScramKeys>>>,
         stats: Arc<PoolStats>,
         servers: Arc<ConnList>,
-        fingerprint: String,
+        upstream: String,
     ) -> Arc<Pool> {
         let size = settings.size;
         let settings = Arc::new(ArcSwap::from_pointee(settings));
@@ -267,7 +268,7 @@ impl Pool {
         Arc::new(Pool {
             key,
             settings,
-            fingerprint,
+            upstream: Mutex::new(upstream),
             paused: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             known_statements: Arc::default(),
@@ -316,6 +317,31 @@ impl Pool {
         if !closed.removed.is_empty() {
             info!(pool = ?self.key, closed = closed.removed.len(), "idle server connections closed (RECONNECT or reload)");
         }
+    }
+
+    /// What the pool logs in upstream with for `secret`; with none known
+    /// (a user found by auth_query), what it logs in with now.
+    fn credential(&self, secret: Option<&Secret>) -> Credential {
+        match secret {
+            Some(s) => registry::credential(s, &self.passthrough),
+            None => self.inner.manager().target().credential.clone(),
+        }
+    }
+
+    /// Sends new connections to `target` (a reload). If it is another
+    /// `upstream`, the existing connections are closed as with
+    /// `RECONNECT`, and `true` is returned; new credentials alone are
+    /// only used for new connections.
+    fn retarget(&self, target: Target, upstream: String) -> bool {
+        let mut old = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
+        let moved = *old != upstream;
+        *old = upstream;
+        drop(old);
+        self.inner.manager().set_target(target);
+        if moved {
+            self.reconnect();
+        }
+        moved
     }
 
     /// Records the keys a client's SCRAM login revealed, for SCRAM

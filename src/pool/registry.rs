@@ -11,8 +11,9 @@ use tracing::info;
 
 use super::{KeyRef, Pool, PoolKey, PoolSettings};
 use crate::auth::Secret;
+use crate::auth::scram_client::ScramKeys;
 use crate::backend::{Credential, Target, UpstreamTls};
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::stats::clients::ConnList;
 use crate::stats::{Metrics, PoolStats};
 use crate::tls::TlsError;
@@ -138,22 +139,9 @@ impl Registry {
             .ok_or_else(|| LookupError::UnknownDatabase(key.database.clone()))?;
         let secret = secret.ok_or_else(|| LookupError::UnknownUser(key.user.clone()))?;
         let passthrough = Arc::new(Mutex::new(None));
-        let credential = match secret {
-            Secret::Password(p) => Credential::Password(p.clone()),
-            Secret::Md5(h) => Credential::Md5Hash(h.clone()),
-            Secret::Scram(_) => Credential::ScramKeys(passthrough.clone()),
-        };
-        let tls = self.upstream_tls(&key.database);
-        let fingerprint = fingerprint(&c, &key, secret);
-        let target = Target {
-            host: db.host.clone(),
-            port: db.port,
-            dbname: db.upstream_name(&key.database).to_owned(),
-            user: key.user.clone(),
-            credential,
-            max_message_len: c.pgtarn.max_message_len,
-            tls,
-        };
+        let credential = credential(secret, &passthrough);
+        let target = self.target(&c, db, &key, credential);
+        let upstream = upstream(&c, &key);
         let settings = settings(&c, &key.database)
             .ok_or_else(|| LookupError::UnknownDatabase(key.database.clone()))?;
         let stats = PoolStats::new(
@@ -170,14 +158,32 @@ impl Registry {
             passthrough,
             Arc::new(stats),
             servers,
-            fingerprint,
+            upstream,
         ))
     }
 
-    /// Applies a reloaded configuration. Pools whose database was removed
-    /// or whose upstream (address, TLS, credentials) changed are retired:
-    /// new clients get a fresh pool, connected clients finish on the old
-    /// one. Other pools take the new sizes and timeouts at once.
+    /// Where `key`'s connections go under `c`, to `db`, logging in with
+    /// `credential`.
+    fn target(&self, c: &Config, db: &Database, key: &PoolKey, credential: Credential) -> Target {
+        Target {
+            host: db.host.clone(),
+            port: db.port,
+            dbname: db.upstream_name(&key.database).to_owned(),
+            user: key.user.clone(),
+            credential,
+            max_message_len: c.pgtarn.max_message_len,
+            tls: self.upstream_tls(&key.database),
+        }
+    }
+
+    /// Applies a reloaded configuration. Pools of removed databases are
+    /// retired: new clients are refused, connected clients finish on the
+    /// old pool. Other pools take the new sizes and timeouts at once, and
+    /// new connections go to the new upstream with the new credentials
+    /// (and TLS files read anew); when the upstream (address, database
+    /// name, TLS settings) changed, the existing server connections are
+    /// closed when released, as with `RECONNECT`, while clients stay
+    /// connected.
     pub fn apply(
         &self,
         config: Arc<Config>,
@@ -188,17 +194,21 @@ impl Registry {
         self.config.store(config.clone());
         let mut pools = self.lock();
         pools.retain(|key, pool| {
-            let keep = config.databases.contains_key(&key.database)
-                && secret_of(&key.user)
-                    .is_some_and(|s| fingerprint(&config, key, &s) == pool.fingerprint);
-            match settings(&config, &key.database) {
-                Some(s) if keep => pool.update(s),
-                _ => {
-                    info!(database = %key.database, user = %key.user, "pool retired by reload");
-                    pool.reconnect();
-                }
+            let db = config.databases.get(&key.database);
+            let Some((db, settings)) = db.zip(settings(&config, &key.database)) else {
+                info!(database = %key.database, user = %key.user, "pool retired by reload: database removed");
+                pool.reconnect();
+                return false;
+            };
+            pool.update(settings);
+            // A user found by auth_query has no secret in the file: its
+            // pool keeps logging in as it did.
+            let secret = secret_of(&key.user);
+            let target = self.target(&config, db, key, pool.credential(secret.as_ref()));
+            if pool.retarget(target, upstream(&config, key)) {
+                info!(database = %key.database, user = %key.user, "upstream changed by reload: server connections replaced");
             }
-            keep
+            true
         });
         Ok(())
     }
@@ -272,23 +282,33 @@ impl Registry {
     }
 }
 
-/// What a pool's connections depend on: upstream address, database,
-/// TLS, credentials and pool mode (not sizes or timeouts, which a reload
-/// changes in place).
-fn fingerprint(c: &Config, key: &PoolKey, secret: &Secret) -> String {
+/// Where a pool's connections go: upstream address, database name and
+/// TLS settings. Credentials, sizes, timeouts and the pool mode change in
+/// place.
+fn upstream(c: &Config, key: &PoolKey) -> String {
     let Some(db) = c.databases.get(&key.database) else {
         return String::new();
     };
     format!(
-        "{}:{}/{}|{:?}|{:?}|{:?}|{:?}",
+        "{}:{}/{}|{:?}|{:?}",
         db.host,
         db.port,
         db.upstream_name(&key.database),
-        db.pool_mode,
         db.server_tls_mode,
         c.tls.server,
-        secret.digest()
     )
+}
+
+/// How a pool logs in upstream with `secret`.
+pub(super) fn credential(
+    secret: &Secret,
+    passthrough: &Arc<Mutex<Option<ScramKeys>>>,
+) -> Credential {
+    match secret {
+        Secret::Password(p) => Credential::Password(p.clone()),
+        Secret::Md5(h) => Credential::Md5Hash(h.clone()),
+        Secret::Scram(_) => Credential::ScramKeys(passthrough.clone()),
+    }
 }
 
 fn settings(c: &Config, database: &str) -> Option<PoolSettings> {
