@@ -270,6 +270,7 @@ impl Pgtarn {
         if let Some(l) = self.metrics {
             tokio::spawn(metrics::serve(l, self.ctx.clone(), shutdown.clone()));
         }
+        tokio::spawn(stats::period::run(self.ctx.clone(), shutdown.clone()));
         // The client tasks, counted (not joined) so that shutdown can wait
         // for them: reaping each finished task through a JoinSet cost ~2,400
         // instructions per login.

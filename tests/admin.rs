@@ -5,6 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::pg::PgServer;
@@ -428,5 +430,263 @@ async fn readyz_fails_while_an_upstream_is_unreachable() {
             .0,
         200
     );
+    p.stop().await;
+}
+
+/// Runs `sql` over and over on `c` until `stop` is set; returns the client.
+fn busy(c: Client, sql: &'static str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Client> {
+    tokio::spawn(async move {
+        while !stop.load(Ordering::Relaxed) {
+            c.simple_query(sql).await.expect(sql);
+        }
+        c
+    })
+}
+
+/// The figures of database `app` in a `SHOW STATS*` answer.
+async fn app_figures(c: &Client, sql: &str) -> HashMap<String, u64> {
+    let all = rows(c, sql).await;
+    let app = all
+        .into_iter()
+        .find(|r| r["database"] == "app")
+        .unwrap_or_else(|| panic!("{sql}: no row for app"));
+    app.into_iter()
+        .filter(|(k, _)| k != "database")
+        .map(|(k, val)| {
+            let n = val
+                .parse()
+                .unwrap_or_else(|_| panic!("{sql}: {k} = {val:?}"));
+            (k, n)
+        })
+        .collect()
+}
+
+/// Transactions in the last complete stats period of pool (app, `user`),
+/// read from the pool without asking the console.
+fn last_period_xacts(p: &Pooler, user: &str) -> u64 {
+    p.ctx
+        .registry
+        .find("app", user)
+        .map_or(0, |pool| pool.stats.last_period().delta.xact_count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stats_averages_are_the_last_periods_without_a_prior_show() {
+    let p = Pooler::start(&config("stats_period = \"1s\"")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = busy(p.connect().await, "select pg_sleep(0.05)", stop.clone());
+    wait_until("a busy stats period ended", DEADLINE, || async {
+        last_period_xacts(&p, "app") >= 5
+    })
+    .await;
+    // The console's first SHOW STATS already has the period's averages.
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin");
+    let s = app_figures(&admin, "SHOW STATS").await;
+    assert!(s["avg_xact_count"] >= 5, "{s:?}");
+    assert!(s["avg_query_count"] >= 5, "{s:?}");
+    assert!(s["avg_recv"] > 0 && s["avg_sent"] > 0, "{s:?}");
+    let xact = s["avg_xact_time"];
+    assert!(
+        (45_000..=120_000).contains(&xact),
+        "50 ms transactions: {s:?}"
+    );
+    assert!(s["avg_query_time"] >= 45_000, "{s:?}");
+
+    // After an idle period the averages are zero again; totals stay.
+    stop.store(true, Ordering::Relaxed);
+    let _client = load.await.expect("load task");
+    wait_until("an idle stats period ended", DEADLINE, || async {
+        last_period_xacts(&p, "app") == 0
+    })
+    .await;
+    let s = app_figures(&admin, "SHOW STATS").await;
+    assert_eq!(
+        (s["avg_xact_count"], s["avg_xact_time"], s["avg_recv"]),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert!(s["total_xact_count"] >= 5, "{s:?}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_databases_average_transaction_time_is_not_summed_over_its_users() {
+    let user = "stats_two";
+    let su = PgServer::shared().superuser().await;
+    su.batch_execute(&format!(
+        "drop role if exists {user}; create role {user} login password '{user}-secret'; \
+         grant connect on database app to {user}"
+    ))
+    .await
+    .expect("create the second user");
+    let text = config("stats_period = \"1s\"")
+        + &format!("[users.{user}]\npassword = \"{user}-secret\"\n");
+    let p = Pooler::start(&text).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sql = "select pg_sleep(0.1)";
+    let second = console(&p, user, "app").await.expect("second user");
+    let loads = [
+        busy(p.connect().await, sql, stop.clone()),
+        busy(second, sql, stop.clone()),
+    ];
+    wait_until(
+        "a period in which both pools were busy",
+        DEADLINE,
+        || async { last_period_xacts(&p, "app") >= 3 && last_period_xacts(&p, user) >= 3 },
+    )
+    .await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin");
+    let s = app_figures(&admin, "SHOW STATS").await;
+    let a = app_figures(&admin, "SHOW STATS_AVERAGES").await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.expect("load task");
+    }
+    for (what, us) in [
+        ("avg_xact_time", s["avg_xact_time"]),
+        ("xact_time", a["xact_time"]),
+    ] {
+        assert!(
+            (90_000..=150_000).contains(&us),
+            "{what} = {us} µs for 100 ms transactions: {s:?} {a:?}"
+        );
+    }
+    assert!((90_000..=150_000).contains(&s["avg_query_time"]), "{s:?}");
+    // Per-second rates do add up over the users (~9/s each).
+    assert!(s["avg_xact_count"] >= 10, "{s:?}");
+    let _ = su
+        .batch_execute(&format!("drop role if exists {user}"))
+        .await;
+    p.stop().await;
+}
+
+/// The column (name, type OID) list of `sql`'s RowDescription.
+async fn columns_of(raw: &mut common::raw::Raw, sql: &str) -> Vec<(String, u32)> {
+    raw.query(sql).await;
+    let msgs = raw.read_until(b'Z').await;
+    let (_, desc) = msgs
+        .iter()
+        .find(|(t, _)| *t == b'T')
+        .unwrap_or_else(|| panic!("{sql}: no RowDescription"));
+    column_types(desc)
+}
+
+#[tokio::test]
+async fn stats_parts_and_lists_have_pgbouncers_columns() {
+    let p = Pooler::start(&config("auth_type = \"trust\"")).await;
+    let mut raw = common::raw::Raw::login(p.addr, "admin", "pgbouncer").await;
+    let parts = [
+        "database",
+        "xact_count",
+        "query_count",
+        "bytes_received",
+        "bytes_sent",
+        "xact_time",
+        "query_time",
+        "wait_time",
+    ];
+    let numeric: Vec<(String, u32)> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.to_string(), if i == 0 { 25 } else { 1700 }))
+        .collect();
+    assert_eq!(columns_of(&mut raw, "SHOW STATS_TOTALS").await, numeric);
+    assert_eq!(columns_of(&mut raw, "SHOW STATS_AVERAGES").await, numeric);
+    let lists = vec![("list".to_string(), 25), ("items".to_string(), 23)];
+    assert_eq!(columns_of(&mut raw, "SHOW LISTS").await, lists);
+    p.stop().await;
+}
+
+/// `SHOW LISTS` as (list, items), in order.
+async fn lists(c: &Client) -> Vec<(String, i64)> {
+    rows(c, "SHOW LISTS")
+        .await
+        .into_iter()
+        .map(|r| (r["list"].clone(), r["items"].parse().expect("a number")))
+        .collect()
+}
+
+fn item(lists: &[(String, i64)], name: &str) -> i64 {
+    lists
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, items)| *items)
+        .unwrap_or_else(|| panic!("{name} missing from {lists:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_lists_counts_clients_pools_and_servers() {
+    let p = Pooler::start(&config("max_client_conn = 10")).await;
+    let watcher = console(&p, "watcher", "pgbouncer").await.expect("watcher");
+    let before = lists(&watcher).await;
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "databases",
+            "users",
+            "pools",
+            "free_clients",
+            "used_clients",
+            "login_clients",
+            "free_servers",
+            "used_servers",
+            "dns_names",
+            "dns_zones",
+            "dns_queries",
+            "dns_pending",
+        ]
+    );
+    assert_eq!(item(&before, "databases"), 1, "{before:?}");
+    assert_eq!(item(&before, "users"), 3, "app, admin, watcher: {before:?}");
+    assert_eq!(item(&before, "pools"), 0, "{before:?}");
+    // The console session takes a max_client_conn slot, as in PgBouncer.
+    assert_eq!(item(&before, "used_clients"), 1, "the console: {before:?}");
+    assert_eq!(item(&before, "free_clients"), 9, "{before:?}");
+
+    let client = p.connect().await;
+    client.simple_query("SELECT 1").await.expect("query");
+    wait_until("the client is listed", DEADLINE, || async {
+        item(&lists(&watcher).await, "used_clients") == 2
+    })
+    .await;
+    let now = lists(&watcher).await;
+    assert_eq!(item(&now, "pools"), 1, "{now:?}");
+    assert_eq!(item(&now, "free_clients"), 8, "{now:?}");
+    assert_eq!(item(&now, "login_clients"), 0, "{now:?}");
+    let used = item(&now, "used_servers");
+    assert_eq!(used, p.pool().size() as i64, "{now:?}");
+    assert!(used >= 1, "{now:?}");
+    assert_eq!(used + item(&now, "free_servers"), 2, "pool_size: {now:?}");
+    for dns in ["dns_names", "dns_zones", "dns_queries", "dns_pending"] {
+        assert_eq!(item(&now, dns), 0);
+    }
+
+    drop(client);
+    wait_until("the client is gone", DEADLINE, || async {
+        let l = lists(&watcher).await;
+        item(&l, "used_clients") == 1 && item(&l, "free_clients") == 9
+    })
+    .await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn show_config_says_which_settings_need_a_restart() {
+    let p = Pooler::start(&config("")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin");
+    let cfg = rows(&admin, "SHOW CONFIG").await;
+    let changeable = |key: &str| {
+        cfg.iter()
+            .find(|r| r["key"] == key)
+            .map(|r| r["changeable"].clone())
+            .unwrap_or_else(|| panic!("{key} not listed"))
+    };
+    for key in ["listen_addr", "so_reuseport", "workers", "metrics_addr"] {
+        assert_eq!(changeable(key), "no", "{key}");
+    }
+    for key in ["query_wait_timeout", "stats_period", "max_client_conn"] {
+        assert_eq!(changeable(key), "yes", "{key}");
+    }
     p.stop().await;
 }

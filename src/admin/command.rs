@@ -52,9 +52,9 @@ impl Refusal {
 }
 
 /// The commands, as `SHOW HELP` lists them.
-pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tSHUTDOWN";
+pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tSHUTDOWN";
 
-const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION|STATS; RELOAD; PAUSE [db]; RESUME [db]; RECONNECT [db]; KILL db; SHUTDOWN.";
+const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATS; RELOAD; PAUSE [db]; RESUME [db]; RECONNECT [db]; KILL db; SHUTDOWN.";
 
 /// How long `PAUSE` waits for running transactions before giving up.
 const PAUSE_LIMIT: Duration = Duration::from_secs(60);
@@ -161,7 +161,7 @@ impl Command {
     }
 }
 
-const SHOWABLE: [&str; 12] = [
+const SHOWABLE: [&str; 13] = [
     "HELP",
     "CONFIG",
     "DATABASES",
@@ -169,6 +169,7 @@ const SHOWABLE: [&str; 12] = [
     "CLIENTS",
     "SERVERS",
     "USERS",
+    "LISTS",
     "VERSION",
     "STATS",
     "STATS_TOTALS",
@@ -195,7 +196,10 @@ fn show_command(what: &str, ctx: &Context, out: &mut BytesMut) -> Result<(), Ref
             return Ok(());
         }
         "POOLS" => show::pools(ctx),
-        "STATS" | "STATS_TOTALS" | "STATS_AVERAGES" | "TOTALS" => show::stats(ctx),
+        "STATS" | "TOTALS" => show::stats(ctx),
+        "STATS_TOTALS" => show::stats_totals(ctx),
+        "STATS_AVERAGES" => show::stats_averages(ctx),
+        "LISTS" => show::lists(ctx),
         "CLIENTS" => show::clients(ctx),
         "SERVERS" => show::servers(ctx),
         "DATABASES" => show::databases(ctx),
@@ -222,6 +226,11 @@ mod tests {
             Ok(Command::Pause(Some("app".into())))
         );
         assert_eq!(Command::parse("resume"), Ok(Command::Resume(None)));
+        assert_eq!(
+            Command::parse("SHOW lists"),
+            Ok(Command::Show("LISTS".into()))
+        );
+        assert!(HELP.contains("|LISTS|") && HINT.contains("|LISTS|"));
         assert_eq!(
             Command::parse("kill \"app\""),
             Ok(Command::Kill("app".into()))

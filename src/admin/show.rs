@@ -1,10 +1,13 @@
 //! The `SHOW` commands: PgBouncer's columns and column types.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use super::result::{ResultSet, Type, v};
 use crate::Context;
 use crate::stats::clients::{ConnInfo, ConnState};
+use crate::stats::{Averages, StatsTotals, Window};
 
 const POOLS: [(&str, Type); 16] = [
     ("database", Type::Text),
@@ -79,46 +82,144 @@ const STATS: [&str; 15] = [
     "avg_wait_time",
 ];
 
-/// `SHOW STATS`: per database, totals since start and averages over the
-/// last `stats_period` (counts and bytes per second; times in µs per
-/// transaction or query).
-pub fn stats(ctx: &Context) -> ResultSet {
-    let columns: Vec<(&str, Type)> = STATS
+/// The columns of `SHOW STATS_TOTALS` and `SHOW STATS_AVERAGES`
+/// (PgBouncer's names, the same for both).
+const STATS_PARTS: [&str; 8] = [
+    "database",
+    "xact_count",
+    "query_count",
+    "bytes_received",
+    "bytes_sent",
+    "xact_time",
+    "query_time",
+    "wait_time",
+];
+
+/// A database's totals since start and its pools' last stats period.
+#[derive(Debug, Default)]
+struct DbStats {
+    totals: StatsTotals,
+    last: Window,
+}
+
+/// Every database with pools, its pools' figures added up.
+fn stats_by_database(ctx: &Context) -> BTreeMap<String, DbStats> {
+    let mut by_db: BTreeMap<String, DbStats> = BTreeMap::new();
+    for pool in ctx.registry.pools() {
+        let db = by_db.entry(pool.key.database.clone()).or_default();
+        db.totals.add(&pool.stats.totals());
+        db.last.merge(&pool.stats.last_period());
+    }
+    by_db
+}
+
+fn totals_figures(t: &StatsTotals) -> [u64; 7] {
+    [
+        t.xact_count,
+        t.query_count,
+        t.received,
+        t.sent,
+        t.xact_time_us,
+        t.query_time_us,
+        t.wait_time_us,
+    ]
+}
+
+fn average_figures(a: &Averages) -> [u64; 7] {
+    [
+        a.xact_count,
+        a.query_count,
+        a.received,
+        a.sent,
+        a.xact_time_us,
+        a.query_time_us,
+        a.wait_time_us,
+    ]
+}
+
+/// A result set of `numeric` figures per database, as PgBouncer's.
+fn per_database(names: &[&'static str], rows: Vec<(String, Vec<u64>)>) -> ResultSet {
+    let columns: Vec<(&str, Type)> = names
         .iter()
         .enumerate()
         .map(|(i, n)| (*n, if i == 0 { Type::Text } else { Type::Numeric }))
         .collect();
     let mut rs = ResultSet::new(&columns);
-    let period = ctx.config().pgtarn.stats_period;
-    let mut by_db: std::collections::BTreeMap<String, [u64; 14]> = Default::default();
-    for pool in sorted_pools(ctx) {
-        let t = pool.stats.totals();
-        let a = pool.stats.averages(period);
-        let row = by_db.entry(pool.key.database.clone()).or_default();
-        let figures = [
-            t.xact_count,
-            t.query_count,
-            t.received,
-            t.sent,
-            t.xact_time_us,
-            t.query_time_us,
-            t.wait_time_us,
-            a.xact_count,
-            a.query_count,
-            a.received,
-            a.sent,
-            a.xact_time_us,
-            a.query_time_us,
-            a.wait_time_us,
-        ];
-        for (sum, x) in row.iter_mut().zip(figures) {
-            *sum += x;
-        }
-    }
-    for (db, figures) in by_db {
+    for (db, figures) in rows {
         let mut row = vec![v(db)];
         row.extend(figures.iter().map(v));
         rs.row(row);
+    }
+    rs
+}
+
+/// `SHOW STATS`: per database, totals since start and averages over the
+/// last complete `stats_period` (counts and bytes per second; times in µs
+/// per transaction, query or server checkout).
+pub fn stats(ctx: &Context) -> ResultSet {
+    let rows = stats_by_database(ctx)
+        .into_iter()
+        .map(|(db, s)| {
+            let mut figures = totals_figures(&s.totals).to_vec();
+            figures.extend(average_figures(&Averages::of(&s.last)));
+            (db, figures)
+        })
+        .collect();
+    per_database(&STATS, rows)
+}
+
+/// `SHOW STATS_TOTALS`: the totals of `SHOW STATS`, PgBouncer's names.
+pub fn stats_totals(ctx: &Context) -> ResultSet {
+    let rows = stats_by_database(ctx)
+        .into_iter()
+        .map(|(db, s)| (db, totals_figures(&s.totals).to_vec()))
+        .collect();
+    per_database(&STATS_PARTS, rows)
+}
+
+/// `SHOW STATS_AVERAGES`: the averages of `SHOW STATS`, PgBouncer's names.
+pub fn stats_averages(ctx: &Context) -> ResultSet {
+    let rows = stats_by_database(ctx)
+        .into_iter()
+        .map(|(db, s)| (db, average_figures(&Averages::of(&s.last)).to_vec()))
+        .collect();
+    per_database(&STATS_PARTS, rows)
+}
+
+/// `SHOW LISTS`: PgBouncer's object counts. pgtarn keeps no caches of
+/// freed connections, so `free_clients` is the room left under
+/// `max_client_conn` and `free_servers` the room left under the pools'
+/// `pool_size`; it resolves no host names itself, so the `dns_*` are 0.
+/// Admin console sessions are not counted among the clients.
+pub fn lists(ctx: &Context) -> ResultSet {
+    let config = ctx.config();
+    let pools = ctx.registry.pools();
+    let mut users: BTreeSet<&str> = config.users.keys().map(String::as_str).collect();
+    users.extend(pools.iter().map(|p| p.key.user.as_str()));
+    let (mut used_servers, mut free_servers) = (0, 0);
+    for p in &pools {
+        let open = p.size() + p.stats.connecting.load(Ordering::Relaxed);
+        used_servers += open;
+        free_servers += p.settings().size.saturating_sub(open);
+    }
+    let login = ctx.logging_in.load(Ordering::Relaxed);
+    let counts = [
+        ("databases", config.databases.len()),
+        ("users", users.len()),
+        ("pools", pools.len()),
+        ("free_clients", ctx.client_slots.free()),
+        ("used_clients", ctx.client_slots.used()),
+        ("login_clients", login),
+        ("free_servers", free_servers),
+        ("used_servers", used_servers),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ];
+    let mut rs = ResultSet::new(&[("list", Type::Text), ("items", Type::Int4)]);
+    for (list, n) in counts {
+        rs.row(vec![v(list), v(n)]);
     }
     rs
 }
@@ -286,7 +387,11 @@ pub fn databases(ctx: &Context) -> ResultSet {
     rs
 }
 
-/// `SHOW CONFIG`: every `[pgtarn]` setting with its default.
+/// Settings only read at start: a reload cannot change them.
+const RESTART_ONLY: [&str; 4] = ["listen_addr", "so_reuseport", "metrics_addr", "workers"];
+
+/// `SHOW CONFIG`: every `[pgtarn]` setting with its default, and whether
+/// a reload can change it.
 pub fn config(ctx: &Context) -> ResultSet {
     let cols = [
         ("key", Type::Text),
@@ -297,9 +402,9 @@ pub fn config(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(&cols);
     let now = ctx.config().pgtarn.settings();
     let defaults = crate::config::General::default().settings();
-    let keys: std::collections::BTreeSet<&String> = now.keys().chain(defaults.keys()).collect();
+    let keys: BTreeSet<&String> = now.keys().chain(defaults.keys()).collect();
     for key in keys {
-        let changeable = !matches!(key.as_str(), "listen_addr" | "metrics_addr" | "workers");
+        let changeable = !RESTART_ONLY.contains(&key.as_str());
         rs.row(vec![
             v(key),
             now.get(key).cloned(),

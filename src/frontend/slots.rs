@@ -37,6 +37,13 @@ impl ClientSlots {
         Some(ClientSlot(self.clone()))
     }
 
+    /// Slots free now (none when a lowered limit is still exceeded).
+    pub fn free(&self) -> usize {
+        self.limit
+            .load(Ordering::Acquire)
+            .saturating_sub(self.used())
+    }
+
     /// Slots taken now.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)

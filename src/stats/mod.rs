@@ -1,6 +1,7 @@
 //! What pgtarn counts: the Prometheus metric families ([`Metrics`]), the
 //! per-pool handles cut from them ([`PoolStats`]), and the list of
-//! connected clients ([`clients::ClientList`]).
+//! connected clients ([`clients::ConnList`]), and the `SHOW STATS`
+//! averages, recomputed every `stats_period` ([`period`]).
 //!
 //! Every handle used on the relay path is resolved once (when a pool is
 //! created), so recording is an atomic add or a histogram observation:
@@ -10,6 +11,7 @@
 //! scrape time.
 
 pub mod clients;
+pub mod period;
 mod pool;
 
 use std::sync::OnceLock;
@@ -19,6 +21,7 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, core::Collector,
 };
 
+pub use period::{Averages, Window};
 pub use pool::{CloseReason, PoolStats, StatsTotals};
 
 /// Nanoseconds since the process's first call: a monotonic time that fits

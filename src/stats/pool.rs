@@ -1,5 +1,5 @@
-//! Per-pool statistics: metric handles resolved once, live counts, and
-//! the longest current wait.
+//! Per-pool statistics: metric handles resolved once, live counts, the
+//! longest current wait, and the last stats period's changes.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::Metrics;
+use super::period::Window;
 
 /// One pool's counters and histograms (shared by `/metrics` and the admin
 /// console) and its live client counts.
@@ -125,13 +126,60 @@ pub struct StatsTotals {
     pub query_time_us: u64,
     /// Time clients waited for servers, µs.
     pub wait_time_us: u64,
+    /// Server checkouts (each one a wait, however short).
+    pub checkouts: u64,
 }
 
+impl StatsTotals {
+    /// Adds `other`'s figures to these.
+    pub fn add(&mut self, other: &StatsTotals) {
+        for (sum, x) in self.fields_mut().into_iter().zip(other.fields()) {
+            *sum += x;
+        }
+    }
+
+    /// What was added between `earlier` and these totals.
+    pub fn since(&self, earlier: &StatsTotals) -> StatsTotals {
+        let mut d = *self;
+        for (x, e) in d.fields_mut().into_iter().zip(earlier.fields()) {
+            *x = x.saturating_sub(e);
+        }
+        d
+    }
+
+    fn fields(&self) -> [u64; 8] {
+        [
+            self.xact_count,
+            self.query_count,
+            self.received,
+            self.sent,
+            self.xact_time_us,
+            self.query_time_us,
+            self.wait_time_us,
+            self.checkouts,
+        ]
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; 8] {
+        [
+            &mut self.xact_count,
+            &mut self.query_count,
+            &mut self.received,
+            &mut self.sent,
+            &mut self.xact_time_us,
+            &mut self.query_time_us,
+            &mut self.wait_time_us,
+            &mut self.checkouts,
+        ]
+    }
+}
+
+/// The pool's stats period: totals when the last one ended, and what
+/// changed during it.
 #[derive(Debug, Default)]
 struct Period {
-    started: Option<Instant>,
-    at_start: StatsTotals,
-    averages: StatsTotals,
+    at_end: StatsTotals,
+    last: Window,
 }
 
 fn micros(h: &Histogram) -> u64 {
@@ -235,38 +283,31 @@ impl PoolStats {
             xact_time_us: micros(&self.transaction),
             query_time_us: micros(&self.query),
             wait_time_us: micros(&self.wait),
+            checkouts: self.wait.get_sample_count(),
         }
     }
 
-    /// Averages over the last complete `period`: counts and bytes per
-    /// second, times per transaction or query (µs), wait per transaction.
-    pub fn averages(&self, period: Duration) -> StatsTotals {
-        let mut p = self.period.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock_period(&self) -> std::sync::MutexGuard<'_, Period> {
+        self.period.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the current stats period, `secs` long: what changed since the
+    /// previous end (or since the pool was created) becomes
+    /// [`PoolStats::last_period`]. Called by [`super::period::run`].
+    pub fn end_period(&self, secs: f64) {
         let now = self.totals();
-        let started = *p.started.get_or_insert_with(Instant::now);
-        let secs = started.elapsed().as_secs_f64();
-        if secs >= period.as_secs_f64() {
-            p.averages = average(&p.at_start, &now, secs);
-            p.at_start = now;
-            p.started = Some(Instant::now());
-        }
-        p.averages
+        let mut p = self.lock_period();
+        p.last = Window {
+            delta: now.since(&p.at_end),
+            secs,
+        };
+        p.at_end = now;
     }
-}
 
-fn average(a: &StatsTotals, b: &StatsTotals, secs: f64) -> StatsTotals {
-    let per_sec = |x: u64, y: u64| (y.saturating_sub(x) as f64 / secs).round() as u64;
-    let per = |x: u64, y: u64, n: u64| y.saturating_sub(x).checked_div(n).unwrap_or(0);
-    let xacts = b.xact_count.saturating_sub(a.xact_count);
-    let queries = b.query_count.saturating_sub(a.query_count);
-    StatsTotals {
-        xact_count: per_sec(a.xact_count, b.xact_count),
-        query_count: per_sec(a.query_count, b.query_count),
-        received: per_sec(a.received, b.received),
-        sent: per_sec(a.sent, b.sent),
-        xact_time_us: per(a.xact_time_us, b.xact_time_us, xacts),
-        query_time_us: per(a.query_time_us, b.query_time_us, queries),
-        wait_time_us: per(a.wait_time_us, b.wait_time_us, xacts),
+    /// What changed during the last complete stats period (all zero
+    /// before the first one ends).
+    pub fn last_period(&self) -> Window {
+        self.lock_period().last
     }
 }
 
@@ -303,25 +344,53 @@ mod tests {
     }
 
     #[test]
-    fn totals_add_up_and_averages_divide() {
+    fn totals_add_up() {
         let m = Metrics::new();
         let s = PoolStats::new(&m, "db", "u", "transaction");
         s.transaction_done(Duration::from_millis(2));
         s.transaction_done(Duration::from_millis(4));
         s.query_done(Duration::from_millis(1));
+        s.wait.observe(0.003);
         let t = s.totals();
         assert_eq!((t.xact_count, t.query_count, t.xact_time_us), (2, 1, 6000));
-        let b = StatsTotals {
-            xact_count: 20,
-            xact_time_us: 2000,
-            ..t
-        };
-        let a = StatsTotals {
-            xact_count: 10,
-            xact_time_us: 1000,
-            ..t
-        };
-        let avg = average(&a, &b, 2.0);
-        assert_eq!((avg.xact_count, avg.xact_time_us), (5, 100));
+        assert_eq!((t.checkouts, t.wait_time_us), (1, 3000));
+        let mut sum = t;
+        sum.add(&t);
+        assert_eq!(
+            (sum.xact_count, sum.checkouts, sum.xact_time_us),
+            (4, 2, 12_000)
+        );
+        assert_eq!(sum.since(&t), t);
+        assert_eq!(t.since(&sum), StatsTotals::default(), "never negative");
+    }
+
+    #[test]
+    fn a_period_holds_what_changed_during_it() {
+        let m = Metrics::new();
+        let s = PoolStats::new(&m, "db", "u", "transaction");
+        s.transaction_done(Duration::from_millis(100));
+        assert_eq!(s.last_period(), Window::default(), "no period ended yet");
+        // The first period counts from the pool's creation.
+        s.end_period(1.0);
+        let w = s.last_period();
+        assert_eq!(
+            (w.delta.xact_count, w.delta.xact_time_us, w.secs),
+            (1, 100_000, 1.0)
+        );
+        s.transaction_done(Duration::from_millis(50));
+        s.transaction_done(Duration::from_millis(50));
+        assert_eq!(s.last_period(), w, "unchanged until the period ends");
+        s.end_period(2.0);
+        let w = s.last_period();
+        assert_eq!(
+            (w.delta.xact_count, w.delta.xact_time_us, w.secs),
+            (2, 100_000, 2.0)
+        );
+        s.end_period(1.0);
+        assert_eq!(
+            s.last_period().delta,
+            StatsTotals::default(),
+            "an idle period"
+        );
     }
 }
