@@ -1201,3 +1201,26 @@ async fn reload_swaps_the_client_certificate_without_dropping_clients() {
     .await;
     assert_select_1(&kept).await;
 }
+
+/// An upstream CA file replaced in place (same path, as certificate
+/// managers do) reaches the existing pool at the next reload: its new
+/// server connections verify with the new CA.
+#[tokio::test]
+async fn reload_reads_an_upstream_ca_rotated_in_place() {
+    let up = TlsUpstream::start();
+    let wrong = TestCerts::generate("app");
+    let ca_file = wrong.dir.path().join("upstream-ca.pem");
+    std::fs::copy(&wrong.ca, &ca_file).expect("the old CA");
+    let server_tls = format!("mode = \"verify-ca\"\nca = {}", toml_path(&ca_file));
+    let text = config(up.pg.port, "server_login_retry = \"0s\"", "", &server_tls);
+    let pooler = Pooler::start(&text).await;
+    let refused = tokio_postgres::connect(&pooler.conn_str(""), NoTls).await;
+    assert!(refused.is_err(), "the old CA does not verify the server");
+    std::fs::copy(&up.certs.ca, &ca_file).expect("rotate the CA in place");
+    let path = wrong.dir.path().join("pgtarn.toml");
+    std::fs::write(&path, &text).expect("write config");
+    *pooler.ctx.config_path.lock().expect("lock") = Some(path);
+    pooler.ctx.reload().expect("reload");
+    let client = connect(&pooler.conn_str(""), NoTls).await;
+    assert_select_1(&client).await;
+}
