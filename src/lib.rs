@@ -72,16 +72,26 @@ pub struct Context {
 /// Configured users by name.
 pub type Users = HashMap<String, Arc<frontend::auth::UserAuth>>;
 
-fn users_of(config: &Config) -> Users {
+/// The configured users' secrets, prepared. A user whose password is the
+/// same as in `old` keeps its prepared secret, and so its SCRAM salt: a
+/// reload must not tell real users (whose salt would change) from unknown
+/// ones (whose mock salt does not).
+fn users_of(config: &Config, old: Option<(&Config, &Users)>) -> Users {
     config
         .users
         .iter()
         .filter_map(|(name, u)| {
-            let secret = auth::Secret::parse(&u.password).ok()?;
-            Some((
-                name.clone(),
-                Arc::new(frontend::auth::UserAuth::new(secret)),
-            ))
+            let kept = old.and_then(|(config, users)| {
+                let same = config.users.get(name)?.password == u.password;
+                same.then(|| users.get(name).cloned()).flatten()
+            });
+            let prepared = match kept {
+                Some(k) => k,
+                None => Arc::new(frontend::auth::UserAuth::new(
+                    auth::Secret::parse(&u.password).ok()?,
+                )),
+            };
+            Some((name.clone(), prepared))
         })
         .collect()
 }
@@ -139,7 +149,7 @@ impl Context {
         new.validate().map_err(|e| e.to_string())?;
         let client_tls = client_tls(&new.tls.client).map_err(|e| e.to_string())?;
         let new = Arc::new(new);
-        let users = users_of(&new);
+        let users = users_of(&new, Some((&self.config(), &self.users())));
         let secret_of = |user: &str| users.get(user).map(|u| u.secret.clone());
         self.registry
             .apply(new.clone(), secret_of)
@@ -221,7 +231,7 @@ impl Pgtarn {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
-        let users = users_of(&config);
+        let users = users_of(&config, None);
         let (trigger, internal) = shutdown::channel();
         let ctx = Context {
             registry,

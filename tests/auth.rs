@@ -253,3 +253,48 @@ async fn no_secret_is_logged() {
         assert!(!log.contains(secret), "the log contains {secret:?}");
     }
 }
+
+/// The SCRAM salt pgtarn offers `user` (the `s=` of server-first).
+async fn offered_salt(p: &Pooler, user: &str) -> String {
+    let mut raw = Raw::open(p.addr).await;
+    raw.send(&encode::startup_message(&[
+        ("user", user),
+        ("database", "app"),
+    ]))
+    .await;
+    let (tag, _) = raw.read().await.expect("AuthenticationSASL");
+    assert_eq!(tag, b'R');
+    raw.send(&encode::sasl_initial_response(
+        "SCRAM-SHA-256",
+        b"n,,n=,r=abcdefghijklmnop",
+    ))
+    .await;
+    let (tag, body) = raw.read().await.expect("AuthenticationSASLContinue");
+    assert_eq!(tag, b'R');
+    let text = String::from_utf8_lossy(&body[4..]).into_owned();
+    let salt = text.split(',').find_map(|a| a.strip_prefix("s="));
+    salt.expect("a salt").to_owned()
+}
+
+/// Unknown users get a stable mock salt; a reload must not change a real
+/// user's salt while the mock one stays, or comparing salts before and
+/// after a reload would tell which users exist.
+#[tokio::test]
+async fn a_reload_does_not_tell_real_users_from_unknown_ones() {
+    let pg = PgServer::shared();
+    let users = "[users.app]\npassword = \"app-secret\"\n";
+    let toml = config(pg, "auth_type = \"scram-sha-256\"", "", users);
+    let p = Pooler::start(&toml).await;
+    let real = offered_salt(&p, "app").await;
+    let unknown = offered_salt(&p, "nobody").await;
+    let reloaded = pgtarn::config::Config::from_toml(&toml).expect("config");
+    p.ctx.apply(reloaded).expect("reload");
+    assert_eq!(offered_salt(&p, "nobody").await, unknown);
+    assert_eq!(
+        offered_salt(&p, "app").await,
+        real,
+        "a real user's salt changed"
+    );
+    let c = p.connect().await;
+    assert_eq!(common::one(&c, "select 'in'").await, "in");
+}
