@@ -671,3 +671,83 @@ async fn first_reply_while_sending(
     writer.await.expect("writer");
     (head[0], fields)
 }
+
+/// A COPY FROM STDIN fails on a bad row while the client is in the middle
+/// of sending its next, large CopyData. Postgres ends the COPY and ignores
+/// the rest of the data. The server must not go back to the pool before
+/// the client's message is complete: its tail (here holding the bytes of a
+/// Query message) would reach another server and run there as SQL, and the
+/// first server, taken by another client meanwhile, would swallow that
+/// client's query as the rest of the CopyData. The CopyDone that follows
+/// takes no server.
+#[tokio::test]
+async fn copy_data_after_a_failed_copy_never_reaches_a_server_as_messages() {
+    let _serial = SERIAL.lock().await;
+    let general = "auth_type = \"trust\"";
+    let p = Pooler::start(&pooler::config(
+        PgServer::shared(),
+        general,
+        "pool_size = 2",
+    ))
+    .await;
+    let admin = p.connect().await;
+    admin
+        .batch_execute(
+            "drop table if exists copy_tail; create table copy_tail (i int);\
+             drop table if exists copy_injected",
+        )
+        .await
+        .unwrap();
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    c.query("copy copy_tail from stdin").await;
+    assert_eq!(raw::tags(&c.read_until(b'G').await), "G");
+    // The tail: a Query, then Syncs as filler, 200 KB in all.
+    let mut tail = BytesMut::new();
+    encode::query(&mut tail, "create table copy_injected (i int)");
+    while tail.len() < 200_000 {
+        encode::message(&mut tail, b'S', |_| {});
+    }
+    let mut head = BytesMut::new();
+    encode::message(&mut head, b'd', |b| b.put_slice(b"not a number\n"));
+    head.put_u8(b'd');
+    head.put_u32((95 + tail.len() + 4) as u32);
+    head.put_slice(&[b'7'; 95]);
+    // The bad row and the start of a large CopyData in one write.
+    c.send(&head).await;
+    assert_eq!(raw::errors(&c.read_until(b'Z').await), ["22P02"]);
+    // Another client asks for a server while `c` is mid-message.
+    let b = p.connect().await;
+    let b_query = tokio::spawn(async move {
+        let r = timeout(DEADLINE, b.simple_query("select 'b'")).await;
+        r.map(|r| r.map(|_| ()))
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(&tail).await;
+    let mut done = BytesMut::new();
+    encode::message(&mut done, b'c', |_| {});
+    c.send(&done).await;
+    let b_answer = b_query.await.unwrap();
+    assert!(
+        matches!(b_answer, Ok(Ok(()))),
+        "the other client's query: {b_answer:?}"
+    );
+    // `c` goes on normally.
+    c.query("select 'c'").await;
+    assert_eq!(raw::first_columns(&c.read_until(b'Z').await), ["c"]);
+    let injected = one(
+        &admin,
+        "select (to_regclass('copy_injected') is not null)::text",
+    )
+    .await;
+    assert_eq!(injected, "false", "COPY payload bytes ran as a query");
+    assert_eq!(
+        one(&admin, "select count(*)::text from copy_tail").await,
+        "0"
+    );
+    let pool = p.pool();
+    wait_until("both servers idle", DEADLINE, || {
+        let all_idle = pool.idle() == pool.size();
+        async move { all_idle }
+    })
+    .await;
+}

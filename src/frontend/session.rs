@@ -324,9 +324,12 @@ impl Session {
                     break;
                 }
                 Item::Frame(f) => self.client_frame(f).await?,
+                // The rest of a large CopyData: it goes where its start
+                // went, and nowhere without a server (see `client_frame`).
                 Item::Chunk(b) => {
-                    self.attach().await?;
-                    self.to_server.push(b);
+                    if self.server.is_some() {
+                        self.to_server.push(b);
+                    }
                 }
             }
         }
@@ -337,11 +340,20 @@ impl Session {
         if !self.to_client.is_empty() {
             self.to_client.flush(&mut self.client).await?;
         }
+        // A server held back while the client finished a message (the tail
+        // of a CopyData after a failed COPY) goes back now.
+        self.release_if_idle().await?;
         Ok(end)
     }
 
     /// Queues one client frame for the server, or answers it locally.
     async fn client_frame(&mut self, f: Frame) -> Result<(), ClientError> {
+        // Without a server the client is in no COPY: CopyData, CopyDone
+        // and CopyFail are what is left of a COPY that failed, and
+        // Postgres would ignore them too. They never take a server.
+        if self.server.is_none() && matches!(f.tag(), b'd' | b'c' | b'f') {
+            return Ok(());
+        }
         if let Some(t) = self.translator.as_mut()
             && self.server.is_none()
             && t.answer_locally(&f, &mut self.to_client)?
@@ -463,12 +475,27 @@ impl Session {
                 }
             }
         }
+        self.flush_to_client().await?;
+        self.release_if_idle().await
+    }
+
+    /// In transaction mode, gives the server back once it is idle with
+    /// nothing owed to the client and no message half-way in either
+    /// direction (the client may be in the middle of a large CopyData whose
+    /// COPY the server has already ended with an error: its tail must
+    /// reach that server, which ignores it, not the next one).
+    async fn release_if_idle(&mut self) -> Result<(), ClientError> {
+        let Some(server) = self.server.as_ref() else {
+            return Ok(());
+        };
         let settled = self
             .translator
             .as_ref()
             .is_none_or(|t| t.replies.is_empty());
-        let idle = server.state.is_idle() && !server.splitter.in_stream() && settled;
-        self.flush_to_client().await?;
+        let idle = server.state.is_idle()
+            && !server.splitter.in_stream()
+            && !self.csplit.in_stream()
+            && settled;
         if idle && self.mode == PoolMode::Transaction {
             if !self.changed.is_empty() {
                 self.track_settings().await?;
