@@ -174,6 +174,10 @@ impl AsyncWrite for Stream {
 #[derive(Debug, Default)]
 pub struct Outbox {
     segments: Vec<Bytes>,
+    /// Progress of a flush that could not finish at once: the first
+    /// segment not wholly written, and the bytes of it already written.
+    first: usize,
+    offset: usize,
 }
 
 /// Most segments handed to one `writev`.
@@ -187,9 +191,16 @@ impl Outbox {
         }
     }
 
-    /// Takes everything queued, leaving the outbox empty.
+    /// Takes everything queued and not yet written, leaving the outbox
+    /// empty.
     pub fn take(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.segments)
+        let mut segments = std::mem::take(&mut self.segments);
+        segments.drain(..self.first.min(segments.len()));
+        if let Some(head) = segments.first_mut() {
+            let _ = head.split_to(self.offset.min(head.len()));
+        }
+        (self.first, self.offset) = (0, 0);
+        segments
     }
 
     /// True when nothing is queued.
@@ -200,32 +211,56 @@ impl Outbox {
     /// Writes everything queued to `w` and flushes it, then empties the
     /// outbox.
     pub async fn flush<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> io::Result<()> {
-        let mut first = 0;
-        let mut offset = 0;
-        while first < self.segments.len() {
-            let segments = &self.segments;
-            let mut n =
-                std::future::poll_fn(|cx| poll_write_from(segments, first, offset, &mut *w, cx))
-                    .await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            while n > 0 && first < self.segments.len() {
-                let left = self.segments[first].len() - offset;
-                if n >= left {
-                    n -= left;
-                    first += 1;
-                    offset = 0;
-                } else {
-                    offset += n;
-                    n = 0;
+        std::future::poll_fn(|cx| self.poll_flush(w, cx)).await
+    }
+
+    /// [`Outbox::flush`] as a poll: writes what `w` takes now and
+    /// remembers how far it got, so that the caller may do something else
+    /// (read the same peer) while `w` is full.
+    pub fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        while self.first < self.segments.len() {
+            let n = match poll_write_from(&self.segments, self.first, self.offset, &mut *w, cx) {
+                std::task::Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            };
+            match n {
+                Ok(n) => self.advance(n),
+                Err(e) => {
+                    self.clear();
+                    return std::task::Poll::Ready(Err(e));
                 }
             }
         }
-        self.segments.clear();
         // TLS streams may hold encrypted records back until flushed (a
         // no-op for plain TCP).
-        w.flush().await
+        let flushed = std::task::ready!(std::pin::Pin::new(&mut *w).poll_flush(cx));
+        self.clear();
+        std::task::Poll::Ready(flushed)
+    }
+
+    /// Counts `n` more bytes as written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.first < self.segments.len() {
+            let left = self.segments[self.first].len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.first += 1;
+                self.offset = 0;
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.segments.clear();
+        (self.first, self.offset) = (0, 0);
     }
 }
 

@@ -446,3 +446,48 @@ async fn login_errors_carry_sqlstates() {
     .await;
     assert_eq!(sqlstate(&e), "3D000");
 }
+
+/// A client that pipelines many queries with large results, reading the
+/// results while it writes (libpq's pipeline mode, pgjdbc batches), must
+/// not deadlock: while the server takes no more queries because it is
+/// blocked writing results, pgtarn has to go on reading and relaying them.
+/// Here 2,000 queries of 8 KiB each (16 MiB, more than the socket buffers
+/// hold) each return 64 KiB; without the relaying, progress stopped after
+/// a few dozen results.
+#[tokio::test]
+async fn pipelined_queries_with_large_results_do_not_deadlock() {
+    use bytes::BytesMut;
+    use common::raw::Raw;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const QUERIES: usize = 2000;
+    let p = pooler("auth_type = \"trust\"", "").await;
+    let raw = Raw::login(p.addr, "app", "app").await;
+    let (mut rd, mut wr) = tokio::io::split(raw.stream);
+    let pad = "x".repeat(8192);
+    let mut all = BytesMut::new();
+    for _ in 0..QUERIES {
+        let sql = format!("select repeat('y', 65536) /* {pad} */");
+        pgtarn::protocol::encode::query(&mut all, &sql);
+    }
+    let writer = tokio::spawn(async move { wr.write_all(&all).await });
+    let mut ready = 0;
+    let mut pending = BytesMut::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while ready < QUERIES {
+        let read = tokio::time::timeout(DEADLINE, rd.read(&mut buf)).await;
+        let n = read
+            .unwrap_or_else(|_| panic!("no progress for 10 s after {ready} of {QUERIES} results"))
+            .expect("read");
+        assert!(n > 0, "EOF after {ready} results");
+        pending.extend_from_slice(&buf[..n]);
+        while pending.len() >= 5 {
+            let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if pending.len() < len + 1 {
+                break;
+            }
+            ready += usize::from(pending[0] == b'Z');
+            let _ = pending.split_to(len + 1);
+        }
+    }
+    writer.await.unwrap().expect("every query written");
+}

@@ -10,7 +10,9 @@
 //! the loop does not read more from the other side, so memory stays bounded.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -333,10 +335,7 @@ impl Session {
                 }
             }
         }
-        if let Some(server) = self.server.as_mut() {
-            let sent = self.to_server.flush(&mut server.stream).await;
-            sent.map_err(|e| ClientError::ServerLost(e.into()))?;
-        }
+        self.flush_to_server().await?;
         if !self.to_client.is_empty() {
             self.to_client.flush(&mut self.client).await?;
         }
@@ -479,6 +478,42 @@ impl Session {
         self.release_if_idle().await
     }
 
+    /// Writes the queued client frames to the server. While the server
+    /// takes no more, its output is read and relayed meanwhile: a server
+    /// blocked writing results that nobody reads would never read the rest
+    /// of ours (a client pipelining many queries with large results).
+    async fn flush_to_server(&mut self) -> Result<(), ClientError> {
+        loop {
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let server = &mut **server;
+            let to_server = &mut self.to_server;
+            make_room(&mut server.rbuf);
+            let step = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = to_server.poll_flush(&mut server.stream, cx) {
+                    return Poll::Ready(Ok(r));
+                }
+                let read = tokio_util::io::poll_read_buf(
+                    Pin::new(&mut server.stream),
+                    cx,
+                    &mut server.rbuf,
+                );
+                read.map(Err)
+            })
+            .await;
+            match step {
+                Ok(flushed) => return flushed.map_err(|e| ClientError::ServerLost(e.into())),
+                Err(Ok(0)) => return Err(ClientError::ServerLost(BackendError::Closed)),
+                Err(Ok(n)) => {
+                    self.pool.stats.sent.inc_by(n as u64);
+                    self.on_server_data().await?;
+                }
+                Err(Err(e)) => return Err(ClientError::ServerLost(e.into())),
+            }
+        }
+    }
+
     /// In transaction mode, gives the server back once it is idle with
     /// nothing owed to the client and no message half-way in either
     /// direction (the client may be in the middle of a large CopyData whose
@@ -493,6 +528,7 @@ impl Session {
             .as_ref()
             .is_none_or(|t| t.replies.is_empty());
         let idle = server.state.is_idle()
+            && self.to_server.is_empty()
             && !server.splitter.in_stream()
             && !self.csplit.in_stream()
             && settled;
