@@ -491,3 +491,26 @@ async fn pipelined_queries_with_large_results_do_not_deadlock() {
     }
     writer.await.unwrap().expect("every query written");
 }
+
+/// A `SET` sent through the extended protocol (tokio-postgres `execute`,
+/// pgjdbc) is tracked like one in a simple query: it follows its client,
+/// and does not leak to the next client of the same server.
+#[tokio::test]
+async fn a_set_in_the_extended_protocol_follows_its_client_only() {
+    let p = pooler("", "pool_size = 1").await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    a.execute("SET statement_timeout = '1234ms'", &[])
+        .await
+        .unwrap();
+    let shown = |row: tokio_postgres::Row| row.get::<_, String>(0);
+    let b_sees = b.query_one("SHOW statement_timeout", &[]).await.unwrap();
+    assert_eq!(shown(b_sees), "0", "the other client on the same server");
+    let a_sees = a.query_one("SHOW statement_timeout", &[]).await.unwrap();
+    assert_eq!(shown(a_sees), "1234ms", "the client that set it");
+    a.execute("SET TimeZone = 'Asia/Tokyo'", &[]).await.unwrap();
+    let b_zone = b.query_one("SHOW TimeZone", &[]).await.unwrap();
+    assert_ne!(shown(b_zone), "Asia/Tokyo");
+    let a_zone = a.query_one("SHOW TimeZone", &[]).await.unwrap();
+    assert_eq!(shown(a_zone), "Asia/Tokyo");
+}

@@ -76,6 +76,9 @@ pub struct Session {
     /// Settings the client's queries changed since its server was attached
     /// (transaction mode only), read back when the transaction ends.
     changed: Changed,
+    /// The client's prepared statements (by name; empty: the unnamed one)
+    /// that change settings (transaction mode).
+    set_statements: Vec<(Box<[u8]>, Changed)>,
     to_server: Outbox,
     to_client: Outbox,
     /// This client's entry in `SHOW CLIENTS`.
@@ -164,6 +167,7 @@ impl Session {
             mode,
             translator,
             changed: Changed::default(),
+            set_statements: Vec::new(),
             client,
             cbuf,
             csplit,
@@ -360,6 +364,9 @@ impl Session {
             return Ok(());
         }
         self.attach().await?;
+        if self.mode == PoolMode::Transaction {
+            self.note_changes(&f);
+        }
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
@@ -367,10 +374,6 @@ impl Session {
             let now = Instant::now();
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
-        }
-        if f.tag() == b'Q' && self.mode == PoolMode::Transaction {
-            let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
-            self.changed.merge(changed_settings(sql));
         }
         match self.translator.as_mut() {
             Some(t) => t.client_frame(f, server, &mut self.to_server, &mut self.to_client)?,
@@ -380,6 +383,40 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Notes the settings a client frame changes (transaction mode): a
+    /// simple query's `SET` at once; an extended-protocol one when a Bind
+    /// of its statement shows that it runs.
+    fn note_changes(&mut self, f: &Frame) {
+        match f.tag() {
+            b'Q' => {
+                let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
+                self.changed.merge(changed_settings(sql));
+            }
+            b'P' => {
+                let Some((name, sql)) = two_strings(f.body()) else {
+                    return;
+                };
+                let changes = changed_settings(sql);
+                let sets = &mut self.set_statements;
+                if !sets.is_empty() || !changes.is_empty() {
+                    sets.retain(|(n, _)| **n != *name);
+                }
+                if !changes.is_empty() {
+                    sets.push((name.into(), changes));
+                }
+            }
+            b'B' if !self.set_statements.is_empty() => {
+                let Some((_, name)) = two_strings(f.body()) else {
+                    return;
+                };
+                if let Some((_, c)) = self.set_statements.iter().find(|(n, _)| **n == *name) {
+                    self.changed.merge(c.clone());
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Checks out a server if none is attached and brings its settings in
@@ -660,6 +697,13 @@ async fn killed(listed: &Option<Listed>, at_least: KillReason) -> KillReason {
         Some(l) => l.killed(at_least).await,
         None => std::future::pending().await,
     }
+}
+
+/// The first two NUL-terminated strings of a message body (Parse: name
+/// and SQL; Bind: portal and statement).
+fn two_strings(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut parts = body.splitn(3, |&b| b == 0);
+    Some((parts.next()?, parts.next()?))
 }
 
 /// Records the query (and, at idle, the transaction) that a
