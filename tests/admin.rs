@@ -594,6 +594,18 @@ async fn stats_parts_and_lists_have_pgbouncers_columns() {
     assert_eq!(columns_of(&mut raw, "SHOW STATS_AVERAGES").await, numeric);
     let lists = vec![("list".to_string(), 25), ("items".to_string(), 23)];
     assert_eq!(columns_of(&mut raw, "SHOW LISTS").await, lists);
+    let totals = vec![("name".to_string(), 25), ("value".to_string(), 1700)];
+    assert_eq!(columns_of(&mut raw, "SHOW TOTALS").await, totals);
+    let c = p.connect().await;
+    assert_eq!(common::one(&c, "select 'counted'").await, "counted");
+    let admin = console(&p, "admin", "pgbouncer").await.expect("admin");
+    let rows = rows(&admin, "SHOW TOTALS").await;
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str()).collect();
+    assert_eq!(names.len(), 14, "{names:?}");
+    assert_eq!(names[..2], ["total_xact_count", "total_query_count"]);
+    assert_eq!(names[13], "avg_wait_time");
+    let queries: u64 = rows[1]["value"].parse().expect("a number");
+    assert!(queries >= 1, "{rows:?}");
     p.stop().await;
 }
 

@@ -52,7 +52,7 @@ impl Refusal {
 }
 
 /// The commands, as `SHOW HELP` lists them.
-pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tSHUTDOWN";
+pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tSHUTDOWN";
 
 const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATS; RELOAD; PAUSE [db]; RESUME [db]; RECONNECT [db]; KILL db; SHUTDOWN.";
 
@@ -196,7 +196,8 @@ fn show_command(what: &str, ctx: &Context, out: &mut BytesMut) -> Result<(), Ref
             return Ok(());
         }
         "POOLS" => show::pools(ctx),
-        "STATS" | "TOTALS" => show::stats(ctx),
+        "STATS" => show::stats(ctx),
+        "TOTALS" => show::totals(ctx),
         "STATS_TOTALS" => show::stats_totals(ctx),
         "STATS_AVERAGES" => show::stats_averages(ctx),
         "LISTS" => show::lists(ctx),

@@ -186,6 +186,23 @@ pub fn stats_averages(ctx: &Context) -> ResultSet {
     per_database(&STATS_PARTS, rows)
 }
 
+/// `SHOW TOTALS`: the figures of `SHOW STATS` over every database, one
+/// `name`/`value` row each, as PgBouncer's.
+pub fn totals(ctx: &Context) -> ResultSet {
+    let mut all = DbStats::default();
+    for pool in ctx.registry.pools() {
+        all.totals.add(&pool.stats.totals());
+        all.last.merge(&pool.stats.last_period());
+    }
+    let mut figures = totals_figures(&all.totals).to_vec();
+    figures.extend(average_figures(&Averages::of(&all.last)));
+    let mut rs = ResultSet::new(&[("name", Type::Text), ("value", Type::Numeric)]);
+    for (name, value) in STATS[1..].iter().zip(figures) {
+        rs.row(vec![v(name), v(value)]);
+    }
+    rs
+}
+
 /// `SHOW LISTS`: PgBouncer's object counts. pgtarn keeps no caches of
 /// freed connections, so `free_clients` is the room left under
 /// `max_client_conn` and `free_servers` the room left under the pools'
