@@ -27,7 +27,7 @@ use crate::protocol::frame::server_streamable;
 use crate::protocol::sqlstate::CONNECTION_FAILURE;
 use crate::protocol::startup::CancelKey;
 use crate::protocol::{Frame, Item, ProtocolError, Splitter, encode};
-pub use cancel::CancelTarget;
+pub use cancel::{CancelTarget, InFlight};
 pub use login::Credential;
 pub use state::ServerState;
 pub use tls::UpstreamTls;
@@ -157,6 +157,9 @@ pub struct ServerConn {
     pub synced_params: Option<Arc<BTreeMap<String, (String, String)>>>,
     /// Where cancel requests for this connection go, once logged in.
     cancel: Option<Arc<CancelTarget>>,
+    /// The cancel requests in flight for this connection (shared with
+    /// every [`CancelTarget`] built for it).
+    in_flight: Arc<InFlight>,
     /// The connection's entry in `SHOW SERVERS`, set by the pool.
     pub listed: Option<crate::stats::clients::Listed>,
 }
@@ -188,6 +191,7 @@ impl ServerConn {
             listed: None,
             synced_params: None,
             cancel: None,
+            in_flight: Arc::default(),
         };
         login::login(&mut conn, target).await?;
         conn.cancel = Some(Arc::new(conn.new_cancel_target()));
@@ -228,7 +232,14 @@ impl ServerConn {
             host: self.host.clone(),
             key: self.key,
             tls: self.tls.clone(),
+            in_flight: self.in_flight.clone(),
         }
+    }
+
+    /// The cancel requests in flight for this connection: while one is,
+    /// the connection must not be lent to another client.
+    pub fn cancels_in_flight(&self) -> &Arc<InFlight> {
+        &self.in_flight
     }
 
     /// The ParameterStatus values reported at login.

@@ -2,6 +2,13 @@
 //! CancelRequest carrying it is forwarded, with the server's own key, to
 //! the server running that client's query at that moment. Unknown keys
 //! are ignored, as Postgres does.
+//!
+//! A request is counted in flight for its server from the lookup (under
+//! the client's slot lock, which a release takes to clear the slot before
+//! the server is handed back) until Postgres has closed the cancel
+//! connection; meanwhile the server is kept out of the pool (see
+//! [`crate::backend::cancel`]), so a late cancel never reaches another
+//! client's query.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,6 +16,8 @@ use std::time::Duration;
 
 use tracing::{debug, info};
 
+use crate::backend::BackendError;
+use crate::backend::cancel::{Delivery, InFlightGuard};
 use crate::protocol::startup::CancelKey;
 
 pub use crate::backend::CancelTarget;
@@ -18,13 +27,57 @@ pub use crate::backend::CancelTarget;
 pub struct CancelSlot(Mutex<Option<Arc<CancelTarget>>>);
 
 impl CancelSlot {
-    /// Records the server now serving the client (or `None`).
+    /// Records the server now serving the client (or `None`). The slot
+    /// must be cleared before that server is released: a cancel looked up
+    /// before is then counted in flight in time to keep it out of the pool.
     pub fn set(&self, target: Option<Arc<CancelTarget>>) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = target;
     }
 
-    fn get(&self) -> Option<Arc<CancelTarget>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// Starts a cancel for the server serving the client, if any, counting
+    /// it in flight under the slot's lock.
+    fn begin(&self) -> Option<PendingCancel> {
+        let slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().map(PendingCancel::begin)
+    }
+}
+
+/// A cancel request counted in flight for its server, not yet sent.
+#[derive(Debug)]
+pub struct PendingCancel {
+    target: Arc<CancelTarget>,
+    guard: InFlightGuard,
+}
+
+impl PendingCancel {
+    /// Counts a cancel for `target`'s server in flight. The caller holds
+    /// that server (or the lock its release takes first).
+    pub fn begin(target: &Arc<CancelTarget>) -> Self {
+        PendingCancel {
+            target: target.clone(),
+            guard: target.in_flight.begin(),
+        }
+    }
+
+    /// Delivers the request, giving up after `limit`, then lets the server
+    /// go back to its pool (or be closed, if the outcome is unknown).
+    pub async fn send(self, limit: Duration) {
+        let target = &self.target;
+        let delivery = match target.deliver(limit).await {
+            Ok(()) => Delivery::Delivered,
+            Err((d, BackendError::Timeout(_))) => {
+                info!(server = %target.addr, "cancel request not delivered within cancel_wait_timeout");
+                d
+            }
+            Err((d, e)) => {
+                debug!(error = %e, "forwarding cancel request failed");
+                d
+            }
+        };
+        if delivery == Delivery::Unconfirmed {
+            info!(server = %target.addr, "cancel request unconfirmed: its server connection will be closed");
+        }
+        self.guard.done(delivery);
     }
 }
 
@@ -66,33 +119,39 @@ impl CancelRegistry {
         }
     }
 
-    fn lookup(&self, key: CancelKey) -> Option<Arc<CancelTarget>> {
+    fn lookup(&self, key: CancelKey) -> Option<PendingCancel> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let (secret, slot) = clients.get(&key.pid)?;
-        (*secret == key.secret).then(|| slot.get()).flatten()
+        (*secret == key.secret).then(|| slot.begin()).flatten()
     }
 
     /// Forwards a cancel request for `key`, if it names a client whose
     /// query is running; otherwise does nothing. Delivery is abandoned
     /// after `limit` (`cancel_wait_timeout`).
     pub async fn cancel(&self, key: CancelKey, limit: Duration) {
-        let Some(target) = self.lookup(key) else {
+        let Some(pending) = self.lookup(key) else {
             debug!("cancel request for an unknown or idle client ignored");
             return;
         };
-        send_cancel(&target, limit).await;
+        pending.send(limit).await;
     }
 }
 
-/// Sends a cancel request to a server, giving up after `limit`.
-pub async fn send_cancel(target: &CancelTarget, limit: Duration) {
-    match tokio::time::timeout(limit, target.send()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => debug!(error = %e, "forwarding cancel request failed"),
-        Err(_) => {
-            info!(server = %target.addr, "cancel request not delivered within cancel_wait_timeout")
-        }
-    }
+/// Cancels the query running on a server its caller holds (`query_timeout`):
+/// counts the request in flight now, before returning, and delivers it in
+/// a task, giving up after `limit`. The server cannot go back to the pool
+/// until the request is done.
+pub fn spawn_cancel(target: &Arc<CancelTarget>, limit: Duration) {
+    let pending = PendingCancel::begin(target);
+    tokio::spawn(pending.send(limit));
+}
+
+/// Sends a cancel request to a server, giving up after `limit`. It is
+/// counted in flight only from this future's first poll: a caller that
+/// spawns it may release the server before, and should use
+/// [`spawn_cancel`] instead.
+pub async fn send_cancel(target: &Arc<CancelTarget>, limit: Duration) {
+    PendingCancel::begin(target).send(limit).await;
 }
 
 impl Drop for Registration {
@@ -119,13 +178,18 @@ mod tests {
             "idle client: nothing to cancel"
         );
         let server_key = CancelKey { pid: 1, secret: 2 };
-        r.slot.set(Some(Arc::new(CancelTarget {
+        let target = Arc::new(CancelTarget {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
             host: "127.0.0.1".into(),
             key: server_key,
             tls: None,
-        })));
-        assert_eq!(reg.lookup(r.key).map(|t| t.key), Some(server_key));
+            in_flight: Arc::default(),
+        });
+        r.slot.set(Some(target.clone()));
+        let pending = reg.lookup(r.key).expect("a running query");
+        assert_eq!(pending.target.key, server_key);
+        assert!(target.in_flight.busy(), "counted in flight from the lookup");
+        drop(pending);
         let wrong = CancelKey {
             secret: r.key.secret.wrapping_add(1),
             ..r.key

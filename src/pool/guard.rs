@@ -3,7 +3,10 @@
 //! Dropping the guard returns the connection to its pool only if it is
 //! reusable (idle, in sync, still alive); otherwise the connection is taken
 //! out of the pool and closed, so a dirty connection never reaches another
-//! client.
+//! client. While a cancel request for the connection is in flight it is
+//! parked instead, and released (as above) once the request is done: a
+//! late cancel must not hit the next client's query. If a request's
+//! outcome stays unknown (`cancel_wait_timeout`), the connection is closed.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
@@ -65,22 +68,47 @@ fn close(obj: Object<Manager>, reason: CloseReason) {
     info!(server = conn.id(), %reason, "server connection closed");
 }
 
+/// Parks `obj` until the cancel requests in flight for it are done, then
+/// releases it, or closes it if one of them may still land.
+fn park(obj: Object<Manager>) {
+    if !obj.is_reusable() {
+        return close(obj, CloseReason::Dirty);
+    }
+    let in_flight = obj.cancels_in_flight().clone();
+    in_flight.release_after(Box::new(move |confirmed| {
+        if confirmed {
+            release(obj);
+        } else {
+            close(obj, CloseReason::CancelUnconfirmed);
+        }
+    }));
+}
+
+/// Returns `obj` to its pool if it is reusable, else closes it.
+fn release(mut obj: Object<Manager>) {
+    if !obj.is_reusable() {
+        return close(obj, CloseReason::Dirty);
+    }
+    if over_size(&obj) {
+        return close(obj, CloseReason::Resize);
+    }
+    obj.idle_since = Instant::now();
+    if let Some(l) = &obj.listed {
+        l.set_idle();
+    }
+    // `obj` drops here: back to the pool.
+}
+
 impl Drop for Checkout {
     fn drop(&mut self) {
-        // A reusable connection goes back to the pool when `obj` drops.
-        let Some(mut obj) = self.obj.take() else {
+        let Some(obj) = self.obj.take() else {
             return;
         };
-        if !obj.is_reusable() {
-            return close(obj, CloseReason::Dirty);
+        // One atomic load on the common path.
+        if obj.cancels_in_flight().busy() {
+            return park(obj);
         }
-        if over_size(&obj) {
-            return close(obj, CloseReason::Resize);
-        }
-        obj.idle_since = Instant::now();
-        if let Some(l) = &obj.listed {
-            l.set_idle();
-        }
+        release(obj);
     }
 }
 

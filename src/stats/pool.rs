@@ -69,6 +69,9 @@ pub enum CloseReason {
     Reconnect,
     /// A reload reduced `pool_size`.
     Resize,
+    /// Released while a cancel request sent for it may still land (its
+    /// delivery was not confirmed within `cancel_wait_timeout`).
+    CancelUnconfirmed,
 }
 
 impl CloseReason {
@@ -84,6 +87,7 @@ impl CloseReason {
             CloseReason::ResetFailed => "reset_failed",
             CloseReason::Reconnect => "reconnect",
             CloseReason::Resize => "resize",
+            CloseReason::CancelUnconfirmed => "cancel_unconfirmed",
         }
     }
 
@@ -99,6 +103,7 @@ impl CloseReason {
             CloseReason::ResetFailed => "server_reset_query failed",
             CloseReason::Reconnect => "closed by RECONNECT or reload",
             CloseReason::Resize => "pool_size reduced",
+            CloseReason::CancelUnconfirmed => "a cancel request for it may still land",
         }
     }
 }
