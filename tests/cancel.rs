@@ -105,7 +105,6 @@ async fn a_late_cancel_never_hits_another_clients_query() {
 /// must never be cancelled "due to user request" (a stale cancel; B's own
 /// timeout would say `query_timeout`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs session.rs on_timeout to call cancel::spawn_cancel"]
 async fn a_late_query_timeout_cancel_never_hits_another_clients_query() {
     let general = "auth_type = \"trust\"\nquery_timeout = \"20ms\"";
     let config = pooler::config(PgServer::shared(), general, "pool_size = 1");

@@ -314,7 +314,7 @@ impl Session {
                 self.cancelled_at = Some(Instant::now());
                 let target = server.cancel_target();
                 let limit = self.timeouts.cancel_wait;
-                tokio::spawn(async move { super::cancel::send_cancel(&target, limit).await });
+                super::cancel::spawn_cancel(&target, limit);
                 Ok(())
             }
         }
