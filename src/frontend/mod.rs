@@ -107,21 +107,12 @@ async fn open(
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
     };
     if is_admin_database(&startup) {
-        let login = crate::admin::login(&mut stream, &mut buf, &startup, ctx);
-        let role = match before(deadline.as_mut(), login).await {
-            Some(Ok(role)) => role,
-            Some(Err(e)) => return fail(&mut stream, peer, &e).await,
-            None => {
-                info!(%peer, client = %Who(&startup), "client login timed out");
-                return None;
-            }
+        let opening = Opening {
+            peer,
+            deadline: deadline.as_mut(),
+            _logging_in: logging_in,
         };
-        drop(logging_in);
-        deadline.set(None);
-        let served = crate::admin::serve(stream, buf, role, ctx.clone(), shutdown.clone());
-        if let Err((mut stream, e)) = served.await {
-            fail::<()>(&mut stream, peer, &e).await;
-        }
+        console(stream, buf, &startup, ctx, shutdown, opening).await;
         drop(slot);
         return None;
     }
@@ -144,6 +135,46 @@ async fn open(
         peer,
         _slot: slot,
     })
+}
+
+/// What a connection's opening holds until its login is done.
+struct Opening<'a, 'b> {
+    peer: SocketAddr,
+    /// The login's time limit.
+    deadline: Pin<&'a mut Option<Sleep>>,
+    /// Counted as logging in until dropped.
+    _logging_in: crate::LoggingIn<'b>,
+}
+
+/// Serves an admin console connection: its login, within the login's time
+/// limit, then its commands until it leaves.
+async fn console(
+    mut stream: Stream,
+    mut buf: BytesMut,
+    startup: &StartupMessage,
+    ctx: &Arc<Context>,
+    shutdown: &Shutdown,
+    mut opening: Opening<'_, '_>,
+) {
+    let peer = opening.peer;
+    let login = crate::admin::login(&mut stream, &mut buf, startup, ctx);
+    let role = match before(opening.deadline.as_mut(), login).await {
+        Some(Ok(role)) => role,
+        Some(Err(e)) => {
+            fail::<()>(&mut stream, peer, &e).await;
+            return;
+        }
+        None => {
+            info!(%peer, client = %Who(startup), "client login timed out");
+            return;
+        }
+    };
+    opening.deadline.set(None);
+    drop(opening);
+    let served = crate::admin::serve(stream, buf, role, ctx.clone(), shutdown.clone());
+    if let Err((mut stream, e)) = served.await {
+        fail::<()>(&mut stream, peer, &e).await;
+    }
 }
 
 impl Opened {
