@@ -1,6 +1,7 @@
 //! Wire-protocol edge cases at pgtarn's front door: encryption requests,
 //! malformed and oversized messages, half-open clients, relayed notices and
-//! ParameterStatus, the login parameter set, and stray cancel requests.
+//! ParameterStatus, the login parameter set, stray cancel requests, and
+//! COPY FROM STDIN whose data comes right behind the query.
 //! pgtarn runs in-process with `auth_type = "trust"` so the raw client can
 //! log in.
 
@@ -10,11 +11,11 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use common::one;
 use common::pg::PgServer;
 use common::pooler::{self, Pooler};
-use common::raw::{self, Raw};
+use common::raw::{self, Raw, ext, first_columns};
 use common::wait_until;
 use pgtarn::protocol::backend::error_fields;
 use pgtarn::protocol::encode;
@@ -28,8 +29,13 @@ const GSSENC_REQUEST: u32 = 80_877_104;
 const CANCEL_REQUEST: u32 = 80_877_102;
 
 async fn trust_pooler(general: &str) -> Pooler {
+    trust_pooler_with("", general).await
+}
+
+/// A trust pooler with `database` settings (e.g. `pool_size`).
+async fn trust_pooler_with(database: &str, general: &str) -> Pooler {
     let general = format!("auth_type = \"trust\"\n{general}");
-    Pooler::start(&pooler::config(PgServer::shared(), &general, "")).await
+    Pooler::start(&pooler::config(PgServer::shared(), &general, database)).await
 }
 
 /// An untagged startup-phase packet: length, code, then `rest`.
@@ -326,4 +332,106 @@ async fn unknown_cancel_keys_are_ignored_silently() {
         tags(&reply)
     );
     assert_eq!(first_value(&reply), Some(marker), "{}", tags(&reply));
+}
+
+fn msg(tag: u8, body: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    encode::message(&mut b, tag, body);
+    b.to_vec()
+}
+
+fn copy_data(data: &[u8]) -> Vec<u8> {
+    msg(b'd', |b| b.put_slice(data))
+}
+
+fn copy_done() -> Vec<u8> {
+    msg(b'c', |_| {})
+}
+
+/// Reads until `tag`, failing (instead of panicking after 30 s) after 5 s.
+async fn read_until_5s(raw: &mut Raw, tag: u8) -> Option<Vec<(u8, Bytes)>> {
+    let mut out = Vec::new();
+    let r = timeout(Duration::from_secs(5), async {
+        while let Some(m) = raw.read().await {
+            let done = m.0 == tag;
+            out.push(m);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match r {
+        Ok(true) => Some(out),
+        _ => {
+            eprintln!("got so far: {}", tags(&out));
+            None
+        }
+    }
+}
+
+/// A client may send its COPY data right behind the COPY query, without
+/// waiting for CopyInResponse (Postgres reads it once the copy starts).
+/// The server must go back to the pool clean: another client using the
+/// extended protocol must not find it wedged.
+#[tokio::test]
+async fn copy_data_pipelined_behind_the_query_leaves_a_clean_server() {
+    let mut q = BytesMut::new();
+    encode::query(&mut q, "copy edge_pipe_copy from stdin");
+    let sent = [q.to_vec(), copy_data(b"1\n2\n"), copy_done()].concat();
+    pipelined_copy_case("edge_pipe_copy", &sent, "GCZ").await;
+}
+
+/// The same through the extended protocol, Sync before and after the
+/// CopyDone, all in one write: Postgres ignores the first Sync (it comes
+/// during the copy) and answers the second; the server must not be handed
+/// back before that answer.
+#[tokio::test]
+async fn extended_copy_data_pipelined_behind_the_execute_leaves_a_clean_server() {
+    let sent = [
+        ext::parse("", "copy edge_pipe_copy_ext from stdin"),
+        ext::bind("", &[]),
+        ext::execute(),
+        ext::sync(),
+        copy_data(b"1\n2\n"),
+        copy_done(),
+        ext::sync(),
+    ]
+    .concat();
+    pipelined_copy_case("edge_pipe_copy_ext", &sent, "12GCZ").await;
+}
+
+async fn pipelined_copy_case(table: &str, sent: &[u8], reply: &str) {
+    let p = trust_pooler_with("pool_size = 1", "query_wait_timeout = \"3s\"").await;
+    let admin = p.connect().await;
+    admin
+        .batch_execute(&format!(
+            "drop table if exists {table}; create table {table} (i int)"
+        ))
+        .await
+        .unwrap();
+    drop(admin);
+    let mut a = Raw::login(p.addr, "app", "app").await;
+    a.send(sent).await;
+    let got = read_until_5s(&mut a, b'Z').await.expect("COPY answered");
+    assert_eq!(tags(&got), reply);
+    // B uses the extended protocol (tokio-postgres), then C needs the
+    // pool's only server.
+    let b = p.connect().await;
+    let row = b
+        .query_one(&format!("select count(*)::text from {table}"), &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "2");
+    let c = p.connect().await;
+    let r = timeout(Duration::from_secs(10), c.simple_query("select 1")).await;
+    assert!(
+        matches!(r, Ok(Ok(_))),
+        "C must get the server B is done with: {r:?}"
+    );
+    // A's connection works too, and finds a clean server.
+    a.query("select 'a again'").await;
+    let got = read_until_5s(&mut a, b'Z').await.expect("A's next query");
+    assert_eq!(first_columns(&got), ["a again"]);
 }

@@ -7,11 +7,85 @@
 //!
 //! One wrinkle: during COPY FROM STDIN Postgres ignores Sync and Flush.
 //! Drivers send Bind/Execute/Sync before they know the statement is a COPY,
-//! so when CopyInResponse arrives, the Syncs sent since the Execute (or
-//! Query) that started it are dropped from the count, and so are Syncs sent
-//! until the client's CopyDone or CopyFail.
+//! and clients may send their CopyData and CopyDone right behind the query,
+//! before CopyInResponse arrives. [`CopyTracker`] follows what a
+//! CopyInResponse means for the messages already sent: the Syncs sent
+//! after the Execute (or Query) that started the copy and before the
+//! client's CopyDone or CopyFail get no ReadyForQuery, and a copy the
+//! client already ended is not waited for. The copy ends at the latest at
+//! ReadyForQuery.
 
 use crate::protocol::backend::TxStatus;
+
+/// What a CopyInResponse means for the client messages sent before it, and
+/// whether the server is in COPY FROM STDIN. Shared by [`ServerState`] and
+/// the client's reply queue so that both count the same Syncs.
+///
+/// It assumes, as Postgres' own clients do, that the CopyInResponse answers
+/// the last Execute or Query sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyTracker {
+    /// The server is in COPY FROM STDIN and the client has not ended it.
+    in_copy: bool,
+    /// Syncs sent since the last Execute, Query or FunctionCall and before
+    /// any CopyDone/CopyFail: Postgres ignores them if the command starts
+    /// a copy.
+    syncs: u32,
+    /// CopyDone/CopyFail sent since that command, outside a copy: they end
+    /// copies whose CopyInResponse has not arrived yet.
+    ends: u32,
+}
+
+impl CopyTracker {
+    /// An Execute, Query or FunctionCall was sent.
+    pub fn command(&mut self) {
+        self.syncs = 0;
+        self.ends = 0;
+    }
+
+    /// A Sync was sent; false if the server will ignore it (in a copy).
+    pub fn sync(&mut self) -> bool {
+        if self.in_copy {
+            return false;
+        }
+        if self.ends == 0 {
+            self.syncs += 1;
+        }
+        true
+    }
+
+    /// A CopyDone or CopyFail was sent.
+    pub fn copy_end(&mut self) {
+        if self.in_copy {
+            self.in_copy = false;
+        } else {
+            self.ends = self.ends.saturating_add(1);
+        }
+    }
+
+    /// A CopyInResponse arrived: returns how many Syncs sent before it
+    /// Postgres ignored, and enters the copy unless the client ended it
+    /// already.
+    pub fn copy_in(&mut self) -> u32 {
+        let ignored = std::mem::take(&mut self.syncs);
+        if self.ends > 0 {
+            self.ends -= 1;
+        } else {
+            self.in_copy = true;
+        }
+        ignored
+    }
+
+    /// A ReadyForQuery arrived: no copy can be in progress.
+    pub fn ready(&mut self) {
+        self.in_copy = false;
+    }
+
+    /// True while the server is in COPY FROM STDIN.
+    pub fn in_copy(&self) -> bool {
+        self.in_copy
+    }
+}
 
 /// What is outstanding on one server connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,49 +96,47 @@ pub struct ServerState {
     unsynced: bool,
     /// Transaction status from the last ReadyForQuery.
     tx: TxStatus,
-    /// Syncs sent since the last Execute or Query.
-    syncs_since_execute: u32,
-    /// The server is in COPY FROM STDIN: Syncs are ignored.
-    copy_in: bool,
+    /// COPY FROM STDIN, and the Syncs it makes Postgres ignore.
+    copy: CopyTracker,
 }
 
 impl ServerState {
     /// Records a client message forwarded to the server.
     pub fn on_client_message(&mut self, tag: u8) {
         match tag {
-            b'S' if self.copy_in => {}
-            b'S' => {
+            // `sync` records the Sync; false if Postgres ignores it.
+            b'S' if self.copy.sync() => {
                 self.pending_ready += 1;
                 self.unsynced = false;
-                self.syncs_since_execute += 1;
             }
             b'Q' | b'F' => {
                 self.pending_ready += 1;
                 self.unsynced = false;
-                self.syncs_since_execute = 0;
+                self.copy.command();
             }
             b'E' => {
                 self.unsynced = true;
-                self.syncs_since_execute = 0;
+                self.copy.command();
             }
             b'P' | b'B' | b'D' | b'C' => self.unsynced = true,
-            b'c' | b'f' => self.copy_in = false,
+            b'c' | b'f' => self.copy.copy_end(),
             _ => {}
         }
     }
 
     /// Records a CopyInResponse: the Syncs sent since the Execute that
-    /// started the copy will get no ReadyForQuery.
+    /// started the copy (and before the client ended it) will get no
+    /// ReadyForQuery.
     pub fn on_copy_in(&mut self) {
-        self.pending_ready = self.pending_ready.saturating_sub(self.syncs_since_execute);
-        self.syncs_since_execute = 0;
-        self.copy_in = true;
+        let ignored = self.copy.copy_in();
+        self.pending_ready = self.pending_ready.saturating_sub(ignored);
     }
 
     /// Records a ReadyForQuery received from the server.
     pub fn on_ready(&mut self, status: TxStatus) {
         self.pending_ready = self.pending_ready.saturating_sub(1);
         self.tx = status;
+        self.copy.ready();
     }
 
     /// The transaction status last reported.
@@ -160,6 +232,39 @@ mod tests {
             s.on_client_message(tag);
         }
         assert!(!s.is_idle());
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn copy_data_sent_behind_the_query_ends_a_copy_not_yet_started() {
+        let mut s = ServerState::default();
+        for tag in [b'Q', b'd', b'c'] {
+            s.on_client_message(tag);
+        }
+        s.on_copy_in();
+        assert!(!s.copy.in_copy(), "the client ended the copy already");
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn only_syncs_before_the_copy_done_are_ignored() {
+        let mut s = ServerState::default();
+        for tag in [b'B', b'E', b'S', b'd', b'c', b'S'] {
+            s.on_client_message(tag);
+        }
+        s.on_copy_in();
+        assert!(!s.is_idle(), "the Sync after CopyDone is answered");
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn ready_for_query_ends_any_copy() {
+        let mut s = ServerState::default();
+        s.on_client_message(b'Q');
+        s.on_copy_in();
         s.on_ready(TxStatus::Idle);
         assert!(s.is_idle());
     }

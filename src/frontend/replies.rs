@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::backend::state::CopyTracker;
 use crate::net::Outbox;
 use crate::protocol::backend;
 
@@ -103,8 +104,8 @@ pub enum Route {
 pub struct ReplyQueue {
     entries: VecDeque<Entry>,
     skipping: bool,
-    /// The server is in COPY FROM STDIN, where it ignores Sync.
-    copy_in: bool,
+    /// COPY FROM STDIN, where the server ignores Sync.
+    copy: CopyTracker,
 }
 
 impl ReplyQueue {
@@ -122,16 +123,20 @@ impl ReplyQueue {
     /// Records a client message that ends COPY FROM STDIN (CopyDone or
     /// CopyFail).
     pub fn copy_ended(&mut self) {
-        self.copy_in = false;
+        self.copy.copy_end();
     }
 
     /// Records a message sent to the server.
     pub fn expect(&mut self, expect: Expect, visible: bool) {
-        if expect == Expect::Sync {
-            if self.copy_in {
-                return;
+        match expect {
+            Expect::Sync => {
+                if !self.copy.sync() {
+                    return;
+                }
+                self.skipping = false;
             }
-            self.skipping = false;
+            Expect::Execute | Expect::Query => self.copy.command(),
+            _ => {}
         }
         self.entries.push_back(Entry::Server { expect, visible });
     }
@@ -161,25 +166,27 @@ impl ReplyQueue {
     /// Made-up replies it makes due are released by the next
     /// [`ReplyQueue::release_due`], which must follow the message itself.
     pub fn on_server(&mut self, tag: u8, body: &[u8], effects: &mut Vec<Effect>) -> Route {
-        if matches!(tag, b'N' | b'S' | b'A') {
-            return Route::Forward;
-        }
-        if tag == b'G' {
-            self.on_copy_in();
-            return Route::Forward;
+        match tag {
+            b'N' | b'S' | b'A' => return Route::Forward,
+            b'G' => {
+                self.on_copy_in();
+                return Route::Forward;
+            }
+            b'Z' => self.copy.ready(),
+            _ => {}
         }
         let Some(Entry::Server { expect, visible }) = self.entries.front() else {
             return Route::Forward;
         };
+        if tag == b'E' && !matches!(expect, Expect::Query | Expect::Sync) {
+            self.on_extended_error(body, effects);
+            return Route::Forward;
+        }
         let route = if *visible {
             Route::Forward
         } else {
             Route::Swallow
         };
-        if tag == b'E' && *expect != Expect::Query && *expect != Expect::Sync {
-            self.on_extended_error(body, effects);
-            return Route::Forward;
-        }
         if expect.ended_by(tag)
             && let Some(Entry::Server {
                 expect: Expect::Parse(Some(p)),
@@ -192,22 +199,25 @@ impl ReplyQueue {
     }
 
     /// CopyInResponse: Postgres ignores the Syncs sent after the message
-    /// that started the copy, and those sent until the copy ends.
+    /// that started the copy (the entry at the front) until the client
+    /// ended it, and those sent until the copy ends.
     fn on_copy_in(&mut self) {
-        let head = self.entries.pop_front();
-        self.entries.retain(|e| {
-            !matches!(
-                e,
+        let mut ignored = self.copy.copy_in();
+        let mut i = 1;
+        while ignored > 0 && i < self.entries.len() {
+            if matches!(
+                self.entries[i],
                 Entry::Server {
                     expect: Expect::Sync,
                     ..
                 }
-            )
-        });
-        if let Some(head) = head {
-            self.entries.push_front(head);
+            ) {
+                self.entries.remove(i);
+                ignored -= 1;
+            } else {
+                i += 1;
+            }
         }
-        self.copy_in = true;
     }
 
     fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) {
@@ -433,5 +443,23 @@ mod tests {
         assert!(!q.skipping() && !q.is_empty());
         step(&mut q, b'Z', b"I", &mut out, &mut fx);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn copy_data_sent_behind_the_query_does_not_start_a_copy() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Bind(None), true);
+        q.expect(Expect::Execute, true);
+        q.expect(Expect::Sync, true);
+        q.copy_ended();
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'2', b"", &mut out, &mut fx);
+        step(&mut q, b'G', b"", &mut out, &mut fx);
+        step(&mut q, b'C', b"", &mut out, &mut fx);
+        assert!(!q.is_empty(), "the Sync after CopyDone is answered");
+        step(&mut q, b'Z', b"I", &mut out, &mut fx);
+        assert!(q.is_empty());
+        q.expect(Expect::Sync, true);
+        assert!(!q.is_empty(), "not in a copy: Syncs are answered");
     }
 }
