@@ -1,7 +1,7 @@
 //! Wire-protocol edge cases at pgtarn's front door: encryption requests,
 //! malformed and oversized messages, half-open clients, relayed notices and
 //! ParameterStatus, the login parameter set, stray cancel requests, and
-//! COPY FROM STDIN whose data comes right behind the query.
+//! COPY FROM STDIN that fails or whose data comes right behind the query.
 //! pgtarn runs in-process with `auth_type = "trust"` so the raw client can
 //! log in.
 
@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use common::one;
 use common::pg::PgServer;
 use common::pooler::{self, Pooler};
-use common::raw::{self, Raw, ext, first_columns};
+use common::raw::{self, Raw, errors, ext, first_columns};
 use common::wait_until;
 use pgtarn::protocol::backend::error_fields;
 use pgtarn::protocol::encode;
@@ -369,6 +369,66 @@ async fn read_until_5s(raw: &mut Raw, tag: u8) -> Option<Vec<(u8, Bytes)>> {
             None
         }
     }
+}
+
+/// COPY FROM STDIN sent through the extended protocol (as tokio-postgres
+/// and libpq's PQexecParams do) that fails on a bad row while the client
+/// is still sending data: Postgres reports the error, discards the rest
+/// of the copy up to Sync, and the connection is usable again.
+#[tokio::test]
+async fn extended_copy_in_that_fails_mid_stream_leaves_the_session_usable() {
+    copy_fail_case("edge_copy_fail_a", "").await;
+}
+
+/// Control: the same exchange without the statement translator.
+#[tokio::test]
+async fn control_extended_copy_failure_without_translator() {
+    copy_fail_case("edge_copy_fail_b", "max_prepared_statements = 0").await;
+}
+
+async fn copy_fail_case(table: &str, general: &str) {
+    let p = trust_pooler_with("pool_size = 1", general).await;
+    p.connect()
+        .await
+        .batch_execute(&format!(
+            "drop table if exists {table}; create table {table} (i int)"
+        ))
+        .await
+        .unwrap();
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    c.send(
+        &[
+            ext::parse("", &format!("copy {table} from stdin")),
+            ext::bind("", &[]),
+            ext::execute(),
+            ext::sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let got = read_until_5s(&mut c, b'G').await.expect("CopyInResponse");
+    assert_eq!(tags(&got), "12G");
+    // A bad row: the server fails the COPY at once.
+    c.send(&copy_data(b"not a number\n")).await;
+    let got = read_until_5s(&mut c, b'E').await.expect("the COPY error");
+    assert_eq!(errors(&got), ["22P02"]);
+    // The client finishes its side of the copy, as libpq does.
+    c.send(&[copy_data(b"1\n"), copy_done(), ext::sync()].concat())
+        .await;
+    let got = read_until_5s(&mut c, b'Z').await.expect("ReadyForQuery");
+    assert_eq!(tags(&got), "Z");
+    // The connection must work again.
+    c.query("select 'alive'").await;
+    let got = read_until_5s(&mut c, b'Z')
+        .await
+        .expect("the simple query after the failed COPY gets an answer");
+    assert_eq!(first_columns(&got), ["alive"]);
+    c.send(&[ext::parse("", "select 'alive2'"), ext::run("", &[])].concat())
+        .await;
+    let got = read_until_5s(&mut c, b'Z')
+        .await
+        .expect("an extended query after the failed COPY gets an answer");
+    assert_eq!(first_columns(&got), ["alive2"]);
 }
 
 /// A client may send its COPY data right behind the COPY query, without

@@ -12,8 +12,9 @@
 //! CopyInResponse means for the messages already sent: the Syncs sent
 //! after the Execute (or Query) that started the copy and before the
 //! client's CopyDone or CopyFail get no ReadyForQuery, and a copy the
-//! client already ended is not waited for. The copy ends at the latest at
-//! ReadyForQuery.
+//! client already ended is not waited for. The copy also ends at an
+//! ErrorResponse (Postgres then drops the client's remaining copy messages)
+//! and, at the latest, at ReadyForQuery.
 
 use crate::protocol::backend::TxStatus;
 
@@ -27,9 +28,10 @@ use crate::protocol::backend::TxStatus;
 pub struct CopyTracker {
     /// The server is in COPY FROM STDIN and the client has not ended it.
     in_copy: bool,
-    /// Syncs sent since the last Execute, Query or FunctionCall and before
-    /// any CopyDone/CopyFail: Postgres ignores them if the command starts
-    /// a copy.
+    /// The last Execute, Query or FunctionCall sent was an Execute.
+    extended: bool,
+    /// Syncs sent since that command and before any CopyDone/CopyFail:
+    /// Postgres ignores them if the command starts a copy.
     syncs: u32,
     /// CopyDone/CopyFail sent since that command, outside a copy: they end
     /// copies whose CopyInResponse has not arrived yet.
@@ -37,8 +39,9 @@ pub struct CopyTracker {
 }
 
 impl CopyTracker {
-    /// An Execute, Query or FunctionCall was sent.
-    pub fn command(&mut self) {
+    /// An Execute (`extended`), Query or FunctionCall was sent.
+    pub fn command(&mut self, extended: bool) {
+        self.extended = extended;
         self.syncs = 0;
         self.ends = 0;
     }
@@ -74,6 +77,12 @@ impl CopyTracker {
             self.in_copy = true;
         }
         ignored
+    }
+
+    /// An ErrorResponse arrived: it ends a copy in progress. True if that
+    /// copy ran in the extended protocol, where Postgres now skips to Sync.
+    pub fn error(&mut self) -> bool {
+        std::mem::take(&mut self.in_copy) && self.extended
     }
 
     /// A ReadyForQuery arrived: no copy can be in progress.
@@ -112,11 +121,11 @@ impl ServerState {
             b'Q' | b'F' => {
                 self.pending_ready += 1;
                 self.unsynced = false;
-                self.copy.command();
+                self.copy.command(false);
             }
             b'E' => {
                 self.unsynced = true;
-                self.copy.command();
+                self.copy.command(true);
             }
             b'P' | b'B' | b'D' | b'C' => self.unsynced = true,
             b'c' | b'f' => self.copy.copy_end(),
@@ -130,6 +139,15 @@ impl ServerState {
     pub fn on_copy_in(&mut self) {
         let ignored = self.copy.copy_in();
         self.pending_ready = self.pending_ready.saturating_sub(ignored);
+    }
+
+    /// Records an ErrorResponse received from the server. One that ends a
+    /// copy started by Execute leaves the server waiting for a Sync (the
+    /// Syncs sent during the copy were ignored).
+    pub fn on_error(&mut self) {
+        if self.copy.error() {
+            self.unsynced = true;
+        }
     }
 
     /// Records a ReadyForQuery received from the server.
@@ -258,6 +276,35 @@ mod tests {
         assert!(!s.is_idle(), "the Sync after CopyDone is answered");
         s.on_ready(TxStatus::Idle);
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn an_error_ends_an_extended_copy_and_waits_for_sync() {
+        let mut s = ServerState::default();
+        for tag in [b'B', b'E', b'S'] {
+            s.on_client_message(tag);
+        }
+        s.on_copy_in();
+        s.on_error();
+        assert!(!s.is_idle(), "Postgres skips to the next Sync");
+        for tag in [b'd', b'c', b'S'] {
+            s.on_client_message(tag);
+        }
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn an_error_ends_a_simple_copy_at_its_ready_for_query() {
+        let mut s = ServerState::default();
+        s.on_client_message(b'Q');
+        s.on_copy_in();
+        s.on_client_message(b'd');
+        s.on_error();
+        s.on_ready(TxStatus::Idle);
+        assert!(s.is_idle());
+        s.on_client_message(b'c');
+        assert!(s.is_idle(), "a stray CopyDone changes nothing");
     }
 
     #[test]

@@ -135,7 +135,8 @@ impl ReplyQueue {
                 }
                 self.skipping = false;
             }
-            Expect::Execute | Expect::Query => self.copy.command(),
+            Expect::Execute => self.copy.command(true),
+            Expect::Query => self.copy.command(false),
             _ => {}
         }
         self.entries.push_back(Entry::Server { expect, visible });
@@ -171,6 +172,9 @@ impl ReplyQueue {
             b'G' => {
                 self.on_copy_in();
                 return Route::Forward;
+            }
+            b'E' => {
+                self.copy.error();
             }
             b'Z' => self.copy.ready(),
             _ => {}
@@ -445,6 +449,12 @@ mod tests {
         assert!(q.is_empty());
     }
 
+    fn error(code: &str) -> Vec<u8> {
+        let mut err = BytesMut::new();
+        encode::error_response(&mut err, Severity::Error, code, "failed", None);
+        err[5..].to_vec()
+    }
+
     #[test]
     fn copy_data_sent_behind_the_query_does_not_start_a_copy() {
         let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
@@ -461,5 +471,20 @@ mod tests {
         assert!(q.is_empty());
         q.expect(Expect::Sync, true);
         assert!(!q.is_empty(), "not in a copy: Syncs are answered");
+    }
+
+    #[test]
+    fn an_error_ends_the_copy_and_skips_to_the_next_sync() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Execute, true);
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'G', b"", &mut out, &mut fx);
+        step(&mut q, b'E', &error("22P02"), &mut out, &mut fx);
+        assert!(q.skipping() && q.is_empty());
+        q.copy_ended();
+        q.expect(Expect::Sync, true);
+        assert!(!q.skipping(), "the Sync is answered");
+        step(&mut q, b'Z', b"I", &mut out, &mut fx);
+        assert!(q.is_empty());
     }
 }

@@ -96,7 +96,9 @@ impl Translator {
             self.replies.made(b.freeze(), to_client);
             return Ok(true);
         }
-        if self.replies.skipping() || tag == b'H' {
+        // Without a server no copy is in progress: Postgres would ignore
+        // CopyData, CopyDone and CopyFail too.
+        if self.replies.skipping() || matches!(tag, b'H' | b'd' | b'c' | b'f') {
             return Ok(true);
         }
         Ok(match tag {
@@ -116,7 +118,9 @@ impl Translator {
         to_client: &mut Outbox,
     ) -> Result<(), ProtocolError> {
         let tag = frame.tag();
-        if self.replies.skipping() && tag != b'S' {
+        // Copy messages pass: they may end a copy that failed, and Postgres
+        // ignores them outside one.
+        if self.replies.skipping() && !matches!(tag, b'S' | b'd' | b'c' | b'f') {
             return Ok(());
         }
         let mut sink = Sink {
@@ -174,9 +178,11 @@ impl Translator {
     /// own message, then releases the made-up replies it made due; applies
     /// what it means to `server`'s cache and to the client's statements.
     pub fn server_frame(&mut self, frame: Frame, server: &mut ServerConn, to_client: &mut Outbox) {
-        let route = self
-            .replies
-            .on_server(frame.tag(), frame.body(), &mut self.effects);
+        let tag = frame.tag();
+        if tag == b'E' {
+            server.state.on_error();
+        }
+        let route = self.replies.on_server(tag, frame.body(), &mut self.effects);
         if route == Route::Forward {
             to_client.push(frame.into_raw());
         }
