@@ -495,3 +495,49 @@ async fn pipelined_copy_case(table: &str, sent: &[u8], reply: &str) {
     let got = read_until_5s(&mut a, b'Z').await.expect("A's next query");
     assert_eq!(first_columns(&got), ["a again"]);
 }
+
+/// A server in COPY FROM STDIN started through the extended protocol has
+/// answered every Sync it will answer for now (it ignores the one behind
+/// the Execute), yet it is busy: it must not be handed to another client
+/// until the copy ends.
+#[tokio::test]
+async fn a_server_in_copy_in_is_not_handed_to_another_client() {
+    for general in ["", "max_prepared_statements = 0"] {
+        let p = trust_pooler_with("pool_size = 1", general).await;
+        let admin = p.connect().await;
+        admin
+            .batch_execute(
+                "drop table if exists edge_busy_copy; create table edge_busy_copy (i int)",
+            )
+            .await
+            .unwrap();
+        drop(admin);
+        let mut a = Raw::login(p.addr, "app", "app").await;
+        let start = [
+            ext::parse("", "copy edge_busy_copy from stdin"),
+            ext::bind("", &[]),
+            ext::execute(),
+            ext::sync(),
+        ]
+        .concat();
+        a.send(&start).await;
+        let got = read_until_5s(&mut a, b'G').await.expect("CopyInResponse");
+        assert_eq!(tags(&got), "12G");
+        let b = p.connect().await;
+        let b_query = tokio::spawn(async move {
+            let row = b.query_one("select count(*)::text from edge_busy_copy", &[]);
+            row.await.map(|r| r.get::<_, String>(0))
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.send(&[copy_data(b"1\n"), copy_done(), ext::sync()].concat())
+            .await;
+        let got = read_until_5s(&mut a, b'Z').await.expect("COPY answered");
+        assert_eq!(tags(&got), "CZ", "{general}");
+        let counted = timeout(Duration::from_secs(5), b_query).await;
+        assert_eq!(
+            counted.expect("B is served").unwrap().unwrap(),
+            "1",
+            "B waited for the copy to end ({general})"
+        );
+    }
+}

@@ -2,8 +2,8 @@
 //!
 //! A server may be handed to another client only when it has answered every
 //! Query and Sync sent to it (each produces exactly one ReadyForQuery), no
-//! extended-protocol message is waiting for its Sync, and the last
-//! ReadyForQuery said `I` (no transaction open).
+//! extended-protocol message is waiting for its Sync, no COPY FROM STDIN is
+//! in progress, and the last ReadyForQuery said `I` (no transaction open).
 //!
 //! One wrinkle: during COPY FROM STDIN Postgres ignores Sync and Flush.
 //! Drivers send Bind/Execute/Sync before they know the statement is a COPY,
@@ -162,14 +162,18 @@ impl ServerState {
         self.tx
     }
 
-    /// True while a ReadyForQuery is still due: a query is running.
+    /// True while a ReadyForQuery is still due or a COPY FROM STDIN is in
+    /// progress: a query is running.
     pub fn awaiting_server(&self) -> bool {
-        self.pending_ready > 0
+        self.pending_ready > 0 || self.copy.in_copy()
     }
 
     /// True when the connection can serve another client as it is.
     pub fn is_idle(&self) -> bool {
-        self.pending_ready == 0 && !self.unsynced && self.tx == TxStatus::Idle
+        self.pending_ready == 0
+            && !self.unsynced
+            && self.tx == TxStatus::Idle
+            && !self.copy.in_copy()
     }
 }
 
@@ -276,6 +280,16 @@ mod tests {
         assert!(!s.is_idle(), "the Sync after CopyDone is answered");
         s.on_ready(TxStatus::Idle);
         assert!(s.is_idle());
+    }
+
+    #[test]
+    fn a_copy_in_progress_is_not_idle() {
+        let mut s = ServerState::default();
+        for tag in [b'B', b'E', b'S'] {
+            s.on_client_message(tag);
+        }
+        s.on_copy_in();
+        assert!(!s.is_idle() && s.awaiting_server());
     }
 
     #[test]
