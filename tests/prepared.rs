@@ -323,3 +323,139 @@ async fn set_commands_follow_the_client_to_any_server() {
         .unwrap()
         .unwrap();
 }
+
+/// Postgres skips every message after an error up to Sync, so a Parse that
+/// follows a failing Execute in the same pipeline creates nothing, and the
+/// client may Parse the same name again. pgtarn answers a Parse of a
+/// statement the server already has by itself; that answer is dropped
+/// because of the earlier error, and the client's name must go with it.
+#[tokio::test]
+async fn a_parse_skipped_after_an_error_leaves_no_statement_behind() {
+    parse_skipped_case("").await;
+}
+
+/// Controls: with named statements passed through to Postgres, both pass.
+#[tokio::test]
+async fn control_skipped_parse_and_close_on_postgres() {
+    parse_skipped_case("max_prepared_statements = 0").await;
+    close_skipped_case("max_prepared_statements = 0").await;
+}
+
+async fn parse_skipped_case(general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    // The server has the definition already (under another client name).
+    let first = [ext::parse("first", "select 42"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &first, 1).await), "1Z");
+    let batch = [
+        ext::parse("", "select 1/0"),
+        ext::bind("", &[]),
+        ext::execute(),
+        ext::parse("second", "select 42"),
+        ext::sync(),
+    ]
+    .concat();
+    let got = round(&mut c, &batch, 1).await;
+    assert_eq!(errors(&got), ["22012"]);
+    // "second" was never created: preparing it now must work.
+    let second = [ext::parse("second", "select 42"), ext::sync()].concat();
+    let got = round(&mut c, &second, 1).await;
+    assert_eq!(
+        errors(&got),
+        Vec::<String>::new(),
+        "Postgres answers ParseComplete"
+    );
+}
+
+/// The same for Close: a Close skipped after an error leaves the
+/// statement in place on Postgres.
+#[tokio::test]
+async fn a_close_skipped_after_an_error_keeps_the_statement() {
+    close_skipped_case("").await;
+}
+
+async fn close_skipped_case(general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = [ext::parse("s1", "select 42"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &prep, 1).await), "1Z");
+    let batch = [
+        ext::parse("", "select 1/0"),
+        ext::bind("", &[]),
+        ext::execute(),
+        ext::close("s1"),
+        ext::sync(),
+    ]
+    .concat();
+    let got = round(&mut c, &batch, 1).await;
+    assert_eq!(errors(&got), ["22012"]);
+    let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "s1 still exists");
+    assert_eq!(first_columns(&got), ["42"]);
+}
+
+/// A Close and a Parse of the same name, both skipped: undone latest
+/// first, the client keeps its original statement.
+#[tokio::test]
+async fn a_skipped_close_and_parse_of_one_name_keep_the_first_statement() {
+    let p = trust_pooler("pool_size = 1", "").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = [ext::parse("s1", "select 42"), ext::sync()].concat();
+    round(&mut c, &prep, 1).await;
+    let batch = [
+        ext::parse("", "select 1/0"),
+        ext::bind("", &[]),
+        ext::execute(),
+        ext::close("s1"),
+        ext::parse("s1", "select 43"),
+        ext::sync(),
+    ]
+    .concat();
+    assert_eq!(errors(&round(&mut c, &batch, 1).await), ["22012"]);
+    let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+    assert_eq!(first_columns(&got), ["42"], "{}", tags(&got));
+}
+
+/// Preparing again a statement whose server copy is outdated (after DDL)
+/// sends the server a Close and a Parse; when an earlier error makes
+/// Postgres skip both, the old copy is still there and pgtarn must still
+/// close it before the next Parse (else Postgres says it exists, 42P05).
+#[tokio::test]
+async fn a_skipped_re_prepare_of_an_outdated_statement_keeps_the_server_in_step() {
+    let p = trust_pooler("pool_size = 1", "").await;
+    let admin = p.connect().await;
+    admin
+        .batch_execute(
+            "drop table if exists prep_reshape; create table prep_reshape (a int);\
+             insert into prep_reshape values (1)",
+        )
+        .await
+        .unwrap();
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = [ext::parse("s1", "select * from prep_reshape"), ext::sync()].concat();
+    round(&mut c, &prep, 1).await;
+    admin
+        .batch_execute("alter table prep_reshape add column b int")
+        .await
+        .unwrap();
+    let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&got), ["0A000"]);
+    round(&mut c, &[ext::close("s1"), ext::sync()].concat(), 1).await;
+    let batch = [
+        ext::parse("", "select 1/0"),
+        ext::bind("", &[]),
+        ext::execute(),
+        ext::parse("s1", "select * from prep_reshape"),
+        ext::sync(),
+    ]
+    .concat();
+    assert_eq!(errors(&round(&mut c, &batch, 1).await), ["22012"]);
+    let again = [
+        ext::parse("s1", "select * from prep_reshape"),
+        ext::run("s1", &[]),
+    ]
+    .concat();
+    let got = round(&mut c, &again, 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "{}", tags(&got));
+    assert_eq!(first_columns(&got), ["1"]);
+}

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::protocol::extended;
 
 /// One prepared statement as pgtarn knows it.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Statement {
     /// The pgtarn-wide name used on servers.
     pub name: Arc<str>,
@@ -110,12 +110,22 @@ impl ClientStatements {
 
     /// Forgets `name`; true if it existed.
     pub fn remove(&mut self, name: &str) -> bool {
-        match self.by_name.remove(name) {
-            Some(s) => {
-                self.bytes -= s.parse.len();
-                true
-            }
-            None => false,
+        self.take(name).is_some()
+    }
+
+    /// Forgets `name`, returning its statement if it existed.
+    pub fn take(&mut self, name: &str) -> Option<Arc<Statement>> {
+        let stmt = self.by_name.remove(name)?;
+        self.bytes -= stmt.parse.len();
+        Some(stmt)
+    }
+
+    /// Gives `name` back its statement `stmt`, as before a
+    /// [`ClientStatements::take`] that did not happen after all.
+    pub fn restore(&mut self, name: String, stmt: Arc<Statement>) {
+        self.bytes += stmt.parse.len();
+        if let Some(old) = self.by_name.insert(name, stmt) {
+            self.bytes -= old.parse.len();
         }
     }
 
@@ -194,6 +204,11 @@ mod tests {
             c.add("big", &big, g(&big), &mut buf).unwrap_err(),
             StatementError::TooLarge(100)
         );
+        let a = c.take("b").unwrap();
+        assert_eq!(c.len(), 0);
+        c.restore("b".into(), a);
+        assert_eq!(c.get("b").map(|s| s.generation), Some(0));
+        assert!(c.take("b").is_some() && c.take("b").is_none());
         c.clear();
         assert!(c.is_empty());
     }

@@ -11,12 +11,16 @@
 //!
 //! After an error in an extended-protocol message Postgres skips every
 //! message up to the next Sync; the queue does the same with its entries.
+//! A message pgtarn answered itself is skipped too: its made-up reply is
+//! dropped and what pgtarn did for it (a statement named or forgotten) is
+//! undone, latest first.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::prepared::Statement;
 use crate::backend::state::CopyTracker;
 use crate::net::Outbox;
 use crate::protocol::backend;
@@ -48,7 +52,8 @@ pub enum Expect {
     DescribePortal,
     /// Execute: CommandComplete, EmptyQueryResponse or PortalSuspended.
     Execute,
-    /// Close: CloseComplete. `Some` for a statement pgtarn evicted.
+    /// Close: CloseComplete. `Some` for a statement pgtarn closed itself
+    /// (evicted or outdated), which still exists if the Close is skipped.
     Close(Option<Arc<str>>),
     /// Sync: ReadyForQuery.
     Sync,
@@ -73,8 +78,9 @@ impl Expect {
 enum Entry {
     /// A reply from the server; `visible` unless pgtarn sent the message.
     Server { expect: Expect, visible: bool },
-    /// A reply pgtarn made up, released when it reaches the front.
-    Made(Bytes),
+    /// A reply pgtarn made up, released when it reaches the front. `undo`
+    /// is what to apply if Postgres skips the message it answers.
+    Made { reply: Bytes, undo: Option<Effect> },
 }
 
 /// What a server message means for the statement caches.
@@ -84,10 +90,16 @@ pub enum Effect {
     Prepared(Arc<str>),
     /// A Parse failed or was skipped: the statement does not exist.
     NotPrepared(Prepared),
-    /// An eviction Close was skipped: the statement still exists.
+    /// A Close pgtarn sent itself was skipped: the statement still exists.
     NotClosed(Arc<str>),
     /// The statement's result type changed under this copy (after DDL).
     Stale(Copy),
+    /// A client's Parse that pgtarn answered was skipped: the client's
+    /// name is free again.
+    Unparsed(String),
+    /// A client's Close that pgtarn answered was skipped: the client
+    /// still has the statement.
+    Unclosed(String, Arc<Statement>),
 }
 
 /// Whether a server message goes on to the client.
@@ -145,10 +157,17 @@ impl ReplyQueue {
     /// Queues a made-up reply; it goes to `out` at once if nothing is owed
     /// before it.
     pub fn made(&mut self, reply: Bytes, out: &mut Outbox) {
+        self.made_undoable(reply, None, out);
+    }
+
+    /// Queues a made-up reply whose message changed the client's
+    /// statements; `undo` reverts that if the message is skipped. Sent at
+    /// once if nothing is owed before it (then nothing can skip it).
+    pub fn made_undoable(&mut self, reply: Bytes, undo: Option<Effect>, out: &mut Outbox) {
         if self.entries.is_empty() {
             out.push(reply);
         } else {
-            self.entries.push_back(Entry::Made(reply));
+            self.entries.push_back(Entry::Made { reply, undo });
         }
     }
 
@@ -224,7 +243,11 @@ impl ReplyQueue {
         }
     }
 
+    /// An ErrorResponse to an extended-protocol message: Postgres skips to
+    /// the next Sync. What the skipped messages did is undone, latest
+    /// first.
     fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) {
+        let first = effects.len();
         if let Some(Entry::Server { expect, .. }) = self.entries.pop_front() {
             match expect {
                 Expect::Parse(Some(p)) => effects.push(Effect::NotPrepared(p)),
@@ -236,6 +259,16 @@ impl ReplyQueue {
                 _ => {}
             }
         }
+        if !self.skip_to_queued_sync(effects) {
+            self.skipping = true;
+        }
+        effects[first..].reverse();
+    }
+
+    /// Drops the entries before the next queued Sync, whose messages
+    /// Postgres skips, reporting what did not happen; false if no Sync is
+    /// queued yet.
+    fn skip_to_queued_sync(&mut self, effects: &mut Vec<Effect>) -> bool {
         while let Some(entry) = self.entries.front() {
             if matches!(
                 entry,
@@ -244,7 +277,7 @@ impl ReplyQueue {
                     ..
                 }
             ) {
-                return;
+                return true;
             }
             match self.entries.pop_front() {
                 Some(Entry::Server {
@@ -255,17 +288,18 @@ impl ReplyQueue {
                     expect: Expect::Close(Some(g)),
                     ..
                 }) => effects.push(Effect::NotClosed(g)),
+                Some(Entry::Made { undo: Some(u), .. }) => effects.push(u),
                 _ => {}
             }
         }
-        self.skipping = true;
+        false
     }
 
     /// Sends the made-up replies that are now due (nothing owed before
     /// them) to `out`.
     pub fn release_due(&mut self, out: &mut Outbox) {
-        while let Some(Entry::Made(_)) = self.entries.front() {
-            if let Some(Entry::Made(reply)) = self.entries.pop_front() {
+        while let Some(Entry::Made { .. }) = self.entries.front() {
+            if let Some(Entry::Made { reply, .. }) = self.entries.pop_front() {
                 out.push(reply);
             }
         }
@@ -381,10 +415,11 @@ mod tests {
         assert_eq!(
             fx,
             [
-                Effect::NotPrepared(prepared("bad")),
+                Effect::NotPrepared(prepared("later")),
                 Effect::NotClosed("evicted".into()),
-                Effect::NotPrepared(prepared("later"))
-            ]
+                Effect::NotPrepared(prepared("bad"))
+            ],
+            "undone latest first"
         );
         assert_eq!(step(&mut q, b'Z', b"I", &mut out, &mut fx), Route::Forward);
         assert!(!q.is_empty(), "the Execute after the Sync is still owed");
@@ -486,5 +521,26 @@ mod tests {
         assert!(!q.skipping(), "the Sync is answered");
         step(&mut q, b'Z', b"I", &mut out, &mut fx);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn skipped_made_replies_are_undone_latest_first() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Execute, true);
+        q.made_undoable(made(b'3'), Some(Effect::Unparsed("a".into())), &mut out);
+        q.made_undoable(made(b'1'), Some(Effect::Unparsed("b".into())), &mut out);
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'E', &error("22012"), &mut out, &mut fx);
+        assert_eq!(drain(&mut out), [made(b'E')]);
+        assert_eq!(
+            fx,
+            [Effect::Unparsed("b".into()), Effect::Unparsed("a".into())]
+        );
+        fx.clear();
+        step(&mut q, b'Z', b"I", &mut out, &mut fx);
+        drain(&mut out);
+        q.made_undoable(made(b'1'), Some(Effect::Unparsed("c".into())), &mut out);
+        assert_eq!(drain(&mut out), [made(b'1')], "nothing owed: sent at once");
+        assert!(q.is_empty() && fx.is_empty());
     }
 }

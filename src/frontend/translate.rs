@@ -7,6 +7,10 @@
 //! preceded by a Parse if this server has not seen the statement. Close of
 //! `s1` is answered by pgtarn (the server keeps the shared statement until
 //! evicted). `DEALLOCATE`/`DISCARD ALL` sent as SQL are followed.
+//!
+//! What pgtarn does for a message it answers itself (a Parse recorded, a
+//! Close applied) is undone if Postgres would have skipped the message
+//! after an earlier error.
 
 use bytes::{Bytes, BytesMut};
 
@@ -201,6 +205,10 @@ impl Translator {
                     self.known.invalidate(g.clone(), generation);
                     server.statements.keep_outdated(g);
                 }
+                Effect::Unparsed(name) => {
+                    self.statements.remove(&name);
+                }
+                Effect::Unclosed(name, stmt) => self.statements.restore(name, stmt),
             }
         }
     }
@@ -225,7 +233,11 @@ impl Translator {
             }
         };
         match Self::lookup(&stmt, sink) {
-            Cached::Fresh => self.replies.made(parse_complete(), sink.to_client),
+            Cached::Fresh => {
+                let undo = self.undo(|| Effect::Unparsed(p.name.to_owned()));
+                self.replies
+                    .made_undoable(parse_complete(), undo, sink.to_client)
+            }
             cached => self.prepare(&stmt, cached, Some(p.name.to_owned()), true, sink),
         }
         Ok(())
@@ -257,6 +269,13 @@ impl Translator {
         Ok(true)
     }
 
+    /// What undoes a change made for a message pgtarn answers, needed only
+    /// if replies are still owed before it (one of them may be an error
+    /// that makes Postgres skip the message).
+    fn undo(&self, effect: impl FnOnce() -> Effect) -> Option<Effect> {
+        (!self.replies.is_empty()).then(effect)
+    }
+
     /// What the server has of `stmt`, at the generation the client parsed
     /// it (the pool's current one wherever this is called).
     fn lookup(stmt: &Statement, sink: &mut Sink<'_>) -> Cached {
@@ -274,7 +293,7 @@ impl Translator {
         sink: &mut Sink<'_>,
     ) {
         if cached == Cached::Outdated {
-            self.close_on_server(stmt.name.clone(), false, sink);
+            self.close_on_server(stmt.name.clone(), sink);
         }
         let capacity = self.max_server_statements;
         if let Some(victim) =
@@ -282,7 +301,7 @@ impl Translator {
                 .statements
                 .insert(stmt.name.clone(), stmt.generation, capacity)
         {
-            self.close_on_server(victim, true, sink);
+            self.close_on_server(victim, sink);
         }
         let expect = Expect::Parse(Some(Prepared {
             global: stmt.name.clone(),
@@ -297,11 +316,11 @@ impl Translator {
         );
     }
 
-    /// Sends a Close of server statement `name` whose reply the client
-    /// does not see; `evicted` if the cache dropped it.
-    fn close_on_server(&mut self, name: Arc<str>, evicted: bool, sink: &mut Sink<'_>) {
+    /// Sends a Close of server statement `name` (evicted or outdated)
+    /// whose reply the client does not see.
+    fn close_on_server(&mut self, name: Arc<str>, sink: &mut Sink<'_>) {
         let close = extended::make_statement_target(&mut self.buf, b'C', &name).into_raw();
-        let expect = Expect::Close(evicted.then_some(name));
+        let expect = Expect::Close(Some(name));
         sink.send(&mut self.replies, close, b'C', Some(expect), false);
     }
 
@@ -412,8 +431,12 @@ impl Translator {
         if kind == b'P' || name.is_empty() {
             return Ok(false);
         }
-        self.statements.remove(name);
-        self.replies.made(close_complete(), to_client);
+        let undo = match self.statements.take(name) {
+            Some(stmt) => self.undo(|| Effect::Unclosed(name.to_owned(), stmt)),
+            None => None,
+        };
+        self.replies
+            .made_undoable(close_complete(), undo, to_client);
         Ok(true)
     }
 
