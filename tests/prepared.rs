@@ -324,6 +324,192 @@ async fn set_commands_follow_the_client_to_any_server() {
         .unwrap();
 }
 
+/// The transaction status byte of the last ReadyForQuery in `msgs`.
+fn last_status(msgs: &[(u8, Bytes)]) -> char {
+    let (tag, body) = msgs.last().expect("messages");
+    assert_eq!(*tag, b'Z', "{}", tags(msgs));
+    body[0] as char
+}
+
+/// An error pgtarn makes up in the middle of a pipeline (here a duplicate
+/// statement name, 42P05) must fail the pipeline's implicit transaction as
+/// Postgres' own error would: the INSERT before it in the same Sync must
+/// not be committed.
+#[tokio::test]
+async fn a_made_up_error_mid_pipeline_rolls_back_the_implicit_transaction() {
+    made_up_error_case("prep_atomic_a", "").await;
+}
+
+/// Control: with named statements passed through (Postgres itself raises
+/// the 42P05), the INSERT is rolled back.
+#[tokio::test]
+async fn control_postgres_error_mid_pipeline_rolls_back() {
+    made_up_error_case("prep_atomic_b", "max_prepared_statements = 0").await;
+}
+
+async fn made_up_error_case(table: &str, general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let admin = p.connect().await;
+    admin
+        .batch_execute(&format!(
+            "drop table if exists {table}; create table {table} (i int)"
+        ))
+        .await
+        .unwrap();
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = [ext::parse("s1", "select 1"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &prep, 1).await), "1Z");
+    let insert = [
+        ext::parse("", &format!("insert into {table} values (1)")),
+        ext::bind("", &[]),
+        ext::execute(),
+    ]
+    .concat();
+    let got = round(
+        &mut c,
+        &[insert, ext::parse("s1", "select 2"), ext::sync()].concat(),
+        1,
+    )
+    .await;
+    assert_eq!(errors(&got), ["42P05"]);
+    assert_eq!(tags(&got), "12CEZ");
+    assert_eq!(
+        one(&admin, &format!("select count(*)::text from {table}")).await,
+        "0",
+        "Postgres rolls the INSERT back: the pipeline's implicit transaction failed"
+    );
+    // s1 is untouched and the session goes on.
+    assert_eq!(
+        first_columns(&round(&mut c, &ext::run("s1", &[]), 1).await),
+        ["1"]
+    );
+}
+
+/// The same for pgtarn's own limits (53400) and for a statement outdated
+/// by DDL (0A000, at Bind).
+#[tokio::test]
+async fn made_up_limit_and_outdated_errors_fail_the_pipeline_too() {
+    let p = trust_pooler("pool_size = 1", "max_client_prepared_statements = 1").await;
+    let admin = p.connect().await;
+    admin
+        .batch_execute(
+            "drop table if exists prep_atomic_c; create table prep_atomic_c (i int);\
+             drop table if exists prep_shape; create table prep_shape (a int);\
+             insert into prep_shape values (1)",
+        )
+        .await
+        .unwrap();
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let insert = [
+        ext::parse("", "insert into prep_atomic_c values (1)"),
+        ext::bind("", &[]),
+        ext::execute(),
+    ]
+    .concat();
+    let prep = [ext::parse("s1", "select * from prep_shape"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &prep, 1).await), "1Z");
+    let over = [insert.clone(), ext::parse("s2", "select 2"), ext::sync()].concat();
+    assert_eq!(errors(&round(&mut c, &over, 1).await), ["53400"]);
+    // Another client sees the result type change and makes s1 outdated.
+    let mut other = Raw::login(p.addr, "app", "app").await;
+    round(&mut other, &prep, 1).await;
+    admin
+        .batch_execute("alter table prep_shape add column b int")
+        .await
+        .unwrap();
+    let failed = round(&mut other, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&failed), ["0A000"], "{}", tags(&failed));
+    let stale = [insert, ext::run("s1", &[])].concat();
+    let got = round(&mut c, &stale, 1).await;
+    assert_eq!(errors(&got), ["0A000"], "{}", tags(&got));
+    assert_eq!(
+        one(&admin, "select count(*)::text from prep_atomic_c").await,
+        "0",
+        "neither INSERT was committed"
+    );
+}
+
+/// Inside an explicit transaction, the same made-up error must leave the
+/// transaction failed (ReadyForQuery 'E', later commands 25P02), as
+/// Postgres does.
+#[tokio::test]
+async fn a_made_up_error_inside_a_transaction_fails_it() {
+    made_up_error_in_transaction("").await;
+}
+
+/// Control: Postgres' own 42P05.
+#[tokio::test]
+async fn control_postgres_error_inside_a_transaction_fails_it() {
+    made_up_error_in_transaction("max_prepared_statements = 0").await;
+}
+
+async fn made_up_error_in_transaction(general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = [ext::parse("s1", "select 1"), ext::sync()].concat();
+    round(&mut c, &prep, 1).await;
+    c.query("begin").await;
+    c.read_until(b'Z').await;
+    let dup = [ext::parse("s1", "select 2"), ext::sync()].concat();
+    let got = round(&mut c, &dup, 1).await;
+    assert_eq!(errors(&got), ["42P05"]);
+    assert_eq!(
+        last_status(&got),
+        'E',
+        "ReadyForQuery status after an error in a transaction"
+    );
+    c.query("select 1").await;
+    assert_eq!(errors(&c.read_until(b'Z').await), ["25P02"]);
+    // In a failed transaction Postgres reports 25P02 before looking at the
+    // statement name.
+    let got = round(&mut c, &dup, 1).await;
+    assert_eq!(errors(&got), ["25P02"]);
+    assert_eq!(last_status(&got), 'E');
+    c.query("rollback").await;
+    assert_eq!(last_status(&c.read_until(b'Z').await), 'I');
+}
+
+/// pgtarn's refusal fails a named Parse on the server, so the client's
+/// unnamed statement survives it, as it does Postgres' own 42P05.
+#[tokio::test]
+async fn a_made_up_error_keeps_the_unnamed_statement() {
+    unnamed_statement_survives("").await;
+}
+
+/// Control: Postgres' own 42P05.
+#[tokio::test]
+async fn control_postgres_error_keeps_the_unnamed_statement() {
+    unnamed_statement_survives("max_prepared_statements = 0").await;
+}
+
+async fn unnamed_statement_survives(general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let prep = [ext::parse("s1", "select 1"), ext::sync()].concat();
+    round(&mut c, &prep, 1).await;
+    c.query("begin").await;
+    c.read_until(b'Z').await;
+    let batch = [
+        ext::parse("", "select 'kept'"),
+        ext::sync(),
+        ext::parse("s1", "select 2"),
+        ext::sync(),
+    ]
+    .concat();
+    let got = round(&mut c, &batch, 2).await;
+    assert_eq!(
+        (tags(&got), errors(&got)),
+        ("1ZEZ".into(), vec!["42P05".into()])
+    );
+    // A simple query would drop the unnamed statement.
+    let rollback = [ext::parse("rb", "rollback"), ext::run("rb", &[])].concat();
+    assert_eq!(last_status(&round(&mut c, &rollback, 1).await), 'I');
+    // The pool's only server serves the next transaction.
+    let got = round(&mut c, &ext::run("", &[]), 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "{}", tags(&got));
+    assert_eq!(first_columns(&got), ["kept"]);
+}
+
 /// Postgres skips every message after an error up to Sync, so a Parse that
 /// follows a failing Execute in the same pipeline creates nothing, and the
 /// client may Parse the same name again. pgtarn answers a Parse of a

@@ -14,6 +14,12 @@
 //! A message pgtarn answered itself is skipped too: its made-up reply is
 //! dropped and what pgtarn did for it (a statement named or forgotten) is
 //! undone, latest first.
+//!
+//! A message pgtarn refuses (a duplicate statement name, a client limit, an
+//! outdated statement) must fail the server's transaction as Postgres'
+//! own error would, so pgtarn sends the server a Parse that fails for sure
+//! in its place ([`Expect::Refused`]) and delivers its own error instead of
+//! the server's.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +30,22 @@ use super::prepared::Statement;
 use crate::backend::state::CopyTracker;
 use crate::net::Outbox;
 use crate::protocol::backend;
+
+/// The name and definition (query, no parameter types) of the Parse
+/// pgtarn sends the server in place of a client message it refuses. It is
+/// named so that the client's unnamed statement survives, as it does when
+/// Postgres refuses a named Parse. The query passes the parser and fails
+/// analysis whatever the catalog holds, with [`REFUSAL_CODE`]; in a
+/// failed transaction Postgres reports 25P02 first, as it would for the
+/// client's message, and that error (like any other but the planned one)
+/// reaches the client as it is.
+pub const REFUSAL: (&str, &[u8]) = (
+    "pgtarn_refused",
+    b"/* pgtarn refused a client message; this fails on purpose */ SELECT 1 ORDER BY 2\0\0\0",
+);
+
+/// `invalid_column_reference`: how [`REFUSAL`] fails as planned.
+const REFUSAL_CODE: &str = "42P10";
 
 /// A statement pgtarn sent a Parse for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,12 +81,15 @@ pub enum Expect {
     Sync,
     /// Query or FunctionCall: ReadyForQuery (errors are part of it).
     Query,
+    /// pgtarn's failing Parse standing for a client message it refused:
+    /// an ErrorResponse, replaced by this error for the client.
+    Refused(Bytes),
 }
 
 impl Expect {
     fn ended_by(&self, tag: u8) -> bool {
         match self {
-            Expect::Parse(_) => tag == b'1',
+            Expect::Parse(_) | Expect::Refused(_) => tag == b'1',
             Expect::Bind(_) => tag == b'2',
             Expect::DescribeStatement(_) | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
@@ -171,9 +196,16 @@ impl ReplyQueue {
         }
     }
 
-    /// Queues a made-up error and skips client messages until Sync.
+    /// Queues a made-up error and skips client messages until Sync
+    /// (without a server: nothing ran that the error must fail).
     pub fn made_error(&mut self, error: Bytes, out: &mut Outbox) {
         self.made(error, out);
+        self.skipping = true;
+    }
+
+    /// Skips client messages until Sync, after a refusal sent to the
+    /// server as [`Expect::Refused`].
+    pub fn skip_to_sync(&mut self) {
         self.skipping = true;
     }
 
@@ -202,21 +234,30 @@ impl ReplyQueue {
             return Route::Forward;
         };
         if tag == b'E' && !matches!(expect, Expect::Query | Expect::Sync) {
-            self.on_extended_error(body, effects);
-            return Route::Forward;
+            return self.on_extended_error(body, effects);
         }
         let route = if *visible {
             Route::Forward
         } else {
             Route::Swallow
         };
-        if expect.ended_by(tag)
-            && let Some(Entry::Server {
-                expect: Expect::Parse(Some(p)),
-                ..
-            }) = self.entries.pop_front()
-        {
-            effects.push(Effect::Prepared(p.global));
+        if expect.ended_by(tag) {
+            match self.entries.pop_front() {
+                Some(Entry::Server {
+                    expect: Expect::Parse(Some(p)),
+                    ..
+                }) => effects.push(Effect::Prepared(p.global)),
+                // Cannot happen (the refusal fails for sure); the client
+                // still gets its error.
+                Some(Entry::Server {
+                    expect: Expect::Refused(error),
+                    ..
+                }) => self.entries.push_front(Entry::Made {
+                    reply: error,
+                    undo: None,
+                }),
+                _ => {}
+            }
         }
         route
     }
@@ -245,9 +286,12 @@ impl ReplyQueue {
 
     /// An ErrorResponse to an extended-protocol message: Postgres skips to
     /// the next Sync. What the skipped messages did is undone, latest
-    /// first.
-    fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) {
+    /// first. The planned failure of pgtarn's refusal is replaced by
+    /// pgtarn's error; any other (25P02 in a failed transaction, which
+    /// Postgres checks first) reaches the client as it is.
+    fn on_extended_error(&mut self, body: &[u8], effects: &mut Vec<Effect>) -> Route {
         let first = effects.len();
+        let mut refusal = None;
         if let Some(Entry::Server { expect, .. }) = self.entries.pop_front() {
             match expect {
                 Expect::Parse(Some(p)) => effects.push(Effect::NotPrepared(p)),
@@ -256,6 +300,7 @@ impl ReplyQueue {
                 {
                     effects.push(Effect::Stale(copy))
                 }
+                Expect::Refused(error) if failed_as_planned(body) => refusal = Some(error),
                 _ => {}
             }
         }
@@ -263,6 +308,13 @@ impl ReplyQueue {
             self.skipping = true;
         }
         effects[first..].reverse();
+        match refusal {
+            Some(reply) => {
+                self.entries.push_front(Entry::Made { reply, undo: None });
+                Route::Swallow
+            }
+            None => Route::Forward,
+        }
     }
 
     /// Drops the entries before the next queued Sync, whose messages
@@ -313,6 +365,11 @@ fn result_type_changed(body: &[u8]) -> bool {
             && e.message
                 .contains("cached plan must not change result type")
     })
+}
+
+/// True for the error [`REFUSAL`] is meant to get.
+fn failed_as_planned(body: &[u8]) -> bool {
+    backend::error_fields(body).is_ok_and(|e| e.code == REFUSAL_CODE)
 }
 
 #[cfg(test)]
@@ -542,5 +599,40 @@ mod tests {
         q.made_undoable(made(b'1'), Some(Effect::Unparsed("c".into())), &mut out);
         assert_eq!(drain(&mut out), [made(b'1')], "nothing owed: sent at once");
         assert!(q.is_empty() && fx.is_empty());
+    }
+
+    #[test]
+    fn a_refusal_fails_on_the_server_and_the_client_gets_pgtarns_error() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Execute, true);
+        q.expect(Expect::Refused(made(b'!')), false);
+        q.skip_to_sync();
+        assert!(q.skipping());
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'C', b"", &mut out, &mut fx);
+        let route = step(&mut q, b'E', &error(REFUSAL_CODE), &mut out, &mut fx);
+        assert_eq!(route, Route::Swallow);
+        assert_eq!(drain(&mut out), [made(b'C'), made(b'!')]);
+        step(&mut q, b'Z', b"E", &mut out, &mut fx);
+        assert!(q.is_empty());
+        drain(&mut out);
+        // In a failed transaction Postgres' 25P02 comes first.
+        q.expect(Expect::Refused(made(b'!')), false);
+        q.expect(Expect::Sync, true);
+        let route = step(&mut q, b'E', &error("25P02"), &mut out, &mut fx);
+        assert_eq!(route, Route::Forward);
+        assert_eq!(drain(&mut out), [made(b'E')]);
+    }
+
+    #[test]
+    fn a_refusal_after_an_earlier_error_is_dropped() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Execute, true);
+        q.expect(Expect::Refused(made(b'!')), false);
+        q.expect(Expect::Sync, true);
+        step(&mut q, b'E', &error("22012"), &mut out, &mut fx);
+        step(&mut q, b'Z', b"I", &mut out, &mut fx);
+        assert_eq!(drain(&mut out), [made(b'E'), made(b'Z')]);
+        assert!(q.is_empty());
     }
 }

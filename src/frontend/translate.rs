@@ -10,14 +10,18 @@
 //!
 //! What pgtarn does for a message it answers itself (a Parse recorded, a
 //! Close applied) is undone if Postgres would have skipped the message
-//! after an earlier error.
+//! after an earlier error. A message pgtarn refuses with its own error
+//! (a duplicate name, a client limit, an outdated statement) is replaced,
+//! on the server, by a Parse that fails for sure ([`REFUSAL`]), so that
+//! the server fails the transaction and skips to Sync exactly as it would
+//! have with Postgres' own error.
 
 use bytes::{Bytes, BytesMut};
 
 use std::sync::Arc;
 
 use super::prepared::{ClientStatements, Statement, StatementError, global_name};
-use super::replies::{Copy, Effect, Expect, Prepared, ReplyQueue, Route};
+use super::replies::{Copy, Effect, Expect, Prepared, REFUSAL, ReplyQueue, Route};
 use crate::backend::ServerConn;
 use crate::backend::statements::Cached;
 use crate::net::Outbox;
@@ -228,7 +232,7 @@ impl Translator {
         let stmt = match self.add(p.name, p.definition) {
             Ok(s) => s,
             Err(e) => {
-                self.refuse(&e, sink.to_client);
+                self.refuse_on_server(refusal(&e), sink);
                 return Ok(());
             }
         };
@@ -264,7 +268,7 @@ impl Translator {
         }
         match self.add(p.name, p.definition) {
             Ok(_) => self.replies.made(parse_complete(), to_client),
-            Err(e) => self.refuse(&e, to_client),
+            Err(e) => self.replies.made_error(refusal(&e), to_client),
         }
         Ok(true)
     }
@@ -359,7 +363,7 @@ impl Translator {
                     true,
                 );
             }
-            Some(Err(())) => self.refuse_outdated(sink.to_client),
+            Some(Err(())) => self.refuse_on_server(outdated_error(), sink),
             // Unnamed, or unknown: Postgres reports the unknown name itself.
             None => sink.send(
                 &mut self.replies,
@@ -400,7 +404,7 @@ impl Translator {
                     true,
                 );
             }
-            Some(Err(())) => self.refuse_outdated(sink.to_client),
+            Some(Err(())) => self.refuse_on_server(outdated_error(), sink),
             None => {
                 let expect = Some(Expect::DescribeStatement(None));
                 sink.send(&mut self.replies, frame.into_raw(), b'D', expect, true)
@@ -409,19 +413,16 @@ impl Translator {
         Ok(())
     }
 
-    /// The client's statement was parsed before its result type changed:
-    /// it fails as it would on Postgres until the client prepares it again.
-    fn refuse_outdated(&mut self, to_client: &mut Outbox) {
-        let mut b = BytesMut::new();
-        let msg = "cached plan must not change result type";
-        encode::error_response(
-            &mut b,
-            Severity::Error,
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            msg,
-            None,
-        );
-        self.replies.made_error(b.freeze(), to_client);
+    /// Refuses a client message with `error` while a server is attached:
+    /// the server gets the failing [`REFUSAL`] Parse in its place, so that
+    /// it fails the transaction and skips to Sync as Postgres would after
+    /// its own error; the client gets `error` in place of the server's.
+    fn refuse_on_server(&mut self, error: Bytes, sink: &mut Sink<'_>) {
+        let (name, definition) = REFUSAL;
+        let parse = extended::make_parse(&mut self.buf, name, definition).into_raw();
+        let expect = Some(Expect::Refused(error));
+        sink.send(&mut self.replies, parse, b'P', expect, false);
+        self.replies.skip_to_sync();
     }
 
     /// Close of a named statement: forgotten, answered by pgtarn. False
@@ -473,18 +474,35 @@ impl Translator {
         self.replies.made(b.freeze(), to_client);
         true
     }
+}
 
-    fn refuse(&mut self, e: &StatementError, to_client: &mut Outbox) {
-        let code = match e {
-            StatementError::AlreadyExists(_) => "42P05",
-            StatementError::TooMany(_) | StatementError::TooLarge(_) => {
-                sqlstate::CONFIGURATION_LIMIT_EXCEEDED
-            }
-        };
-        let mut b = BytesMut::new();
-        encode::error_response(&mut b, Severity::Error, code, &e.to_string(), None);
-        self.replies.made_error(b.freeze(), to_client);
-    }
+/// The error for a Parse pgtarn refuses.
+fn refusal(e: &StatementError) -> Bytes {
+    let code = match e {
+        StatementError::AlreadyExists(_) => "42P05",
+        StatementError::TooMany(_) | StatementError::TooLarge(_) => {
+            sqlstate::CONFIGURATION_LIMIT_EXCEEDED
+        }
+    };
+    let mut b = BytesMut::new();
+    encode::error_response(&mut b, Severity::Error, code, &e.to_string(), None);
+    b.freeze()
+}
+
+/// The error for a statement the client parsed before its result type
+/// changed: it fails as it would on Postgres until the client prepares it
+/// again.
+fn outdated_error() -> Bytes {
+    let mut b = BytesMut::new();
+    let msg = "cached plan must not change result type";
+    encode::error_response(
+        &mut b,
+        Severity::Error,
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        msg,
+        None,
+    );
+    b.freeze()
 }
 
 /// The words of a simple query, lower-cased, without a trailing `;`.
