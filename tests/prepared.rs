@@ -645,3 +645,53 @@ async fn a_skipped_re_prepare_of_an_outdated_statement_keeps_the_server_in_step(
     assert_eq!(errors(&got), Vec::<String>::new(), "{}", tags(&got));
     assert_eq!(first_columns(&got), ["1"]);
 }
+
+/// `DEALLOCATE name`, answered by pgtarn, reports the transaction status
+/// Postgres would: 'T' when pipelined behind BEGIN, and 25P02 (the
+/// statement kept) in a failed transaction, whether pgtarn learned of the
+/// failure before or after the DEALLOCATE arrived.
+#[tokio::test]
+async fn deallocate_follows_the_transaction_status() {
+    deallocate_in_transactions("").await;
+}
+
+/// Control: Postgres' own DEALLOCATE.
+#[tokio::test]
+async fn control_deallocate_on_postgres() {
+    deallocate_in_transactions("max_prepared_statements = 0").await;
+}
+
+async fn deallocate_in_transactions(general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let queries = |sql: &[&str]| {
+        let mut b = bytes::BytesMut::new();
+        for q in sql {
+            pgtarn::protocol::encode::query(&mut b, q);
+        }
+        b.to_vec()
+    };
+    for s in ["s1", "s2", "s3"] {
+        round(
+            &mut c,
+            &[ext::parse(s, "select 7"), ext::sync()].concat(),
+            1,
+        )
+        .await;
+    }
+    let got = round(&mut c, &queries(&["begin", "deallocate s1"]), 2).await;
+    assert_eq!(tags(&got), "CZCZ");
+    assert_eq!(last_status(&got), 'T', "behind BEGIN");
+    let got = round(&mut c, &queries(&["select 1/0", "deallocate s2"]), 2).await;
+    assert_eq!(errors(&got), ["22012", "25P02"]);
+    assert_eq!(last_status(&got), 'E');
+    let got = round(&mut c, &queries(&["deallocate s3"]), 1).await;
+    assert_eq!(errors(&got), ["25P02"]);
+    assert_eq!(last_status(&got), 'E');
+    round(&mut c, &queries(&["rollback"]), 1).await;
+    for (s, kept) in [("s1", false), ("s2", true), ("s3", true)] {
+        let got = round(&mut c, &ext::run(s, &[]), 1).await;
+        let want: &[&str] = if kept { &[] } else { &["26000"] };
+        assert_eq!(errors(&got), want, "{s}");
+    }
+}

@@ -24,12 +24,17 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::prepared::Statement;
 use crate::backend::state::CopyTracker;
 use crate::net::Outbox;
-use crate::protocol::backend;
+use crate::protocol::backend::{self, TxStatus};
+use crate::protocol::encode::{self, Severity};
+
+/// `in_failed_sql_transaction`: Postgres' error for commands in a failed
+/// transaction block.
+const IN_FAILED_TRANSACTION: &str = "25P02";
 
 /// The name and definition (query, no parameter types) of the Parse
 /// pgtarn sends the server in place of a client message it refuses. It is
@@ -99,13 +104,25 @@ impl Expect {
     }
 }
 
+/// A reply pgtarn makes up.
+#[derive(Debug)]
+enum Made {
+    /// These bytes.
+    Reply(Bytes),
+    /// `DEALLOCATE`'s CommandComplete and ReadyForQuery, with the
+    /// transaction status of the moment it is released; in a failed
+    /// transaction, Postgres' 25P02 error instead.
+    Deallocate,
+}
+
 #[derive(Debug)]
 enum Entry {
     /// A reply from the server; `visible` unless pgtarn sent the message.
     Server { expect: Expect, visible: bool },
     /// A reply pgtarn made up, released when it reaches the front. `undo`
-    /// is what to apply if Postgres skips the message it answers.
-    Made { reply: Bytes, undo: Option<Effect> },
+    /// is what to apply if Postgres would not have run the message it
+    /// answers (skipped after an error, or in a failed transaction).
+    Made { reply: Made, undo: Option<Effect> },
 }
 
 /// What a server message means for the statement caches.
@@ -122,8 +139,8 @@ pub enum Effect {
     /// A client's Parse that pgtarn answered was skipped: the client's
     /// name is free again.
     Unparsed(String),
-    /// A client's Close that pgtarn answered was skipped: the client
-    /// still has the statement.
+    /// A client's Close or `DEALLOCATE` that pgtarn answered did not
+    /// happen: the client still has the statement.
     Unclosed(String, Arc<Statement>),
 }
 
@@ -192,7 +209,24 @@ impl ReplyQueue {
         if self.entries.is_empty() {
             out.push(reply);
         } else {
+            let reply = Made::Reply(reply);
             self.entries.push_back(Entry::Made { reply, undo });
+        }
+    }
+
+    /// Queues the reply to a `DEALLOCATE` pgtarn ran, whose statement is
+    /// restored by `undo` if the transaction turns out failed or the query
+    /// skipped. With nothing owed it goes out at once with `status`, which
+    /// must not be [`TxStatus::Failed`].
+    pub fn deallocated(&mut self, undo: Effect, status: TxStatus, out: &mut Outbox) {
+        if self.entries.is_empty() {
+            out.push(deallocate_reply(status));
+        } else {
+            let undo = Some(undo);
+            self.entries.push_back(Entry::Made {
+                reply: Made::Deallocate,
+                undo,
+            });
         }
     }
 
@@ -253,7 +287,7 @@ impl ReplyQueue {
                     expect: Expect::Refused(error),
                     ..
                 }) => self.entries.push_front(Entry::Made {
-                    reply: error,
+                    reply: Made::Reply(error),
                     undo: None,
                 }),
                 _ => {}
@@ -309,7 +343,8 @@ impl ReplyQueue {
         }
         effects[first..].reverse();
         match refusal {
-            Some(reply) => {
+            Some(error) => {
+                let reply = Made::Reply(error);
                 self.entries.push_front(Entry::Made { reply, undo: None });
                 Route::Swallow
             }
@@ -348,14 +383,41 @@ impl ReplyQueue {
     }
 
     /// Sends the made-up replies that are now due (nothing owed before
-    /// them) to `out`.
-    pub fn release_due(&mut self, out: &mut Outbox) {
+    /// them) to `out`; `status` is the transaction status of the last
+    /// ReadyForQuery. A `DEALLOCATE` in a failed transaction fails and its
+    /// undo goes to `effects`.
+    pub fn release_due(&mut self, out: &mut Outbox, status: TxStatus, effects: &mut Vec<Effect>) {
         while let Some(Entry::Made { .. }) = self.entries.front() {
-            if let Some(Entry::Made { reply, .. }) = self.entries.pop_front() {
-                out.push(reply);
+            let Some(Entry::Made { reply, undo }) = self.entries.pop_front() else {
+                return;
+            };
+            match reply {
+                Made::Reply(reply) => out.push(reply),
+                Made::Deallocate if status == TxStatus::Failed => {
+                    out.push(failed_transaction_reply());
+                    effects.extend(undo);
+                }
+                Made::Deallocate => out.push(deallocate_reply(status)),
             }
         }
     }
+}
+
+/// `DEALLOCATE`'s CommandComplete and ReadyForQuery.
+pub fn deallocate_reply(status: TxStatus) -> Bytes {
+    let mut b = BytesMut::new();
+    encode::message(&mut b, b'C', |b| encode::put_cstr(b, b"DEALLOCATE"));
+    encode::ready_for_query(&mut b, status);
+    b.freeze()
+}
+
+/// Postgres' reply to a simple query in a failed transaction block.
+pub fn failed_transaction_reply() -> Bytes {
+    let mut b = BytesMut::new();
+    let msg = "current transaction is aborted, commands ignored until end of transaction block";
+    encode::error_response(&mut b, Severity::Error, IN_FAILED_TRANSACTION, msg, None);
+    encode::ready_for_query(&mut b, TxStatus::Failed);
+    b.freeze()
 }
 
 /// True for Postgres' `cached plan must not change result type` error.
@@ -391,7 +453,7 @@ mod tests {
         if route == Route::Forward {
             out.push(made(tag));
         }
-        q.release_due(out);
+        q.release_due(out, TxStatus::Idle, fx);
         route
     }
 
@@ -634,5 +696,26 @@ mod tests {
         step(&mut q, b'Z', b"I", &mut out, &mut fx);
         assert_eq!(drain(&mut out), [made(b'E'), made(b'Z')]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn deallocate_replies_carry_the_status_when_released() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        let undo = || Effect::Unparsed("s1".into());
+        q.deallocated(undo(), TxStatus::Idle, &mut out);
+        assert_eq!(drain(&mut out), [deallocate_reply(TxStatus::Idle)]);
+        q.expect(Expect::Query, true);
+        q.deallocated(undo(), TxStatus::Idle, &mut out);
+        q.release_due(&mut out, TxStatus::InTransaction, &mut fx);
+        assert!(out.is_empty(), "the BEGIN's reply comes first");
+        q.on_server(b'Z', b"T", &mut fx);
+        q.release_due(&mut out, TxStatus::InTransaction, &mut fx);
+        assert_eq!(drain(&mut out), [deallocate_reply(TxStatus::InTransaction)]);
+        q.expect(Expect::Query, true);
+        q.deallocated(undo(), TxStatus::InTransaction, &mut out);
+        q.on_server(b'Z', b"E", &mut fx);
+        q.release_due(&mut out, TxStatus::Failed, &mut fx);
+        assert_eq!(drain(&mut out), [failed_transaction_reply()]);
+        assert_eq!(fx, [undo()], "the statement stays");
     }
 }

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 use super::prepared::{ClientStatements, Statement, StatementError, global_name};
-use super::replies::{Copy, Effect, Expect, Prepared, REFUSAL, ReplyQueue, Route};
+use super::replies::{self, Copy, Effect, Expect, Prepared, REFUSAL, ReplyQueue, Route};
 use crate::backend::ServerConn;
 use crate::backend::statements::Cached;
 use crate::net::Outbox;
@@ -194,7 +194,9 @@ impl Translator {
         if route == Route::Forward {
             to_client.push(frame.into_raw());
         }
-        self.replies.release_due(to_client);
+        let status = server.state.tx_status();
+        self.replies
+            .release_due(to_client, status, &mut self.effects);
         for effect in self.effects.drain(..) {
             match effect {
                 Effect::Prepared(g) => self.known.insert(g),
@@ -460,18 +462,26 @@ impl Translator {
     }
 
     /// `DEALLOCATE name` for a statement the client prepared through the
-    /// protocol: forgotten and answered by pgtarn. True if handled.
+    /// protocol: forgotten and answered by pgtarn, with the transaction
+    /// status of the moment its reply is due (`status` if that is now).
+    /// In a failed transaction it fails with 25P02 and the statement
+    /// stays, as in Postgres. True if handled.
     fn deallocate(&mut self, frame: &Frame, status: TxStatus, to_client: &mut Outbox) -> bool {
         let Some(name) = deallocate_target(frame.body()) else {
             return false;
         };
-        if !self.statements.remove(&name) {
+        if self.statements.get(&name).is_none() {
             return false;
         }
-        let mut b = BytesMut::new();
-        encode::message(&mut b, b'C', |b| encode::put_cstr(b, b"DEALLOCATE"));
-        encode::ready_for_query(&mut b, status);
-        self.replies.made(b.freeze(), to_client);
+        if self.replies.is_empty() && status == TxStatus::Failed {
+            self.replies
+                .made(replies::failed_transaction_reply(), to_client);
+            return true;
+        }
+        if let Some(stmt) = self.statements.take(&name) {
+            let undo = Effect::Unclosed(name, stmt);
+            self.replies.deallocated(undo, status, to_client);
+        }
         true
     }
 }
