@@ -318,6 +318,19 @@ impl ReplyQueue {
         }
     }
 
+    /// pgtarn's own error (a whole frame) that the client gets in place of
+    /// the server's ErrorResponse `body`, when that is the planned failure
+    /// of a refusal ([`Expect::Refused`]) at the front of the queue.
+    pub fn refusal_error(&self, body: &[u8]) -> Option<&Bytes> {
+        match self.entries.front() {
+            Some(Entry::Server {
+                expect: Expect::Refused(error),
+                ..
+            }) if failed_as_planned(body) => Some(error),
+            _ => None,
+        }
+    }
+
     /// An ErrorResponse to an extended-protocol message: Postgres skips to
     /// the next Sync. What the skipped messages did is undone, latest
     /// first. The planned failure of pgtarn's refusal is replaced by
@@ -672,6 +685,12 @@ mod tests {
         assert!(q.skipping());
         q.expect(Expect::Sync, true);
         step(&mut q, b'C', b"", &mut out, &mut fx);
+        assert_eq!(
+            q.refusal_error(&error("22012")),
+            None,
+            "not the planned failure"
+        );
+        assert_eq!(q.refusal_error(&error(REFUSAL_CODE)), Some(&made(b'!')));
         let route = step(&mut q, b'E', &error(REFUSAL_CODE), &mut out, &mut fx);
         assert_eq!(route, Route::Swallow);
         assert_eq!(drain(&mut out), [made(b'C'), made(b'!')]);

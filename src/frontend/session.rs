@@ -492,7 +492,15 @@ impl Session {
                             );
                         }
                         b'E' => {
-                            count_error(&self.pool, f.body());
+                            server.state.on_error();
+                            // Counted as the client sees it: pgtarn's own
+                            // error in place of its refusal's.
+                            let made = self.translator.as_ref();
+                            let made = made.and_then(|t| t.replies.refusal_error(f.body()));
+                            match made.and_then(|m| Frame::from_raw(m.clone())) {
+                                Some(m) => count_error(&self.pool, m.body()),
+                                None => count_error(&self.pool, f.body()),
+                            }
                             if self.cancelled_at.is_some() {
                                 f = query_timeout_error(f);
                             }
