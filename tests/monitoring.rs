@@ -319,16 +319,20 @@ fn every_dashboard_query_returns_data_from_a_live_prometheus() {
     let started = Instant::now();
     let exprs = dashboard_exprs();
     let pg = PgServer::start(Default::default());
-    let port = free_port();
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let toml = format!(
-        "[pgtarn]\nlisten_addr = \"127.0.0.1:{port}\"\nmetrics_addr = \"{metrics}\"\n\
-         query_wait_timeout = \"1s\"\n\
-         [databases.app]\nport = {}\npool_size = 2\n\
-         [users.app]\npassword = \"app-secret\"\n",
-        pg.port
-    );
-    let pgtarn = PgtarnProcess::start(&toml, port);
+    let metrics_port = std::cell::Cell::new(0);
+    let pgtarn = PgtarnProcess::start_on_free_port(|port| {
+        metrics_port.set(free_port());
+        let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port.get()));
+        format!(
+            "[pgtarn]\nlisten_addr = \"127.0.0.1:{port}\"\nmetrics_addr = \"{metrics}\"\n\
+             query_wait_timeout = \"1s\"\n\
+             [databases.app]\nport = {}\npool_size = 2\n\
+             [users.app]\npassword = \"app-secret\"\n",
+            pg.port
+        )
+    });
+    let port = pgtarn.addr.port();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], metrics_port.get()));
     assert!(
         poll_until(Duration::from_secs(10), || {
             matches!(http_get(metrics, "/healthz"), Ok((200, _)))

@@ -32,9 +32,36 @@ impl PgtarnProcess {
 
     /// Like [`PgtarnProcess::start`] with the given `RUST_LOG` filter.
     pub fn start_logging(toml: &str, port: u16, filter: &str) -> PgtarnProcess {
-        let p = Self::spawn(toml, port, filter);
+        match Self::try_start(toml, port, filter) {
+            Ok(p) => p,
+            Err(log) => panic!("pgtarn exited before listening on port {port}:\n{log}"),
+        }
+    }
+
+    /// Starts the binary with the config `make(port)` on a free port,
+    /// trying other ports if one was taken meanwhile (a free port is only
+    /// free when it is picked, and tests run in parallel).
+    pub fn start_on_free_port(make: impl Fn(u16) -> String) -> PgtarnProcess {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            match Self::try_start(&make(port), port, "warn") {
+                Ok(p) => return p,
+                Err(log) => last = log,
+            }
+        }
+        panic!("pgtarn did not start on three free ports; last log:\n{last}")
+    }
+
+    /// Starts the binary and waits (deadline 10 s) until it accepts; its
+    /// log if it exits first.
+    fn try_start(toml: &str, port: u16, filter: &str) -> Result<PgtarnProcess, String> {
+        let mut p = Self::spawn(toml, port, filter);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(p.addr).is_err() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                return Err(format!("{status}: {}", p.log()));
+            }
             assert!(
                 Instant::now() < deadline,
                 "pgtarn did not start listening on {}",
@@ -42,7 +69,7 @@ impl PgtarnProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        p
+        Ok(p)
     }
 
     /// Starts the binary without waiting for it.
