@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::{Client, NoTls};
 
 /// Deadline for anything that should happen promptly.
-const DEADLINE: Duration = Duration::from_secs(10);
+const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A pgtarn config (client auth `trust`, user `app` with `password`
 /// upstream) with one `[databases.NAME]` per entry, each pointing at
