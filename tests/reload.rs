@@ -282,3 +282,39 @@ async fn a_removed_database_leaves_no_frozen_gauges() {
         frozen.join("\n")
     );
 }
+
+/// The server parameters a client gets at login (ParameterStatus) come
+/// from the upstream in force: after a reload moves a pool to another
+/// server, new clients get that server's, not the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_move_logins_report_the_new_servers_parameters() {
+    use common::pg::PgOptions;
+    use common::pooler::{self, Pooler};
+    use common::raw::Raw;
+    let tokyo = PgServer::start(PgOptions {
+        extra_conf: vec!["timezone = 'Asia/Tokyo'".into()],
+        ..Default::default()
+    });
+    let general = "auth_type = \"trust\"";
+    let before = pooler::config(PgServer::shared(), general, "pool_size = 1");
+    let p = Pooler::start(&before).await;
+    let reported_zone = || async {
+        let mut raw = Raw::open(p.addr).await;
+        let startup = [("user", "app"), ("database", "app")];
+        raw.send(&pgtarn::protocol::encode::startup_message(&startup))
+            .await;
+        let login = raw.read_until(b'Z').await;
+        let zone = login.iter().find_map(|(tag, body)| {
+            let (k, v) = pgtarn::protocol::backend::parameter_status(body).ok()?;
+            (*tag == b'S' && k == "TimeZone").then(|| v.to_owned())
+        });
+        zone.expect("a TimeZone ParameterStatus")
+    };
+    assert_ne!(reported_zone().await, "Asia/Tokyo");
+    let port = format!("port = {}", PgServer::shared().port);
+    apply(
+        &p,
+        &before.replacen(&port, &format!("port = {}", tokyo.port), 1),
+    );
+    assert_eq!(reported_zone().await, "Asia/Tokyo");
+}

@@ -12,8 +12,8 @@
 //! failure, repeats that failure for `server_login_retry` instead of
 //! connecting again (see [`super::health`]).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -41,7 +41,8 @@ pub struct Manager {
     /// `pool_size`: released connections are then closed (and counted).
     pub(super) shrinking: std::sync::atomic::AtomicBool,
     /// The ParameterStatus set of the first server connection.
-    pub(super) defaults: OnceLock<Arc<Vec<(String, String)>>>,
+    /// (Learned anew after a reload moved the pool to another upstream.)
+    pub(super) defaults: arc_swap::ArcSwapOption<Vec<(String, String)>>,
     /// The pool's statistics.
     pub(super) stats: Arc<PoolStats>,
     /// Where server connections are listed (`SHOW SERVERS`).
@@ -69,7 +70,7 @@ impl Manager {
             retire_before: AtomicU64::new(0),
             login_retry: LoginRetry::default(),
             shrinking: Default::default(),
-            defaults: OnceLock::new(),
+            defaults: Default::default(),
             stats,
             servers,
             database,
@@ -128,6 +129,12 @@ impl Manager {
         self.login_retry.succeeded();
     }
 
+    /// Forgets the servers' ParameterStatus set, to learn it from the next
+    /// connection (the upstream changed).
+    pub fn forget_defaults(&self) {
+        self.defaults.store(None);
+    }
+
     /// Closes every connection that exists now at its next checkout.
     pub fn retire_existing(&self) {
         self.retire_before
@@ -175,8 +182,10 @@ impl managed::Manager for Manager {
         info!(server = id, target = ?**self.target.load(), "server connection opened");
         self.stats.opened.inc();
         self.list(&mut conn);
-        self.defaults
-            .get_or_init(|| Arc::new(conn.login_params().to_vec()));
+        if self.defaults.load().is_none() {
+            self.defaults
+                .store(Some(Arc::new(conn.login_params().to_vec())));
+        }
         Ok(Box::new(conn))
     }
 

@@ -337,8 +337,10 @@ impl Pool {
         let moved = *old != upstream;
         *old = upstream;
         drop(old);
-        self.inner.manager().set_target(target);
+        let manager = self.inner.manager();
+        manager.set_target(target);
         if moved {
+            manager.forget_defaults();
             self.reconnect();
         }
         moved
@@ -410,17 +412,12 @@ impl Pool {
     /// server's, learned by connecting once if no server exists yet. Shared
     /// by all the pool's clients.
     pub async fn login_params(&self) -> Result<Arc<Vec<(String, String)>>, CheckoutError> {
-        if let Some(p) = self.inner.manager().defaults.get() {
-            return Ok(p.clone());
+        if let Some(p) = self.inner.manager().defaults.load_full() {
+            return Ok(p);
         }
-        drop(self.checkout().await?);
-        Ok(self
-            .inner
-            .manager()
-            .defaults
-            .get()
-            .cloned()
-            .unwrap_or_default())
+        let server = self.checkout().await?;
+        let learned = self.inner.manager().defaults.load_full();
+        Ok(learned.unwrap_or_else(|| Arc::new(server.login_params().to_vec())))
     }
 
     /// Clients and servers by state, as `SHOW POOLS` reports them.
