@@ -85,11 +85,34 @@ async fn a_late_cancel_never_hits_another_clients_query() {
     let stop = Arc::new(AtomicBool::new(false));
     let cancels = tokio::spawn(keep_cancelling(a.cancel_token(), stop.clone()));
     let a_task = tokio::spawn(run_until(a, stop.clone(), "select pg_sleep(0.001)"));
+    // SHOW POOLS' sv_being_canceled, sampled meanwhile.
+    let pool = p.pool();
+    let sampler = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while !stop.load(Ordering::Relaxed) {
+                most = most.max(pool.counts(None).sv_being_canceled);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            most
+        })
+    };
     let (b_ran, b_cancelled) = run_for(&b, Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
     let a_ran = a_task.await.expect("client A's queries");
     let sent = cancels.await.expect("client A's cancels");
+    let parked_seen = sampler.await.expect("sampler");
     eprintln!("A: {a_ran} queries, {sent} cancels; B: {b_cancelled} of {b_ran} cancelled");
+    assert_eq!(
+        parked_seen, 1,
+        "the server was seen parked (sv_being_canceled)"
+    );
+    wait_until("no server parked any more", DEADLINE, || {
+        let parked = pool.counts(None).sv_being_canceled;
+        async move { parked == 0 }
+    })
+    .await;
     assert!(
         a_ran > 50 && b_ran > 50 && sent > 50,
         "both clients ran queries"

@@ -29,7 +29,8 @@ const POOLS: [(&str, Type); 16] = [
 ];
 
 /// `SHOW POOLS`: one row per (database, user) pool. Cancel requests are
-/// forwarded at once (never queued), so the cancel columns are 0.
+/// forwarded at once (never queued), so the other cancel columns are 0;
+/// `sv_being_canceled` counts servers parked behind a cancel request.
 pub fn pools(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(&POOLS);
     let check = crate::metrics::check_delay(ctx);
@@ -45,7 +46,7 @@ pub fn pools(ctx: &Context) -> ResultSet {
             v(0),
             v(c.sv_active),
             v(0),
-            v(0),
+            v(c.sv_being_canceled),
             v(c.sv_idle),
             v(c.sv_used),
             v(0),

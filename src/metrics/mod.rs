@@ -46,6 +46,7 @@ pub fn refresh(ctx: &Context) {
             ("idle", c.sv_idle),
             ("used", c.sv_used),
             ("login", c.sv_login),
+            ("being_canceled", c.sv_being_canceled),
         ] {
             m.pool_servers
                 .with_label_values(&with(&l, state))

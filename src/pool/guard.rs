@@ -75,13 +75,37 @@ fn park(obj: Object<Manager>) {
         return close(obj, CloseReason::Dirty);
     }
     let in_flight = obj.cancels_in_flight().clone();
+    let counted = BeingCanceled::count(&obj);
     in_flight.release_after(Box::new(move |confirmed| {
+        drop(counted);
         if confirmed {
             release(obj);
         } else {
             close(obj, CloseReason::CancelUnconfirmed);
         }
     }));
+}
+
+/// A parked connection, counted in its pool's `sv_being_canceled` until
+/// dropped.
+struct BeingCanceled(Option<std::sync::Arc<crate::stats::PoolStats>>);
+
+impl BeingCanceled {
+    fn count(obj: &Object<Manager>) -> Self {
+        let stats = Object::pool(obj).map(|p| p.manager().stats.clone());
+        if let Some(s) = &stats {
+            s.being_canceled.fetch_add(1, Ordering::Relaxed);
+        }
+        BeingCanceled(stats)
+    }
+}
+
+impl Drop for BeingCanceled {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            s.being_canceled.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Returns `obj` to its pool if it is reusable, else closes it.

@@ -237,6 +237,8 @@ pub struct PoolCounts {
     pub sv_used: usize,
     /// Servers being connected.
     pub sv_login: usize,
+    /// Servers parked until a cancel request for them is done.
+    pub sv_being_canceled: usize,
 }
 
 impl Pool {
@@ -434,13 +436,15 @@ impl Pool {
         let waiting = self.stats.waiting();
         let clients = self.stats.clients.load(Ordering::Relaxed);
         let idle = status.available.min(status.size);
+        let parked = self.stats.being_canceled.load(Ordering::Relaxed);
         PoolCounts {
             cl_active: clients.saturating_sub(waiting),
             cl_waiting: waiting,
-            sv_active: status.size - idle,
+            sv_active: (status.size - idle).saturating_sub(parked),
             sv_idle: idle - used.min(idle),
             sv_used: used.min(idle),
             sv_login: self.stats.connecting.load(Ordering::Relaxed),
+            sv_being_canceled: parked.min(status.size - idle),
         }
     }
 

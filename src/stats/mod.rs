@@ -58,7 +58,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// `pgtarn_pool_clients{state}`: clients active / waiting per pool.
     pub pool_clients: IntGaugeVec,
-    /// `pgtarn_pool_servers{state}`: servers active / idle / used / login.
+    /// `pgtarn_pool_servers{state}`: servers active / idle / used / login /
+    /// being_canceled.
     pub pool_servers: IntGaugeVec,
     /// `pgtarn_pool_size`: open server connections.
     pub pool_size: IntGaugeVec,

@@ -41,6 +41,9 @@ pub struct PoolStats {
     pub clients: AtomicUsize,
     /// Server connections being opened.
     pub connecting: AtomicUsize,
+    /// Server connections parked until a cancel request for them is done
+    /// (`sv_being_canceled`).
+    pub being_canceled: AtomicUsize,
     waiters: Mutex<BTreeMap<u64, Instant>>,
     next_waiter: AtomicU64,
     period: Mutex<Period>,
@@ -212,6 +215,7 @@ impl PoolStats {
             tls: m.tls_handshakes.clone(),
             clients: AtomicUsize::new(0),
             connecting: AtomicUsize::new(0),
+            being_canceled: AtomicUsize::new(0),
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
             period: Mutex::default(),
