@@ -104,9 +104,9 @@ impl Translator {
             self.replies.made(b.freeze(), to_client);
             return Ok(true);
         }
-        // Without a server no copy is in progress: Postgres would ignore
-        // CopyData, CopyDone and CopyFail too.
-        if self.replies.skipping() || matches!(tag, b'H' | b'd' | b'c' | b'f') {
+        // (CopyData, CopyDone and CopyFail never get here without a server:
+        // the session drops them, as Postgres ignores them outside COPY.)
+        if self.replies.skipping() || tag == b'H' {
             return Ok(true);
         }
         Ok(match tag {
