@@ -17,8 +17,7 @@ use tokio_postgres::{CancelToken, Client, NoTls};
 const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn trust_pooler(database: &str) -> Pooler {
-    let general = "auth_type = \"trust\"";
-    Pooler::start(&pooler::config(PgServer::shared(), general, database)).await
+    Pooler::trust("", database).await
 }
 
 fn sqlstate(e: &tokio_postgres::Error) -> String {

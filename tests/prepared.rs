@@ -15,8 +15,7 @@ use common::pooler::{self, Pooler};
 use common::raw::{Raw, errors, ext, first_columns, tags};
 
 async fn trust_pooler(database: &str, general: &str) -> Pooler {
-    let general = format!("auth_type = \"trust\"\n{general}");
-    Pooler::start(&pooler::config(PgServer::shared(), &general, database)).await
+    Pooler::trust(general, database).await
 }
 
 /// Sends `msg` and reads replies up to the `syncs`-th ReadyForQuery.

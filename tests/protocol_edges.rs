@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::one;
 use common::pg::PgServer;
-use common::pooler::{self, Pooler};
+use common::pooler::Pooler;
 use common::raw::{self, Raw, errors, ext, first_columns};
 use common::wait_until;
 use pgtarn::protocol::backend::error_fields;
@@ -34,8 +34,7 @@ async fn trust_pooler(general: &str) -> Pooler {
 
 /// A trust pooler with `database` settings (e.g. `pool_size`).
 async fn trust_pooler_with(database: &str, general: &str) -> Pooler {
-    let general = format!("auth_type = \"trust\"\n{general}");
-    Pooler::start(&pooler::config(PgServer::shared(), &general, database)).await
+    Pooler::trust(general, database).await
 }
 
 /// An untagged startup-phase packet: length, code, then `rest`.

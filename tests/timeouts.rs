@@ -16,13 +16,7 @@ use tokio_postgres::NoTls;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn pooler(general: &str) -> Pooler {
-    let general = format!("auth_type = \"trust\"\n{general}");
-    Pooler::start(&pooler::config(
-        PgServer::shared(),
-        &general,
-        "pool_size = 1",
-    ))
-    .await
+    Pooler::trust(general, "pool_size = 1").await
 }
 
 /// Connects and returns the client plus the connection task, whose result

@@ -35,6 +35,14 @@ pub fn config(pg: &PgServer, general: &str, database: &str) -> String {
 }
 
 impl Pooler {
+    /// Starts pgtarn in front of the shared Postgres with client `trust`
+    /// auth and [`config`]'s `general` and `database` extra lines.
+    #[allow(dead_code)]
+    pub async fn trust(general: &str, database: &str) -> Pooler {
+        let general = format!("auth_type = \"trust\"\n{general}");
+        Pooler::start(&config(PgServer::shared(), &general, database)).await
+    }
+
     /// Starts pgtarn with the given TOML config.
     pub async fn start(toml: &str) -> Pooler {
         if let Ok(filter) = std::env::var("PGTARN_TEST_LOG") {
