@@ -146,14 +146,6 @@ pub fn spawn_cancel(target: &Arc<CancelTarget>, limit: Duration) {
     tokio::spawn(pending.send(limit));
 }
 
-/// Sends a cancel request to a server, giving up after `limit`. It is
-/// counted in flight only from this future's first poll: a caller that
-/// spawns it may release the server before, and should use
-/// [`spawn_cancel`] instead.
-pub async fn send_cancel(target: &Arc<CancelTarget>, limit: Duration) {
-    PendingCancel::begin(target).send(limit).await;
-}
-
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut clients = self
