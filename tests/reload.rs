@@ -318,3 +318,35 @@ async fn after_a_move_logins_report_the_new_servers_parameters() {
     );
     assert_eq!(reported_zone().await, "Asia/Tokyo");
 }
+
+/// A reload that changes a database's `pool_mode` gives new clients a new
+/// pool in the new mode (with its own metric labels); a connected client
+/// keeps the mode it logged in with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_pool_mode_applies_to_new_clients() {
+    use common::pooler::{self, Pooler};
+    let pg = PgServer::shared();
+    let before = pooler::config(pg, "", "pool_size = 2");
+    let p = Pooler::start(&before).await;
+    let a = p.connect().await;
+    let old = p.pool();
+    apply(
+        &p,
+        &before.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\""),
+    );
+    let b = p.connect().await;
+    assert_eq!(one(&b, "select 'b'").await, "b");
+    let new = p.pool();
+    assert!(!std::sync::Arc::ptr_eq(&old, &new), "a new pool");
+    assert_eq!(new.settings().mode.as_str(), "session");
+    // B holds its server between transactions (session mode); A, in
+    // transaction mode on the old pool, does not.
+    assert_eq!(new.size() - new.idle(), 1, "B's server stays lent");
+    assert_eq!(one(&a, "select 'a'").await, "a");
+    assert_eq!(old.size(), old.idle(), "A's server went back");
+    let text = pgtarn::metrics::render(&p.ctx);
+    assert!(
+        text.contains("pool_mode=\"session\""),
+        "the new pool's labels"
+    );
+}

@@ -177,8 +177,9 @@ impl Registry {
     }
 
     /// Applies a reloaded configuration. Pools of removed databases are
-    /// retired: new clients are refused, connected clients finish on the
-    /// old pool. Other pools take the new sizes and timeouts at once, and
+    /// retired (new clients are refused, connected clients finish on the
+    /// old pool), and so are pools whose `pool_mode` changed (new clients
+    /// get a new pool). Other pools take the new sizes and timeouts at once, and
     /// new connections go to the new upstream with the new credentials
     /// (and TLS files read anew); when the upstream (address, database
     /// name, TLS settings) changed, the existing server connections are
@@ -200,6 +201,14 @@ impl Registry {
                 pool.reconnect();
                 return false;
             };
+            // The pool mode is part of a pool's identity (its metric
+            // labels): new clients get a new pool, connected ones keep
+            // the mode they logged in with on the old one.
+            if settings.mode != pool.settings().mode {
+                info!(database = %key.database, user = %key.user, "pool retired by reload: pool_mode changed");
+                pool.reconnect();
+                return false;
+            }
             pool.update(settings);
             // A user found by auth_query has no secret in the file: its
             // pool keeps logging in as it did.
