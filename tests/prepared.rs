@@ -694,3 +694,68 @@ async fn deallocate_in_transactions(general: &str) {
         assert_eq!(errors(&got), want, "{s}");
     }
 }
+
+/// `DISCARD ALL` / `DEALLOCATE ALL` that Postgres refuses (inside a
+/// transaction block, or in a failed transaction) leave the client's
+/// statements as they were; one that runs forgets them, even inside a
+/// transaction (`DEALLOCATE ALL` is not rolled back).
+#[tokio::test]
+async fn a_refused_discard_all_keeps_the_statements() {
+    discard_all_in_transactions("").await;
+}
+
+/// Control: the same against Postgres' own statements.
+#[tokio::test]
+async fn control_discard_all_on_postgres() {
+    discard_all_in_transactions("max_prepared_statements = 0").await;
+}
+
+async fn discard_all_in_transactions(general: &str) {
+    let p = trust_pooler("pool_size = 1", general).await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let queries = |sql: &[&str]| {
+        let mut b = bytes::BytesMut::new();
+        for q in sql {
+            pgtarn::protocol::encode::query(&mut b, q);
+        }
+        b.to_vec()
+    };
+    let prepare = [ext::parse("s1", "select 7"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &prepare, 1).await), "1Z");
+    let refused: [(&[&str], &[&str]); 4] = [
+        (&["begin", "discard all"], &["25001"]),
+        (
+            &["begin", "select 1/0", "deallocate all"],
+            &["22012", "25P02"],
+        ),
+        (&["begin", "select 1/0", "discard all"], &["22012", "25P02"]),
+        (&["begin", "select 1/0"], &["22012"]),
+    ];
+    for (sql, want) in refused {
+        let got = round(&mut c, &queries(sql), sql.len()).await;
+        assert_eq!(errors(&got), want, "{sql:?}");
+        if sql.len() == 2 {
+            // Refused alone, the failure already known.
+            let got = round(&mut c, &queries(&["discard all"]), 1).await;
+            assert_eq!(errors(&got), ["25P02"], "{sql:?} then discard all");
+        }
+        round(&mut c, &queries(&["rollback"]), 1).await;
+        let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+        assert_eq!(errors(&got), Vec::<String>::new(), "s1 after {sql:?}");
+        assert_eq!(first_columns(&got), ["7"]);
+    }
+    let got = round(
+        &mut c,
+        &queries(&["begin", "deallocate all", "rollback"]),
+        3,
+    )
+    .await;
+    assert_eq!(errors(&got), Vec::<String>::new());
+    let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&got), ["26000"], "DEALLOCATE ALL ran");
+    assert_eq!(
+        tags(&round(&mut c, &prepare, 1).await),
+        "1Z",
+        "the name is free"
+    );
+}

@@ -86,6 +86,9 @@ pub enum Expect {
     Sync,
     /// Query or FunctionCall: ReadyForQuery (errors are part of it).
     Query,
+    /// A Query that is `DISCARD ALL` or `DEALLOCATE ALL`, whose outcome
+    /// the client's statements wait for: its CommandComplete means it ran.
+    DiscardAll,
     /// pgtarn's failing Parse standing for a client message it refused:
     /// an ErrorResponse, replaced by this error for the client.
     Refused(Bytes),
@@ -99,7 +102,7 @@ impl Expect {
             Expect::DescribeStatement(_) | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
             Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close(_) => tag == b'3',
-            Expect::Sync | Expect::Query => tag == b'Z',
+            Expect::Sync | Expect::Query | Expect::DiscardAll => tag == b'Z',
         }
     }
 }
@@ -142,6 +145,9 @@ pub enum Effect {
     /// A client's Close or `DEALLOCATE` that pgtarn answered did not
     /// happen: the client still has the statement.
     Unclosed(String, Arc<Statement>),
+    /// A `DISCARD ALL` or `DEALLOCATE ALL` ran: the client has no
+    /// statements left.
+    Discarded,
 }
 
 /// Whether a server message goes on to the client.
@@ -190,7 +196,7 @@ impl ReplyQueue {
                 self.skipping = false;
             }
             Expect::Execute => self.copy.command(true),
-            Expect::Query => self.copy.command(false),
+            Expect::Query | Expect::DiscardAll => self.copy.command(false),
             _ => {}
         }
         self.entries.push_back(Entry::Server { expect, visible });
@@ -267,8 +273,11 @@ impl ReplyQueue {
         let Some(Entry::Server { expect, visible }) = self.entries.front() else {
             return Route::Forward;
         };
-        if tag == b'E' && !matches!(expect, Expect::Query | Expect::Sync) {
+        if tag == b'E' && !matches!(expect, Expect::Query | Expect::DiscardAll | Expect::Sync) {
             return self.on_extended_error(body, effects);
+        }
+        if tag == b'C' && *expect == Expect::DiscardAll {
+            effects.push(Effect::Discarded);
         }
         let route = if *visible {
             Route::Forward
@@ -612,6 +621,20 @@ mod tests {
         q.expect(Expect::Query, true);
         step(&mut q, b'E', b"", &mut out, &mut fx);
         assert!(!q.skipping() && !q.is_empty());
+        step(&mut q, b'Z', b"I", &mut out, &mut fx);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_discard_all_forgets_the_statements_only_if_it_completes() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::DiscardAll, true);
+        step(&mut q, b'E', &error("25P02"), &mut out, &mut fx);
+        step(&mut q, b'Z', b"E", &mut out, &mut fx);
+        assert_eq!(fx, []);
+        q.expect(Expect::DiscardAll, true);
+        step(&mut q, b'C', b"DISCARD ALL\0", &mut out, &mut fx);
+        assert_eq!(fx, [Effect::Discarded]);
         step(&mut q, b'Z', b"I", &mut out, &mut fx);
         assert!(q.is_empty());
     }

@@ -215,6 +215,7 @@ impl Translator {
                     self.statements.remove(&name);
                 }
                 Effect::Unclosed(name, stmt) => self.statements.restore(name, stmt),
+                Effect::Discarded => self.statements.clear(),
             }
         }
     }
@@ -448,15 +449,20 @@ impl Translator {
         if self.deallocate(&frame, status, sink.to_client) {
             return;
         }
-        if is_discard_all(frame.body()) {
-            self.statements.clear();
+        let mut expect = Expect::Query;
+        if let Some(which) = discard_all(frame.body()) {
             sink.server.statements.mark_all_outdated();
+            if self.replies.is_empty() && which.runs_in(status) {
+                self.statements.clear();
+            } else {
+                expect = Expect::DiscardAll;
+            }
         }
         sink.send(
             &mut self.replies,
             frame.into_raw(),
             b'Q',
-            Some(Expect::Query),
+            Some(expect),
             true,
         );
     }
@@ -553,23 +559,44 @@ fn deallocate_target(body: &[u8]) -> Option<String> {
 }
 
 /// `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`.
-fn is_discard_all(body: &[u8]) -> bool {
-    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
-        return false;
-    };
-    if !first.eq_ignore_ascii_case(&b'd') {
-        return false;
+/// `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`, which forget every
+/// statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiscardAll {
+    Discard,
+    Deallocate,
+}
+
+impl DiscardAll {
+    /// True if Postgres runs it with the session in `status`: neither runs
+    /// in a failed transaction, `DISCARD ALL` not in a transaction block.
+    fn runs_in(self, status: TxStatus) -> bool {
+        match status {
+            TxStatus::Idle => true,
+            TxStatus::InTransaction => self == DiscardAll::Deallocate,
+            TxStatus::Failed => false,
+        }
     }
-    let Some(w) = words(body) else { return false };
+}
+
+/// Which statement-forgetting query `body` (a Query's) is, if any.
+fn discard_all(body: &[u8]) -> Option<DiscardAll> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if !first.eq_ignore_ascii_case(&b'd') {
+        return None;
+    }
+    let w = words(body)?;
     let lower: Vec<String> = w.iter().map(|s| s.to_ascii_lowercase()).collect();
-    matches!(
-        lower
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .as_slice(),
-        ["discard", "all"] | ["deallocate", "all"] | ["deallocate", "prepare", "all"]
-    )
+    match lower
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["discard", "all"] => Some(DiscardAll::Discard),
+        ["deallocate", "all"] | ["deallocate", "prepare", "all"] => Some(DiscardAll::Deallocate),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -590,8 +617,14 @@ mod tests {
         assert_eq!(deallocate_target(b"deallocate all\0"), None);
         assert_eq!(deallocate_target(b"select 1\0"), None);
         assert_eq!(deallocate_target(b"deallocate a; select 1\0"), None);
-        assert!(is_discard_all(b"DISCARD ALL\0"));
-        assert!(is_discard_all(b"deallocate prepare all;\0"));
-        assert!(!is_discard_all(b"discard plans\0"));
+        assert_eq!(discard_all(b"DISCARD ALL\0"), Some(DiscardAll::Discard));
+        assert_eq!(
+            discard_all(b"deallocate prepare all;\0"),
+            Some(DiscardAll::Deallocate)
+        );
+        assert_eq!(discard_all(b"discard plans\0"), None);
+        assert!(DiscardAll::Deallocate.runs_in(TxStatus::InTransaction));
+        assert!(!DiscardAll::Discard.runs_in(TxStatus::InTransaction));
+        assert!(!DiscardAll::Deallocate.runs_in(TxStatus::Failed));
     }
 }
