@@ -12,6 +12,7 @@ pub mod auth_query;
 pub mod backend;
 pub mod config;
 pub mod frontend;
+pub mod listen;
 pub mod metrics;
 pub mod net;
 pub mod pool;
@@ -212,21 +213,24 @@ impl Drop for LoggingIn<'_> {
 #[derive(Debug)]
 pub struct Pgtarn {
     internal: Shutdown,
-    listener: TcpListener,
+    listener: listen::Listeners,
     metrics: Option<TcpListener>,
     ctx: Arc<Context>,
 }
 
 impl Pgtarn {
     /// Binds `config.pgtarn.listen_addr` (port 0 picks a free port) and
-    /// loads TLS certificates; errors name the address or file.
+    /// `unix_socket_dir`'s socket, and loads TLS certificates; errors name
+    /// the address or file.
     pub async fn bind(config: Config) -> std::io::Result<Pgtarn> {
         tls::install_crypto_provider();
         let config = Arc::new(config);
         let client_tls = client_tls(&config.tls.client).map_err(std::io::Error::other)?;
         let metrics = stats::Metrics::new();
         let registry = Registry::new(config.clone(), metrics).map_err(std::io::Error::other)?;
-        let listener = listen(config.pgtarn.listen_addr, config.pgtarn.so_reuseport)?;
+        let g = &config.pgtarn;
+        let unix_dir = g.unix_socket_dir.as_deref();
+        let listener = listen::Listeners::bind(g.listen_addr, g.so_reuseport, unix_dir)?;
         let metrics = match config.pgtarn.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
@@ -262,6 +266,11 @@ impl Pgtarn {
         self.listener.local_addr()
     }
 
+    /// The Unix-domain socket's path, if `unix_socket_dir` is set.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.listener.unix_path()
+    }
+
     /// The metrics endpoint's address, if `metrics_addr` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref()?.local_addr().ok()
@@ -275,7 +284,13 @@ impl Pgtarn {
     /// Accepts clients until `shutdown`, then lets sessions finish (up to
     /// a deadline) and closes the pools.
     pub async fn run(self, mut external: Shutdown) -> std::io::Result<()> {
-        info!(addr = %self.local_addr()?, "pgtarn listening");
+        match self.unix_path() {
+            Some(path) => {
+                let path = path.display();
+                info!(addr = %self.local_addr()?, unix = %path, "pgtarn listening");
+            }
+            None => info!(addr = %self.local_addr()?, "pgtarn listening"),
+        }
         let shutdown = self.internal.clone();
         if let Some(l) = self.metrics {
             tokio::spawn(metrics::serve(l, self.ctx.clone(), shutdown.clone()));
@@ -300,7 +315,7 @@ impl Pgtarn {
                 _ = stopped.as_mut() => break,
                 accepted = self.listener.accept() => accepted,
             };
-            let (tcp, peer) = match accepted {
+            let (stream, peer) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     info!(error = %e, "accept failed");
@@ -310,7 +325,7 @@ impl Pgtarn {
             // Boxed: spawning moves the future several times on its way
             // into the task, a pointer is cheaper to move than the
             // client's state machine (~1,000 instructions per login).
-            let client = frontend::handle(tcp, peer, self.ctx.clone(), shutdown.clone());
+            let client = frontend::handle(stream, peer, self.ctx.clone(), shutdown.clone());
             clients.spawn(Box::pin(client));
         }
         drop(self.listener);
@@ -340,23 +355,6 @@ impl Pgtarn {
         self.ctx.registry.close_all();
         Ok(())
     }
-}
-
-/// Pending connections the listening socket queues.
-const LISTEN_BACKLOG: i32 = 1024;
-
-/// Binds the client listener, with `SO_REUSEPORT` if asked.
-fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    TcpListener::from_std(socket.into())
 }
 
 /// How long disconnected clients get to receive their 57P01.

@@ -7,7 +7,35 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP client's address.
+    Tcp(std::net::SocketAddr),
+    /// A client on pgtarn's Unix-domain socket.
+    Unix,
+}
+
+impl Peer {
+    /// The TCP address, if any.
+    pub fn addr(self) -> Option<std::net::SocketAddr> {
+        match self {
+            Peer::Tcp(a) => Some(a),
+            Peer::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix => f.write_str("unix socket"),
+        }
+    }
+}
 
 /// A client or server connection.
 #[derive(Debug)]
@@ -18,6 +46,8 @@ pub enum Stream {
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A connection to Postgres over TLS (pgtarn is the TLS client).
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A client connection on pgtarn's Unix-domain socket (never TLS).
+    Unix(UnixStream),
 }
 
 /// Runs `$body` with `$s` bound to the inner stream, pinned.
@@ -27,17 +57,19 @@ macro_rules! each {
             Stream::Plain($s) => $body,
             Stream::ServerTls($s) => $body,
             Stream::ClientTls($s) => $body,
+            Stream::Unix($s) => $body,
         }
     };
 }
 
 impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath; `None` on a Unix-domain socket.
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::ServerTls(s) => s.get_ref().0,
-            Stream::ClientTls(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::ServerTls(s) => Some(s.get_ref().0),
+            Stream::ClientTls(s) => Some(s.get_ref().0),
+            Stream::Unix(_) => None,
         }
     }
 
@@ -50,7 +82,7 @@ impl Stream {
 
     /// True for a TLS connection.
     pub fn is_tls(&self) -> bool {
-        !matches!(self, Stream::Plain(_))
+        !matches!(self, Stream::Plain(_) | Stream::Unix(_))
     }
 
     /// True if the peer has closed the connection or sent unexpected bytes,
@@ -59,7 +91,11 @@ impl Stream {
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+        let Some(tcp) = self.tcp() else {
+            // Only server connections are checked, and they are TCP.
+            return false;
+        };
+        !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
 
     /// Reads into `buf` after making sure it has `room` bytes free, like
@@ -70,11 +106,13 @@ impl Stream {
     /// otherwise hold `room` bytes each), while a busy one takes a buffer
     /// from the stock instead of allocating one per message. Cancel safe.
     pub async fn read_buf_lazily(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
-        if buf.is_empty()
-            && let Stream::Plain(s) = self
-        {
+        if buf.is_empty() && matches!(self, Stream::Plain(_) | Stream::Unix(_)) {
             spare::put(std::mem::take(buf), room);
-            s.readable().await?;
+            match self {
+                Stream::Plain(s) => s.readable().await?,
+                Stream::Unix(s) => s.readable().await?,
+                _ => {}
+            }
             *buf = spare::take();
         }
         if buf.capacity() - buf.len() < room {
@@ -86,8 +124,10 @@ impl Stream {
     /// Best-effort, non-blocking write of a Terminate on close (plain
     /// connections only: a TLS record cannot be written without awaiting).
     pub fn try_write_now(&self, data: &[u8]) {
-        if let Stream::Plain(s) = self {
-            let _ = s.try_write(data);
+        match self {
+            Stream::Plain(s) => drop(s.try_write(data)),
+            Stream::Unix(s) => drop(s.try_write(data)),
+            _ => {}
         }
     }
 }
@@ -157,6 +197,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::ServerTls(s) => s.is_write_vectored(),
             Stream::ClientTls(s) => s.is_write_vectored(),
+            Stream::Unix(s) => s.is_write_vectored(),
         }
     }
 

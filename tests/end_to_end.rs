@@ -145,3 +145,61 @@ async fn a_slow_reader_does_not_make_pgtarn_buffer_the_result() {
         "pgtarn grew by {growth_mib} MiB while relaying 50 MB to a slow reader"
     );
 }
+
+/// `unix_socket_dir`: psql connects with `-h DIR` as it would to Postgres
+/// (SCRAM login, queries, the admin console, which lists the client as
+/// `unix`); a socket file left by a dead process is replaced; the file is
+/// gone once pgtarn exits.
+#[tokio::test]
+async fn clients_connect_on_the_unix_socket() {
+    let pg = PgServer::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let make = |port: u16| {
+        let general = format!(
+            "unix_socket_dir = \"{}\"\nadmin_users = [\"app\"]\n",
+            dir.path().display()
+        );
+        config(pg, port, "scram-sha-256", "pool_size = 2")
+            .replace("[databases.app]", &format!("{general}[databases.app]"))
+    };
+    // A socket file nobody listens on, as a killed pgtarn leaves it.
+    let port = free_port();
+    let socket = dir.path().join(format!(".s.PGSQL.{port}"));
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("stale socket"));
+    assert!(socket.exists());
+    let mut pgtarn = PgtarnProcess::start(&make(port), port);
+    let psql = |db: &str, sql: &str| {
+        let out = Command::new(pg.bin("psql"))
+            .args(["-h", &dir.path().display().to_string()])
+            .args(["-p", &port.to_string(), "-U", "app", "-At", "-c", sql, db])
+            .env("PGPASSWORD", "app-secret")
+            .output()
+            .expect("run psql");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "psql {sql:?}: {text}{err}");
+        text
+    };
+    assert_eq!(psql("app", "select 40 + 2").trim(), "42");
+    // A client that stays, for SHOW CLIENTS.
+    let conn = format!(
+        "host={} port={port} user=app password=app-secret dbname=app",
+        dir.path().display()
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .expect("tokio-postgres on the unix socket");
+    tokio::spawn(connection);
+    let row = client.query_one("select 7", &[]).await.expect("query");
+    assert_eq!(row.get::<_, i32>(0), 7);
+    let clients = psql("pgbouncer", "show clients");
+    let app = clients.lines().find(|l| l.contains("|app|app|"));
+    assert!(
+        app.is_some_and(|l| l.split('|').nth(4) == Some("unix")),
+        "{clients}"
+    );
+    drop(client);
+    pgtarn.signal(libc::SIGTERM);
+    assert!(pgtarn.wait_exit(Duration::from_secs(10)), "pgtarn exits");
+    assert!(!socket.exists(), "the socket file is removed on exit");
+}

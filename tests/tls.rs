@@ -582,6 +582,29 @@ async fn plaintext_login_is_refused_with_28000_when_tls_is_required() {
     assert_select_1(&tls).await;
 }
 
+/// On the Unix-domain socket TLS is neither offered nor required, as in
+/// Postgres: with `mode = "require"`, psql and tokio-postgres log in
+/// there in plaintext (not refused with 28000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unix_socket_is_plaintext_even_when_tls_is_required() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let general = format!("unix_socket_dir = {}", toml_path(dir.path()));
+    let (_certs, pooler) = client_tls_pooler(&general, "require", false).await;
+    let conninfo = |mode: &str| {
+        format!(
+            "host={} port={} user=app password=app-secret dbname=app sslmode={mode}",
+            dir.path().display(),
+            pooler.addr.port()
+        )
+    };
+    let run = psql(&conninfo("prefer"), &["select 1"]).await;
+    assert!(run.ok, "{} {}", run.stdout, run.stderr);
+    assert_select_1(&connect(&conninfo("prefer"), NoTls).await).await;
+    // libpq never uses TLS on a Unix-domain socket, even when required.
+    let run = psql(&conninfo("require"), &["select 1"]).await;
+    assert!(run.ok, "{} {}", run.stdout, run.stderr);
+}
+
 // ---------------------------------------------------------------------------
 // 3: tokio-postgres over rustls, SCRAM with and without channel binding
 

@@ -303,7 +303,10 @@ fn conns(
             v(&c.facts.user),
             v(&c.facts.database),
             v(state(c.state())),
-            v(c.facts.peer.map(|a| a.ip().to_string()).unwrap_or_default()),
+            // Only clients on the Unix-domain socket have no address.
+            v(c.facts
+                .peer
+                .map_or_else(|| "unix".into(), |a| a.ip().to_string())),
             v(c.facts.peer.map_or(0, |a| a.port())),
             v(c.facts
                 .local
@@ -406,7 +409,13 @@ pub fn databases(ctx: &Context) -> ResultSet {
 }
 
 /// Settings only read at start: a reload cannot change them.
-const RESTART_ONLY: [&str; 4] = ["listen_addr", "so_reuseport", "metrics_addr", "workers"];
+const RESTART_ONLY: [&str; 5] = [
+    "listen_addr",
+    "so_reuseport",
+    "unix_socket_dir",
+    "metrics_addr",
+    "workers",
+];
 
 /// `SHOW CONFIG`: every `[pgtarn]` setting with its default, and whether
 /// a reload can change it.

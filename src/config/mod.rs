@@ -108,6 +108,11 @@ pub struct General {
     /// can listen on the same port while an old one drains (rolling
     /// restart). Default false.
     pub so_reuseport: bool,
+    /// Directory of a Unix-domain socket clients may connect to as well,
+    /// named `.s.PGSQL.<port>` after `listen_addr`'s port, as Postgres
+    /// and PgBouncer name theirs (so `psql -h DIR -p PORT` finds it).
+    /// Default none: TCP only.
+    pub unix_socket_dir: Option<std::path::PathBuf>,
     /// Most client connections at once; the next one gets 53300.
     /// Default 1000.
     pub max_client_conn: usize,
@@ -254,6 +259,7 @@ impl Default for General {
         General {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 6432)),
             so_reuseport: false,
+            unix_socket_dir: None,
             max_client_conn: 1000,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
@@ -372,6 +378,12 @@ impl Config {
                 "pgtarn.max_message_len".into(),
                 "must be at least 1024 bytes".into(),
             );
+        }
+        if let Some(dir) = &g.unix_socket_dir
+            && !dir.is_dir()
+        {
+            let reason = format!("{} is not a directory", dir.display());
+            return invalid("pgtarn.unix_socket_dir".into(), reason);
         }
         for (key, d) in [
             ("query_wait_timeout", g.query_wait_timeout),

@@ -28,7 +28,8 @@ pub type HelloError = (Option<Stream>, ClientError);
 /// Reads startup packets until a StartupMessage or CancelRequest arrives.
 /// SSLRequest gets `S` and a TLS handshake when `tls` is configured (`N`
 /// otherwise); so does a client that starts TLS directly (PostgreSQL 17
-/// `sslnegotiation=direct`). GSSENCRequest gets `N`.
+/// `sslnegotiation=direct`). GSSENCRequest gets `N`. `tls` is `None` on
+/// a Unix-domain socket, where Postgres never offers TLS either.
 pub async fn read_hello(
     mut stream: Stream,
     buf: &mut BytesMut,
@@ -75,7 +76,10 @@ pub async fn read_hello(
 /// True if the client's first byte is a TLS handshake record (0x16).
 async fn starts_with_tls_record(stream: &Stream) -> bool {
     let mut first = [0u8; 1];
-    matches!(stream.tcp().peek(&mut first).await, Ok(1) if first[0] == 0x16)
+    let Some(tcp) = stream.tcp() else {
+        return false;
+    };
+    matches!(tcp.peek(&mut first).await, Ok(1) if first[0] == 0x16)
 }
 
 /// The TLS handshake on a plain client connection.

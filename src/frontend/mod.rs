@@ -12,20 +12,18 @@ pub mod settings;
 pub mod slots;
 pub mod translate;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tracing::{Instrument, info};
 
 use crate::Context;
 use crate::config::ClientTlsMode;
-use crate::net::Stream;
+use crate::net::{Peer, Stream};
 use crate::protocol::Splitter;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, Severity};
@@ -39,11 +37,11 @@ use params::ClientParams;
 use session::{End, Session};
 
 /// Serves one accepted client connection to the end.
-pub async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Context>, shutdown: Shutdown) {
+pub async fn handle(stream: Stream, peer: Peer, ctx: Arc<Context>, shutdown: Shutdown) {
     // Opening (handshake, login, cancel requests, the admin console) is
     // boxed and freed once done: only the session loop's state stays in the
     // task for as long as the client is connected, idle or not.
-    let mut opened = Box::pin(open(tcp, peer, &ctx, &shutdown)).await;
+    let mut opened = Box::pin(open(stream, peer, &ctx, &shutdown)).await;
     if let Some(client) = opened.as_mut() {
         client.serve(&shutdown).await;
     }
@@ -55,7 +53,7 @@ struct Opened {
     /// Unregistered (`None`) when the session ends, before the goodbye.
     registration: Option<cancel::Registration>,
     _member: PoolMember,
-    peer: SocketAddr,
+    peer: Peer,
     _slot: slots::ClientSlot,
 }
 
@@ -63,17 +61,17 @@ struct Opened {
 /// and admin console connections to the end; `None` when there is nothing
 /// more to serve (done, refused or failed, each logged and answered).
 async fn open(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     ctx: &Arc<Context>,
     shutdown: &Shutdown,
 ) -> Option<Opened> {
-    let _ = tcp.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
     let config = ctx.config();
     let login_timeout = config.pgtarn.client_login_timeout;
-    let client_tls = ctx.client_tls();
-    let hello = handshake::read_hello(Stream::Plain(tcp), &mut buf, client_tls.as_deref());
+    // Postgres never offers TLS on a Unix-domain socket either.
+    let client_tls = ctx.client_tls().filter(|_| peer != Peer::Unix);
+    let hello = handshake::read_hello(stream, &mut buf, client_tls.as_deref());
     let logging_in = ctx.count_login();
     // One limit for the whole login, from here to ReadyForQuery (as
     // PgBouncer's); dropped (`set(None)`) when the connection turns out to
@@ -99,7 +97,8 @@ async fn open(
             return None;
         }
     };
-    if config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() {
+    // A Unix-domain socket is local, guarded by its file's permissions.
+    if config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() && peer != Peer::Unix {
         return fail(&mut stream, peer, &ClientError::TlsRequired).await;
     }
     // Console sessions count against max_client_conn too, as in PgBouncer.
@@ -139,7 +138,7 @@ async fn open(
 
 /// What a connection's opening holds until its login is done.
 struct Opening<'a, 'b> {
-    peer: SocketAddr,
+    peer: Peer,
     /// The login's time limit.
     deadline: Pin<&'a mut Option<Sleep>>,
     /// Counted as logging in until dropped.
@@ -217,14 +216,14 @@ fn list_client(
     ctx: &Context,
     session: &mut Session,
     startup: &StartupMessage,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> PoolMember {
     let pool = session.pool.clone();
     let new = NewConn {
         user: pool.key.user.clone(),
         database: pool.key.database.clone(),
-        peer: Some(peer),
-        local: session.client.tcp().local_addr().ok(),
+        peer: peer.addr(),
+        local: session.client.tcp().and_then(|s| s.local_addr().ok()),
         tls: session.client.is_tls(),
         application_name: startup.param("application_name").unwrap_or("").to_owned(),
     };
@@ -371,7 +370,7 @@ async fn negotiate_version(
 
 /// Sends the error for `e`, if the client can still hear it, and logs it.
 /// Returns `None`: the connection has nothing more to serve.
-async fn fail<T>(stream: &mut Stream, peer: SocketAddr, e: &ClientError) -> Option<T> {
+async fn fail<T>(stream: &mut Stream, peer: Peer, e: &ClientError) -> Option<T> {
     info!(%peer, error = %e, "client connection refused");
     send_fatal(stream, e).await;
     None
@@ -388,7 +387,7 @@ async fn send_fatal(stream: &mut Stream, e: &ClientError) {
 
 async fn report_end(
     client: &mut Stream,
-    peer: SocketAddr,
+    peer: Peer,
     who: &crate::pool::PoolKey,
     end: Result<End, ClientError>,
 ) {

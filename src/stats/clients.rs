@@ -213,14 +213,15 @@ impl ConnList {
     /// Lists a new connection in `state` until the returned guard drops.
     pub fn add(self: &Arc<Self>, c: NewConn, state: ConnState) -> Listed {
         let now = SystemTime::now();
+        let now_ns = super::now_ns();
         let info = Arc::new(ConnInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             facts: c,
             connect_time: now,
             state: AtomicU8::new(state as u8),
-            since: AtomicU64::new(super::now_ns()),
-            connected_ns: super::now_ns(),
-            request_ns: AtomicU64::new(super::now_ns()),
+            since: AtomicU64::new(now_ns),
+            connected_ns: now_ns,
+            request_ns: AtomicU64::new(now_ns),
             link: AtomicU64::new(0),
             remote_pid: AtomicI32::new(0),
             kill: AtomicU8::new(0),
