@@ -230,7 +230,8 @@ impl Pgtarn {
         let registry = Registry::new(config.clone(), metrics).map_err(std::io::Error::other)?;
         let g = &config.pgtarn;
         let unix_dir = g.unix_socket_dir.as_deref();
-        let listener = listen::Listeners::bind(g.listen_addr, g.so_reuseport, unix_dir)?;
+        let keepalive = g.keepalive();
+        let listener = listen::Listeners::bind(g.listen_addr, g.so_reuseport, unix_dir, keepalive)?;
         let metrics = match config.pgtarn.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,

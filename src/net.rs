@@ -9,6 +9,42 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+/// TCP keepalive settings (`tcp_keepalive` and friends); zeros leave the
+/// OS default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Keepalive {
+    /// Keepalive on at all.
+    pub enabled: bool,
+    /// Idle time before the first probe.
+    pub idle: std::time::Duration,
+    /// Time between probes.
+    pub interval: std::time::Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// Sets these options on `socket` (a listening socket passes them on
+    /// to the connections it accepts, on Linux).
+    pub fn apply(&self, socket: &impl std::os::fd::AsFd) -> io::Result<()> {
+        let socket = socket2::SockRef::from(socket);
+        if !self.enabled {
+            return socket.set_keepalive(false);
+        }
+        let mut params = socket2::TcpKeepalive::new();
+        if !self.idle.is_zero() {
+            params = params.with_time(self.idle);
+        }
+        if !self.interval.is_zero() {
+            params = params.with_interval(self.interval);
+        }
+        if self.count > 0 {
+            params = params.with_retries(self.count);
+        }
+        socket.set_tcp_keepalive(&params)
+    }
+}
+
 /// Where a client connected from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {

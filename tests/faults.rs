@@ -684,3 +684,81 @@ async fn connections_reset_while_idle_are_replaced_unseen() {
     assert_eq!(proxy.accepted(), 3);
     wait_stats(&p, "app", 1, 1).await;
 }
+
+/// A connection's timer, from /proc/net/tcp: armed for keepalive
+/// (`tr` 2) with the seconds until its next probe, or not.
+#[derive(Debug, PartialEq)]
+enum Timer {
+    Keepalive(u64),
+    Off,
+}
+
+/// The timer of the established IPv4 TCP socket with local port `local`
+/// and, unless 0, remote port `remote`, once nothing it sent is waiting
+/// for an acknowledgement (then the retransmit timer hides the other);
+/// waits for that with a deadline.
+async fn idle_timer(local: u16, remote: u16) -> Timer {
+    let read = || -> Option<(String, u64)> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (l, r) = (port(f.get(1)?)?, port(f.get(2)?)?);
+            let established = f.get(3) == Some(&"01");
+            if l != local || (remote != 0 && r != remote) || !established {
+                return None;
+            }
+            let (timer, when) = f.get(5)?.split_once(':')?;
+            Some((timer.to_owned(), u64::from_str_radix(when, 16).ok()? / 100))
+        })
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match read() {
+            Some((timer, secs)) if timer == "02" => return Timer::Keepalive(secs),
+            Some((timer, _)) if timer == "00" => return Timer::Off,
+            other => assert!(Instant::now() < deadline, "port {local}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `tcp_keepalive` (on by default) with `tcp_keepidle`: both the client's
+/// connection to pgtarn and pgtarn's to Postgres have the keepalive timer
+/// armed for that idle time; with `tcp_keepalive = false`, neither.
+#[tokio::test]
+async fn keepalive_is_set_on_client_and_server_connections() {
+    let cases = [
+        ("tcp_keepidle = \"7m\"", true),
+        ("tcp_keepalive = false", false),
+    ];
+    for (general, on) in cases {
+        let p = Pooler::trust(general, "pool_size = 1").await;
+        let app = format!("keepalive-{on}");
+        let c = p.connect_with(&format!("application_name={app}")).await;
+        one(&c, "select 1").await;
+        let sql =
+            format!("select client_port from pg_stat_activity where application_name = '{app}'");
+        let su = PgServer::shared().superuser().await;
+        let row = su
+            .query_one(&sql, &[])
+            .await
+            .expect("pgtarn's server connection");
+        let server_side = u16::try_from(row.get::<_, i32>(0)).expect("port");
+        let timers = [
+            (
+                "pgtarn → Postgres",
+                idle_timer(server_side, PgServer::shared().port).await,
+            ),
+            ("client → pgtarn", idle_timer(p.addr.port(), 0).await),
+        ];
+        for (what, timer) in timers {
+            match timer {
+                Timer::Keepalive(secs) => {
+                    assert!(on && (360..=420).contains(&secs), "{what}: {secs} s")
+                }
+                Timer::Off => assert!(!on, "{what}: no keepalive timer"),
+            }
+        }
+    }
+}

@@ -49,6 +49,8 @@ pub struct Target {
     pub max_message_len: usize,
     /// TLS towards this server, unless disabled.
     pub tls: Option<UpstreamTls>,
+    /// TCP keepalive for its connections.
+    pub keepalive: crate::net::Keepalive,
 }
 
 impl std::fmt::Debug for Target {
@@ -169,6 +171,7 @@ impl ServerConn {
     pub async fn connect(target: &Target, id: u64) -> Result<ServerConn, BackendError> {
         let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
         tcp.set_nodelay(true)?;
+        target.keepalive.apply(&tcp)?;
         let addr = tcp.peer_addr()?;
         let stream = match &target.tls {
             Some(tls) => tls::negotiate(tcp, &target.host, tls).await?,

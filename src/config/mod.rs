@@ -224,9 +224,34 @@ pub struct General {
     /// Default `"30s"`.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// TCP keepalive on client and server connections, so that a peer
+    /// gone without a word (a crashed host, a NAT that forgot the
+    /// connection) is noticed. Default true.
+    pub tcp_keepalive: bool,
+    /// Idle time before the first keepalive probe; `"0s"` = the OS
+    /// default (Linux: 2 hours). Default `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepidle: Duration,
+    /// Time between unanswered keepalive probes; `"0s"` = the OS default
+    /// (Linux: 75 s). Default `"0s"`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepintvl: Duration,
+    /// Unanswered probes before the connection is dropped; 0 = the OS
+    /// default (Linux: 9). Default 0.
+    pub tcp_keepcnt: u32,
 }
 
 impl General {
+    /// The TCP keepalive settings.
+    pub fn keepalive(&self) -> crate::net::Keepalive {
+        crate::net::Keepalive {
+            enabled: self.tcp_keepalive,
+            idle: self.tcp_keepidle,
+            interval: self.tcp_keepintvl,
+            count: self.tcp_keepcnt,
+        }
+    }
+
     /// The runtime threads `workers` asks for: itself, or for 0 half the
     /// CPU cores, at least one.
     pub fn worker_threads(&self) -> usize {
@@ -289,6 +314,10 @@ impl Default for General {
             server_check_query: "SELECT 1".into(),
             server_check_delay: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            tcp_keepalive: true,
+            tcp_keepidle: Duration::ZERO,
+            tcp_keepintvl: Duration::ZERO,
+            tcp_keepcnt: 0,
         }
     }
 }

@@ -173,6 +173,7 @@ impl Registry {
             credential,
             max_message_len: c.pgtarn.max_message_len,
             tls: self.upstream_tls(&key.database),
+            keepalive: c.pgtarn.keepalive(),
         }
     }
 
