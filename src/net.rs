@@ -82,7 +82,8 @@ pub enum Stream {
     ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// A connection to Postgres over TLS (pgtarn is the TLS client).
     ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// A client connection on pgtarn's Unix-domain socket (never TLS).
+    /// A connection over a Unix-domain socket (never TLS): a client on
+    /// pgtarn's, or pgtarn on Postgres'.
     Unix(UnixStream),
 }
 
@@ -127,11 +128,16 @@ impl Stream {
         let mut byte = [0u8; 1];
         let mut buf = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let Some(tcp) = self.tcp() else {
-            // Only server connections are checked, and they are TCP.
-            return false;
-        };
-        !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
+        if let Stream::Unix(s) = self {
+            // Non-blocking socket: nothing to read is WouldBlock.
+            let mut byte = [std::mem::MaybeUninit::uninit()];
+            let peeked = socket2::SockRef::from(s).peek(&mut byte);
+            return !matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        }
+        match self.tcp() {
+            Some(tcp) => !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending),
+            None => false,
+        }
     }
 
     /// Reads into `buf` after making sure it has `room` bytes free, like

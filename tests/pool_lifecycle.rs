@@ -222,3 +222,78 @@ async fn an_unreachable_postgres_gives_08006_without_hanging() {
     let c = p.connect().await;
     assert_eq!(one(&c, "select 'other database'").await, "other database");
 }
+
+/// A database whose `host` is a directory is reached on Postgres'
+/// Unix-domain socket in it, as libpq reads `host` (here the only way in
+/// for `app`: TCP is refused to it): a SCRAM login, queries, `SHOW
+/// SERVERS` addr `unix`, a cancel request (sent on the socket too), and a
+/// server connection that Postgres closed while idle replaced unseen.
+#[tokio::test]
+async fn a_directory_host_is_postgres_unix_socket() {
+    let pg = PgServer::start(PgOptions {
+        hba: Some(
+            "local all postgres trust\nlocal all all scram-sha-256\n\
+             host all postgres 127.0.0.1/32 scram-sha-256\n"
+                .into(),
+        ),
+        ..PgOptions::default()
+    });
+    let config = format!(
+        "[pgtarn]\nlisten_addr = \"127.0.0.1:0\"\nadmin_users = [\"app\"]\n\
+         [databases.app]\nhost = \"{}\"\nport = {}\npool_size = 1\n\
+         [users.app]\npassword = \"app-secret\"\n",
+        pg.socket_dir.display(),
+        pg.port
+    );
+    let p = Pooler::start(&config).await;
+    let c = p.connect().await;
+    let sql = "select current_user || ' ' || (client_addr is null) \
+               from pg_stat_activity where pid = pg_backend_pid()";
+    assert_eq!(one(&c, sql).await, "app true", "on the socket");
+    let (console, task) = tokio_postgres::connect(&p.conn_str("dbname=pgbouncer"), NoTls)
+        .await
+        .expect("admin console");
+    tokio::spawn(task);
+    let servers = console
+        .simple_query("show servers")
+        .await
+        .expect("show servers");
+    let addrs: Vec<_> = servers
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("addr").map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(addrs, ["unix"]);
+    // A cancel reaches the query.
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let (slept, _) = tokio::join!(c.simple_query("select pg_sleep(30)"), async {
+        let su = pg.superuser().await;
+        wait_until("the sleep runs", DEADLINE, || async {
+            let sql = "select count(*) from pg_stat_activity where query like 'select pg_sleep%' \
+                       and state = 'active'";
+            su.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 1
+        })
+        .await;
+        token.cancel_query(NoTls).await.expect("cancel");
+    });
+    let err = slept.expect_err("cancelled");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Postgres closes the idle server connection; the next query gets a
+    // new one without an error.
+    let su = pg.superuser().await;
+    let kill = "select pg_terminate_backend(pid) from pg_stat_activity where usename = 'app'";
+    su.simple_query(kill).await.expect("terminate");
+    wait_until("the server connection is gone", DEADLINE, || async {
+        let sql = "select count(*) from pg_stat_activity where usename = 'app'";
+        su.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) == 0
+    })
+    .await;
+    assert_eq!(one(&c, "select 'again'").await, "again");
+}

@@ -303,7 +303,7 @@ fn conns(
             v(&c.facts.user),
             v(&c.facts.database),
             v(state(c.state())),
-            // Only clients on the Unix-domain socket have no address.
+            // Only connections on a Unix-domain socket have no address.
             v(c.facts
                 .peer
                 .map_or_else(|| "unix".into(), |a| a.ip().to_string())),

@@ -13,7 +13,6 @@
 //! to the pool (PgBouncer's `sv_being_canceled`), see
 //! [`InFlight::release_after`].
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +20,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, timeout_at};
 
-use super::BackendError;
 use super::tls::{UpstreamTls, negotiate};
+use super::{BackendError, ServerAddr};
 use crate::net::Stream;
 use crate::protocol::encode;
 use crate::protocol::startup::CancelKey;
@@ -31,7 +30,7 @@ use crate::protocol::startup::CancelKey;
 #[derive(Debug, Clone)]
 pub struct CancelTarget {
     /// The server's address.
-    pub addr: SocketAddr,
+    pub addr: ServerAddr,
     /// Its host name (for TLS verification).
     pub host: String,
     /// Its BackendKeyData.
@@ -77,7 +76,13 @@ impl CancelTarget {
 
     /// Opens the connection the request goes on.
     async fn open(&self) -> Result<Stream, BackendError> {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let addr = match &self.addr {
+            ServerAddr::Tcp(addr) => addr,
+            ServerAddr::Unix(path) => {
+                return Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?));
+            }
+        };
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
         Ok(match &self.tls {
             Some(tls) => negotiate(tcp, &self.host, tls).await?,
             None => Stream::Plain(tcp),

@@ -1,6 +1,7 @@
 //! One upstream connection: connect, log in, know whether it is idle.
 //!
-//! [`ServerConn::connect`] opens TCP, sends the StartupMessage, answers the
+//! [`ServerConn::connect`] opens TCP (or the Unix-domain socket, when the
+//! host is a directory, as libpq reads it), sends the StartupMessage, answers the
 //! server's authentication request (SCRAM-SHA-256, md5 or cleartext) and
 //! collects ParameterStatus and BackendKeyData until the first
 //! ReadyForQuery. Afterwards the session loop reads and writes the
@@ -32,6 +33,42 @@ pub use login::Credential;
 pub use state::ServerState;
 pub use tls::UpstreamTls;
 
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket's path.
+    Unix(std::path::PathBuf),
+}
+
+impl ServerAddr {
+    /// The TCP address, if any.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ServerAddr::Tcp(a) => Some(*a),
+            ServerAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServerAddr::Tcp(a) => a.fmt(f),
+            ServerAddr::Unix(p) => p.display().fmt(f),
+        }
+    }
+}
+
+/// The Unix-domain socket that `host` and `port` name when `host` is a
+/// directory (an absolute path), as libpq reads them:
+/// `host/.s.PGSQL.port`.
+pub fn unix_socket(host: &str, port: u16) -> Option<std::path::PathBuf> {
+    host.starts_with('/')
+        .then(|| std::path::Path::new(host).join(format!(".s.PGSQL.{port}")))
+}
+
 /// Where and as whom to connect upstream.
 #[derive(Clone)]
 pub struct Target {
@@ -47,7 +84,8 @@ pub struct Target {
     pub credential: Credential,
     /// Largest message buffered whole, bytes.
     pub max_message_len: usize,
-    /// TLS towards this server, unless disabled.
+    /// TLS towards this server, unless disabled (never on a Unix-domain
+    /// socket, as with libpq).
     pub tls: Option<UpstreamTls>,
     /// TCP keepalive for its connections.
     pub keepalive: crate::net::Keepalive,
@@ -150,7 +188,7 @@ pub struct ServerConn {
     /// The ParameterStatus set received at login, in order.
     login_params: Vec<(String, String)>,
     key: CancelKey,
-    addr: SocketAddr,
+    addr: ServerAddr,
     host: String,
     tls: Option<UpstreamTls>,
     id: u64,
@@ -166,17 +204,35 @@ pub struct ServerConn {
     pub listed: Option<crate::stats::clients::Listed>,
 }
 
+fn stream_is_tcp(addr: &ServerAddr) -> bool {
+    matches!(addr, ServerAddr::Tcp(_))
+}
+
+/// Opens the socket to `target`: its Unix-domain socket, or TCP with TLS
+/// as configured.
+async fn open(target: &Target) -> Result<(Stream, ServerAddr), BackendError> {
+    if let Some(path) = unix_socket(&target.host, target.port) {
+        let unix = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        return Ok((Stream::Unix(unix), ServerAddr::Unix(path)));
+    }
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+    tcp.set_nodelay(true)?;
+    target.keepalive.apply(&tcp)?;
+    let addr = ServerAddr::Tcp(tcp.peer_addr()?);
+    let stream = match &target.tls {
+        Some(tls) => tls::negotiate(tcp, &target.host, tls).await?,
+        None => Stream::Plain(tcp),
+    };
+    Ok((stream, addr))
+}
+
 impl ServerConn {
     /// Connects and logs in to `target`; `id` names it in logs.
     pub async fn connect(target: &Target, id: u64) -> Result<ServerConn, BackendError> {
-        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
-        tcp.set_nodelay(true)?;
-        target.keepalive.apply(&tcp)?;
-        let addr = tcp.peer_addr()?;
-        let stream = match &target.tls {
-            Some(tls) => tls::negotiate(tcp, &target.host, tls).await?,
-            None => Stream::Plain(tcp),
-        };
+        let (stream, addr) = open(target).await?;
+        let tls = target.tls.clone().filter(|_| stream_is_tcp(&addr));
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -189,7 +245,7 @@ impl ServerConn {
             key: CancelKey { pid: 0, secret: 0 },
             addr,
             host: target.host.clone(),
-            tls: target.tls.clone(),
+            tls,
             id,
             listed: None,
             synced_params: None,
@@ -207,8 +263,8 @@ impl ServerConn {
     }
 
     /// The server's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn addr(&self) -> &ServerAddr {
+        &self.addr
     }
 
     /// The Postgres backend process id.
@@ -231,7 +287,7 @@ impl ServerConn {
 
     fn new_cancel_target(&self) -> CancelTarget {
         CancelTarget {
-            addr: self.addr,
+            addr: self.addr.clone(),
             host: self.host.clone(),
             key: self.key,
             tls: self.tls.clone(),

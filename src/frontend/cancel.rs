@@ -171,7 +171,7 @@ mod tests {
         );
         let server_key = CancelKey { pid: 1, secret: 2 };
         let target = Arc::new(CancelTarget {
-            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 5432)),
+            addr: crate::backend::ServerAddr::Tcp(([127, 0, 0, 1], 5432).into()),
             host: "127.0.0.1".into(),
             key: server_key,
             tls: None,

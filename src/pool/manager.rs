@@ -146,7 +146,7 @@ impl Manager {
             NewConn {
                 user: self.target.load().user.clone(),
                 database: self.database.clone(),
-                peer: Some(conn.addr()),
+                peer: conn.addr().tcp(),
                 tls: conn.is_tls(),
                 ..Default::default()
             },
