@@ -514,3 +514,81 @@ async fn a_set_in_the_extended_protocol_follows_its_client_only() {
     let a_zone = a.query_one("SHOW TimeZone", &[]).await.unwrap();
     assert_eq!(shown(a_zone), "Asia/Tokyo");
 }
+
+/// `max_db_connections` bounds a database's server connections across
+/// its users' pools: a second user's first query closes an idle
+/// connection of the first user's pool to make room (never more than the
+/// limit open); while the database's connections are all busy
+/// the query waits for one to close, and gets `query_wait_timeout` if
+/// none does in time.
+#[tokio::test]
+async fn max_db_connections_is_shared_by_the_databases_users() {
+    let user = "dblimit_b";
+    let su = PgServer::shared().superuser().await;
+    su.batch_execute(&format!(
+        "drop role if exists {user}; create role {user} login password '{user}-secret'; \
+         grant connect on database app to {user}"
+    ))
+    .await
+    .expect("create the second user");
+    let general = "auth_type = \"trust\"\nmax_db_connections = 2\nquery_wait_timeout = \"1s\"";
+    let text = pooler::config(PgServer::shared(), general, "pool_size = 5")
+        + &format!("[users.{user}]\npassword = \"{user}-secret\"\n");
+    let p = Pooler::start(&text).await;
+    // The database's server connections, as its pools count them.
+    let upstream = || async {
+        p.ctx
+            .registry
+            .pools()
+            .iter()
+            .map(|p| p.size())
+            .sum::<usize>()
+    };
+    // The other user logs in first: its pool opens one connection.
+    let b = p
+        .connect_with(&format!("user={user} application_name=dblimit"))
+        .await;
+    assert_eq!(upstream().await, 1);
+    // Two busy clients of `app`: the second closes b's idle connection.
+    let a1 = p.connect_with("application_name=dblimit").await;
+    let a2 = p.connect_with("application_name=dblimit").await;
+    for a in [&a1, &a2] {
+        a.batch_execute("begin; select 1").await.unwrap();
+    }
+    let b_pool = p.ctx.registry.find("app", user).expect("b's pool");
+    assert_eq!(b_pool.size(), 0, "b's idle connection was closed");
+    assert_eq!(upstream().await, 2);
+    // Both busy: the other user waits, then gets query_wait_timeout.
+    let err = b.simple_query("select 1").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("53300", "query_wait_timeout")
+    );
+    let hint = db.hint().unwrap_or_default();
+    assert!(hint.contains("max_db_connections"), "{hint}");
+    // Idle again: the other user's query closes one of them and runs.
+    for a in [&a1, &a2] {
+        a.batch_execute("commit").await.unwrap();
+    }
+    let b = p
+        .connect_with(&format!("user={user} application_name=dblimit"))
+        .await;
+    assert_eq!(one(&b, "select current_user").await, user);
+    assert!(upstream().await <= 2);
+    let app_pool = p.ctx.registry.find("app", "app").expect("app's pool");
+    assert_eq!(app_pool.size(), 1, "one of app's connections was closed");
+    // A waiting query gets the connection a busy one frees.
+    a1.batch_execute("begin; select 1").await.unwrap();
+    b.batch_execute("begin").await.unwrap();
+    let (waited, _) = tokio::join!(a2.simple_query("select 'freed'"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b.batch_execute("commit").await.unwrap();
+    });
+    assert!(waited.is_ok(), "{waited:?}");
+    assert!(upstream().await <= 2);
+    a1.batch_execute("commit").await.unwrap();
+    let _ = su
+        .batch_execute(&format!("drop role if exists {user}"))
+        .await;
+}

@@ -389,6 +389,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             .filter(|p| &p.key.database == name)
             .map(|p| p.size())
             .sum();
+        let max = db.max_connections(&config.pgtarn);
         rs.row(vec![
             v(name),
             v(&db.host),
@@ -399,7 +400,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             v(db.min_pool_size),
             v(0),
             v(db.pool_mode.as_str()),
-            v(0),
+            v(max),
             v(open),
             v(i32::from(ctx.registry.is_paused(name))),
             v(0),

@@ -9,6 +9,7 @@
 //! and every ReadyForQuery to its [`ServerState`].
 
 pub mod cancel;
+pub mod limit;
 mod login;
 pub mod state;
 pub mod statements;
@@ -122,6 +123,9 @@ pub enum BackendError {
     /// A time limit passed.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The database stayed at `max_db_connections` for the whole wait.
+    #[error("max_db_connections reached")]
+    DatabaseFull,
     /// TLS could not be set up as configured.
     #[error("{0}")]
     Tls(String),
@@ -202,6 +206,9 @@ pub struct ServerConn {
     in_flight: Arc<InFlight>,
     /// The connection's entry in `SHOW SERVERS`, set by the pool.
     pub listed: Option<crate::stats::clients::Listed>,
+    /// Its place in its database's `max_db_connections` count, set by
+    /// the pool.
+    pub db_slot: Option<limit::DbSlot>,
 }
 
 fn stream_is_tcp(addr: &ServerAddr) -> bool {
@@ -248,6 +255,7 @@ impl ServerConn {
             tls,
             id,
             listed: None,
+            db_slot: None,
             synced_params: None,
             cancel: None,
             in_flight: Arc::default(),

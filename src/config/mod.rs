@@ -113,6 +113,11 @@ pub struct General {
     /// and PgBouncer name theirs (so `psql -h DIR -p PORT` finds it).
     /// Default none: TCP only.
     pub unix_socket_dir: Option<std::path::PathBuf>,
+    /// Most server connections to one database, across the pools of all
+    /// its users; a pool that needs one more when the database is full
+    /// closes an idle connection of another pool of it, or waits
+    /// (`query_wait_timeout`). 0 = no limit. Default 0.
+    pub max_db_connections: usize,
     /// Most client connections at once; the next one gets 53300.
     /// Default 1000.
     pub max_client_conn: usize,
@@ -285,6 +290,7 @@ impl Default for General {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 6432)),
             so_reuseport: false,
             unix_socket_dir: None,
+            max_db_connections: 0,
             max_client_conn: 1000,
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
@@ -347,6 +353,18 @@ pub struct Database {
     pub auth_type: Option<AuthType>,
     /// Overrides `[tls.server] mode` for this database. Default: none.
     pub server_tls_mode: Option<ServerTlsMode>,
+    /// Overrides `[pgtarn] max_db_connections` for this database.
+    /// Default: none.
+    pub max_db_connections: Option<usize>,
+}
+
+impl Database {
+    /// The most server connections to this database, across its users'
+    /// pools, under `general`; 0: no limit.
+    pub fn max_connections(&self, general: &General) -> usize {
+        self.max_db_connections
+            .unwrap_or(general.max_db_connections)
+    }
 }
 
 fn default_host() -> String {

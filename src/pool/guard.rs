@@ -120,7 +120,13 @@ fn release(mut obj: Object<Manager>) {
     if let Some(l) = &obj.listed {
         l.set_idle();
     }
-    // `obj` drops here: back to the pool.
+    let waiting = obj.db_slot.as_ref().and_then(|s| s.waiting());
+    // Back to the pool; then a pool waiting under max_db_connections may
+    // close it.
+    drop(obj);
+    if let Some(limit) = waiting {
+        limit.went_idle();
+    }
 }
 
 impl Drop for Checkout {

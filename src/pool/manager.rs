@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::PoolSettings;
 use super::health::{self, LoginRetry};
+use crate::backend::limit::DbLimit;
 use crate::backend::{BackendError, ConnectFailure, ServerConn, Target};
 use crate::stats::clients::{ConnList, ConnState, NewConn};
 use crate::stats::{CloseReason, PoolStats};
@@ -49,6 +50,8 @@ pub struct Manager {
     pub(super) servers: Arc<ConnList>,
     /// The database name clients use, for the list and error messages.
     pub(super) database: String,
+    /// The database's `max_db_connections` count, shared by its pools.
+    pub(super) db_limit: Arc<DbLimit>,
 }
 
 /// Server connection ids, unique in the process.
@@ -63,6 +66,7 @@ impl Manager {
         stats: Arc<PoolStats>,
         servers: Arc<ConnList>,
         database: String,
+        db_limit: Arc<DbLimit>,
     ) -> Self {
         Manager {
             target: ArcSwap::from_pointee(target),
@@ -74,6 +78,7 @@ impl Manager {
             stats,
             servers,
             database,
+            db_limit,
         }
     }
 
@@ -168,6 +173,10 @@ impl managed::Manager for Manager {
         if let Some(failure) = self.login_retry.cached(retry) {
             return Err(BackendError::Connect(failure));
         }
+        let wait = self.settings.load().wait_timeout;
+        let Some(slot) = self.db_limit.take(wait).await else {
+            return Err(BackendError::DatabaseFull);
+        };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let mut conn = match self.connect(id).await {
             Ok(conn) => conn,
@@ -182,6 +191,7 @@ impl managed::Manager for Manager {
         info!(server = id, target = ?**self.target.load(), "server connection opened");
         self.stats.opened.inc();
         self.list(&mut conn);
+        conn.db_slot = Some(slot);
         if self.defaults.load().is_none() {
             self.defaults
                 .store(Some(Arc::new(conn.login_params().to_vec())));

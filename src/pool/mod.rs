@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::auth::Secret;
 use crate::auth::scram_client::ScramKeys;
+use crate::backend::limit::{DbLimit, Evict};
 use crate::backend::{BackendError, Credential, Target};
 use crate::config::PoolMode;
 use crate::stats::clients::ConnList;
@@ -192,6 +193,10 @@ pub enum CheckoutError {
     /// No server became free within `query_wait_timeout`.
     #[error("query_wait_timeout")]
     WaitTimeout,
+    /// The database's `max_db_connections` connections stayed busy for
+    /// `query_wait_timeout`.
+    #[error("query_wait_timeout")]
+    DatabaseFull,
     /// A new server connection could not be made.
     #[error("{0}")]
     Connect(BackendError),
@@ -241,6 +246,16 @@ pub struct PoolCounts {
     pub sv_being_canceled: usize,
 }
 
+/// What a new pool records into and shares with other pools.
+struct Shared {
+    /// The pool's statistics.
+    stats: Arc<PoolStats>,
+    /// Where server connections are listed (`SHOW SERVERS`).
+    servers: Arc<ConnList>,
+    /// Its database's `max_db_connections` count.
+    db_limit: Arc<DbLimit>,
+}
+
 impl Pool {
     /// A pool for `key` whose connections go to `target`.
     fn new(
@@ -248,10 +263,14 @@ impl Pool {
         target: Target,
         settings: PoolSettings,
         passthrough: Arc<Mutex<Option<ScramKeys>>>,
-        stats: Arc<PoolStats>,
-        servers: Arc<ConnList>,
         upstream: String,
+        shared: Shared,
     ) -> Arc<Pool> {
+        let Shared {
+            stats,
+            servers,
+            db_limit,
+        } = shared;
         let size = settings.size;
         let settings = Arc::new(ArcSwap::from_pointee(settings));
         let manager = Manager::new(
@@ -260,6 +279,7 @@ impl Pool {
             stats.clone(),
             servers,
             key.database.clone(),
+            db_limit.clone(),
         );
         let inner = managed::Pool::builder(manager)
             .max_size(size)
@@ -267,7 +287,7 @@ impl Pool {
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("a runtime is configured, so building cannot fail");
-        Arc::new(Pool {
+        let pool = Arc::new(Pool {
             key,
             settings,
             upstream: Mutex::new(upstream),
@@ -277,7 +297,10 @@ impl Pool {
             passthrough,
             stats,
             inner,
-        })
+        });
+        let evict: Arc<dyn Evict> = pool.clone();
+        db_limit.add_pool(Arc::downgrade(&evict));
+        pool
     }
 
     /// The settings in force.
@@ -404,6 +427,10 @@ impl Pool {
                 self.stats.wait_timeouts.inc();
                 Err(CheckoutError::WaitTimeout)
             }
+            Err(PoolError::Backend(BackendError::DatabaseFull)) => {
+                self.stats.wait_timeouts.inc();
+                Err(CheckoutError::DatabaseFull)
+            }
             Err(PoolError::Backend(e)) => Err(CheckoutError::Connect(e)),
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
             Err(e) => Err(CheckoutError::Connect(BackendError::Auth(e.to_string()))),
@@ -490,14 +517,23 @@ impl Pool {
 
     async fn fill_to_min(&self) {
         let status = self.inner.status();
-        if status.size >= self.settings().min_size || status.waiting > 0 {
+        let min_size = self.settings().min_size;
+        if status.size >= min_size || status.waiting > 0 {
             return;
         }
-        // Holding `min_size` connections at once makes the pool create
+        // Not beyond max_db_connections: filling up would close other
+        // pools' idle connections, which would fill up again in turn.
+        let limit = &self.inner.manager().db_limit;
+        let room = match limit.max() {
+            0 => usize::MAX,
+            max => max.saturating_sub(limit.open()),
+        };
+        let wanted = min_size.min(status.size.saturating_add(room));
+        // Holding `wanted` connections at once makes the pool create
         // whatever is missing; dropping them returns all of them.
         let timeouts = Timeouts::wait_millis(0);
         let mut held = Vec::new();
-        for _ in 0..self.settings().min_size {
+        for _ in 0..wanted {
             match self.inner.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
                 Err(e) => {
@@ -532,6 +568,27 @@ impl Pool {
     /// Stops handing out connections; waiting clients get an error.
     pub fn close(&self) {
         self.inner.close();
+    }
+}
+
+impl Evict for Pool {
+    /// Closes one idle connection, unless the pool is at `min_pool_size`.
+    fn evict_idle(&self) -> bool {
+        if self.size() <= self.settings().min_size {
+            return false;
+        }
+        let mut closed = false;
+        let _closed = self.inner.retain(|conn, _| {
+            if closed {
+                return true;
+            }
+            closed = true;
+            let reason = CloseReason::Evicted;
+            info!(server = conn.id(), %reason, "server connection closed");
+            self.stats.server_closed(reason);
+            false
+        });
+        closed
     }
 }
 

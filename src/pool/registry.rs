@@ -12,6 +12,7 @@ use tracing::info;
 use super::{KeyRef, Pool, PoolKey, PoolSettings};
 use crate::auth::Secret;
 use crate::auth::scram_client::ScramKeys;
+use crate::backend::limit::DbLimit;
 use crate::backend::{Credential, Target, UpstreamTls};
 use crate::config::{Config, Database};
 use crate::stats::clients::ConnList;
@@ -44,6 +45,8 @@ pub struct Registry {
     upstream_tls: ArcSwap<TlsMap>,
     /// Paused databases; `None` in the set pauses all.
     paused: Mutex<BTreeSet<Option<String>>>,
+    /// Each database's `max_db_connections` count, shared by its pools.
+    limits: Mutex<HashMap<String, Arc<DbLimit>>>,
 }
 
 /// How often pool maintenance runs.
@@ -77,6 +80,7 @@ impl Registry {
             pools: Mutex::new(HashMap::new()),
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
             paused: Mutex::default(),
+            limits: Mutex::default(),
         })
     }
 
@@ -151,15 +155,30 @@ impl Registry {
             db.pool_mode.as_str(),
         );
         let servers = self.servers.clone();
+        let limit = self.db_limit(&key.database, db.max_connections(&c.pgtarn));
+        let shared = super::Shared {
+            stats: Arc::new(stats),
+            servers,
+            db_limit: limit,
+        };
         Ok(Pool::new(
             key,
             target,
             settings,
             passthrough,
-            Arc::new(stats),
-            servers,
             upstream,
+            shared,
         ))
+    }
+
+    /// `database`'s `max_db_connections` count, made with limit `max` if
+    /// it does not exist yet.
+    fn db_limit(&self, database: &str, max: usize) -> Arc<DbLimit> {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits
+            .entry(database.to_owned())
+            .or_insert_with(|| DbLimit::new(max))
+            .clone()
     }
 
     /// Where `key`'s connections go under `c`, to `db`, logging in with
@@ -220,6 +239,13 @@ impl Registry {
             }
             true
         });
+        drop(pools);
+        let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, limit) in limits.iter() {
+            if let Some(db) = config.databases.get(name) {
+                limit.set_max(db.max_connections(&config.pgtarn));
+            }
+        }
         Ok(())
     }
 

@@ -75,6 +75,9 @@ pub enum CloseReason {
     /// Released while a cancel request sent for it may still land (its
     /// delivery was not confirmed within `cancel_wait_timeout`).
     CancelUnconfirmed,
+    /// Closed while idle to make room for another pool of its database
+    /// (`max_db_connections`).
+    Evicted,
 }
 
 impl CloseReason {
@@ -91,6 +94,7 @@ impl CloseReason {
             CloseReason::Reconnect => "reconnect",
             CloseReason::Resize => "resize",
             CloseReason::CancelUnconfirmed => "cancel_unconfirmed",
+            CloseReason::Evicted => "evicted",
         }
     }
 
@@ -107,6 +111,7 @@ impl CloseReason {
             CloseReason::Reconnect => "closed by RECONNECT or reload",
             CloseReason::Resize => "pool_size reduced",
             CloseReason::CancelUnconfirmed => "a cancel request for it may still land",
+            CloseReason::Evicted => "closed to make room under max_db_connections",
         }
     }
 }
