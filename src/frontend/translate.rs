@@ -16,7 +16,7 @@
 //! the server fails the transaction and skips to Sync exactly as it would
 //! have with Postgres' own error.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use std::sync::Arc;
 
@@ -507,17 +507,26 @@ fn refusal(e: &StatementError) -> Bytes {
 
 /// The error for a statement the client parsed before its result type
 /// changed: it fails as it would on Postgres until the client prepares it
-/// again.
+/// again. It carries Postgres' file and routine fields too: asyncpg and
+/// pgjdbc recognise this error by its routine (`RevalidateCachedQuery`),
+/// not its text, to re-prepare and retry.
 fn outdated_error() -> Bytes {
     let mut b = BytesMut::new();
-    let msg = "cached plan must not change result type";
-    encode::error_response(
-        &mut b,
-        Severity::Error,
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        msg,
-        None,
-    );
+    encode::message(&mut b, b'E', |b| {
+        let fields: [(u8, &[u8]); 6] = [
+            (b'S', b"ERROR"),
+            (b'V', b"ERROR"),
+            (b'C', sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()),
+            (b'M', b"cached plan must not change result type"),
+            (b'F', b"plancache.c"),
+            (b'R', b"RevalidateCachedQuery"),
+        ];
+        for (field, value) in fields {
+            b.put_u8(field);
+            encode::put_cstr(b, value);
+        }
+        b.put_u8(0);
+    });
     b.freeze()
 }
 

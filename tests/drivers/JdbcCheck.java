@@ -176,6 +176,44 @@ public final class JdbcCheck {
         }
     }
 
+    // Two connections prepare `select * from TABLE`; one adds a column. With
+    // Postgres directly each gets `cached plan must not change result type`
+    // once, which pgjdbc recognises by the error's routine field and heals by
+    // re-preparing: both see the new column. Through pgtarn only the first
+    // gets Postgres' own error; pgtarn refuses the other's outdated
+    // statement, and its error must look the same.
+    static void schemaChange(String host, String port, String table) throws CheckFailed {
+        String step = "schema change: setup";
+        try (Connection a = DriverManager.getConnection(url(host, port, ""));
+                Connection b = DriverManager.getConnection(url(host, port, ""));
+                Statement ddl = a.createStatement()) {
+            ddl.execute("create table " + table + " (x int)");
+            ddl.execute("insert into " + table + " values (1)");
+            try (PreparedStatement pa = a.prepareStatement("select * from " + table);
+                    PreparedStatement pb = b.prepareStatement("select * from " + table)) {
+                for (PreparedStatement ps : new PreparedStatement[] {pa, pb}) {
+                    step = "schema change: first execution";
+                    try (ResultSet rs = ps.executeQuery()) {
+                        expect(step + " columns", rs.getMetaData().getColumnCount(), 1);
+                    }
+                }
+                step = "schema change: alter table";
+                ddl.execute("alter table " + table + " add column y int default 2");
+                for (PreparedStatement ps : new PreparedStatement[] {pb, pa}) {
+                    step = "schema change: execution after the alter on " + (ps == pa ? "a" : "b");
+                    try (ResultSet rs = ps.executeQuery()) {
+                        expect(step + " (row)", rs.next(), true);
+                        expect(step + " y", rs.getInt(2), 2);
+                    }
+                }
+            } finally {
+                ddl.execute("drop table if exists " + table);
+            }
+        } catch (Exception e) {
+            throw new CheckFailed("step '" + step + "': " + describe(e), e);
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length != 2) {
             System.err.println("usage: JdbcCheck HOST PORT");
@@ -215,6 +253,14 @@ public final class JdbcCheck {
                     System.err.println("jdbc: FAILED: timed out after " + TIMEOUT_S + "s");
                     code = 1;
                     break;
+                }
+            }
+            if (code == 0) {
+                try {
+                    schemaChange(host, port, table + "_ddl");
+                } catch (CheckFailed e) {
+                    System.err.println("jdbc: FAILED: " + e.getMessage());
+                    code = 1;
                 }
             }
         } catch (SQLException e) {

@@ -131,6 +131,38 @@ async def worker(host, port, cid, table, counter):
         await conn.close()
 
 
+async def schema_change_check(host, port, table):
+    """Two connections cache `select * from TABLE`; one adds a column. With
+    Postgres directly each gets `cached plan must not change result type`
+    once, which asyncpg recognises (InvalidCachedStatementError, by the
+    error's routine field) and retries after re-preparing: both see the new
+    column. Through pgtarn only the first gets Postgres' own error; the
+    other's statement is refused by pgtarn, which must look the same."""
+    a = await connect(host, port)
+    b = await connect(host, port)
+    step = "schema change: setup"
+    try:
+        await a.execute(f"create table {table} (x int)")
+        await a.execute(f"insert into {table} values (1)")
+        query = f"select * from {table}"
+        for who, c in (("a", a), ("b", b)):
+            step = f"schema change: first fetch on {who}"
+            expect(step, [tuple(r) for r in await c.fetch(query)], [(1,)])
+        step = "schema change: alter table on a"
+        await a.execute(f"alter table {table} add column y int default 2")
+        for who, c in (("b", b), ("a", a)):
+            step = f"schema change: fetch on {who} after the alter"
+            expect(step, [tuple(r) for r in await c.fetch(query)], [(1, 2)])
+    except CheckFailed:
+        raise
+    except Exception as exc:
+        raise CheckFailed(f"step '{step}': {describe(exc)}") from exc
+    finally:
+        await a.execute(f"drop table if exists {table}")
+        await a.close()
+        await b.close()
+
+
 async def main(host, port):
     table = f"pgtarn_driver_asyncpg_{os.getpid()}"
     admin = await connect(host, port)
@@ -166,6 +198,7 @@ async def main(host, port):
                 await admin.close()
         except Exception as exc:  # cleanup only; the check's result stands
             print(f"asyncpg: warning: could not drop {table}: {describe(exc)}", file=sys.stderr)
+    await schema_change_check(host, port, f"{table}_ddl")
     elapsed = time.monotonic() - start
     print(
         f"asyncpg: {counter[0]} queries OK "
