@@ -744,6 +744,20 @@ async fn discard_all_in_transactions(general: &str) {
         assert_eq!(errors(&got), Vec::<String>::new(), "s1 after {sql:?}");
         assert_eq!(first_columns(&got), ["7"]);
     }
+    // The same through the extended protocol, in a failed transaction.
+    round(&mut c, &queries(&["begin", "select 1/0"]), 2).await;
+    let extended = [
+        ext::parse("", "deallocate all"),
+        ext::bind("", &[]),
+        ext::execute(),
+        ext::sync(),
+    ]
+    .concat();
+    let got = round(&mut c, &extended, 1).await;
+    assert_eq!(errors(&got), ["25P02"]);
+    round(&mut c, &queries(&["rollback"]), 1).await;
+    let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "s1 after extended");
     let got = round(
         &mut c,
         &queries(&["begin", "deallocate all", "rollback"]),
@@ -757,5 +771,71 @@ async fn discard_all_in_transactions(general: &str) {
         tags(&round(&mut c, &prepare, 1).await),
         "1Z",
         "the name is free"
+    );
+}
+
+/// `DEALLOCATE ALL` run through the extended protocol (as pgjdbc,
+/// tokio-postgres and psycopg's pipeline mode send every statement) drops
+/// every statement on the server, as the simple-query form does: pgtarn
+/// must prepare them again there, or the server's other clients, which
+/// did nothing, get `26000 prepared statement does not exist`.
+#[tokio::test]
+async fn deallocate_all_through_the_extended_protocol_is_followed() {
+    let p = trust_pooler("pool_size = 1", "").await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    let sql = "select $1::int + 300";
+    let (sa, sb) = (a.prepare(sql).await.unwrap(), b.prepare(sql).await.unwrap());
+    for (c, s) in [(&a, &sa), (&b, &sb)] {
+        assert_eq!(
+            c.query_one(s, &[&1i32]).await.unwrap().get::<_, i32>(0),
+            301
+        );
+    }
+    a.execute("deallocate all", &[]).await.unwrap();
+    let gone = a
+        .query_one(&sa, &[&2i32])
+        .await
+        .map(|_| ())
+        .map_err(|e| sqlstate(&e));
+    assert_eq!(
+        gone,
+        Err(Some("26000".into())),
+        "the client's own statement is gone"
+    );
+    let row = b.query_one(&sb, &[&2i32]).await;
+    assert_eq!(
+        row.map(|r| r.get::<_, i32>(0)).map_err(|e| sqlstate(&e)),
+        Ok(302),
+        "another client's statement survives"
+    );
+    let again = a.prepare(sql).await.unwrap();
+    let row = a.query_one(&again, &[&3i32]).await;
+    assert_eq!(
+        row.map(|r| r.get::<_, i32>(0)).map_err(|e| sqlstate(&e)),
+        Ok(303),
+        "the client's statement prepared again works"
+    );
+}
+
+/// `DEALLOCATE ALL` inside a multi-statement simple query drops every
+/// statement on the server too: the server's other clients must not be
+/// left with `26000 prepared statement does not exist`.
+#[tokio::test]
+async fn deallocate_all_inside_a_multi_statement_query_is_followed() {
+    let p = trust_pooler("pool_size = 1", "").await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    let s = b.prepare("select $1::int + 500").await.unwrap();
+    assert_eq!(
+        b.query_one(&s, &[&1i32]).await.unwrap().get::<_, i32>(0),
+        501
+    );
+    a.batch_execute("select 1; deallocate all").await.unwrap();
+    let row = b.query_one(&s, &[&2i32]).await;
+    assert_eq!(
+        row.map(|r| r.get::<_, i32>(0)).map_err(|e| sqlstate(&e)),
+        Ok(502),
+        "another client's statement survives"
     );
 }

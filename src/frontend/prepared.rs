@@ -27,6 +27,9 @@ pub struct Statement {
     pub generation: u32,
 }
 
+/// A client's statements with their names at one moment.
+pub type Snapshot = Vec<(String, Arc<Statement>)>;
+
 /// Why a client's Parse is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StatementError {
@@ -129,6 +132,22 @@ impl ClientStatements {
         }
     }
 
+    /// Every statement with its name, as they are now.
+    pub fn snapshot(&self) -> Snapshot {
+        let named = self.by_name.iter().map(|(n, s)| (n.clone(), s.clone()));
+        named.collect()
+    }
+
+    /// Forgets the statements of `snapshot` that are still the same (not
+    /// those closed and parsed again since).
+    pub fn forget(&mut self, snapshot: Snapshot) {
+        for (name, stmt) in snapshot {
+            if self.get(&name).is_some_and(|s| Arc::ptr_eq(s, &stmt)) {
+                self.remove(&name);
+            }
+        }
+    }
+
     /// Forgets every statement.
     pub fn clear(&mut self) {
         self.by_name.clear();
@@ -158,6 +177,22 @@ mod tests {
         max_statements: 2,
         max_bytes: 100,
     };
+
+    #[test]
+    fn forgetting_a_snapshot_spares_statements_parsed_since() {
+        let mut buf = BytesMut::new();
+        let mut c = ClientStatements::new(LIMITS);
+        let def = b"select 1\0\0\0";
+        c.add("s1", def, g(def), &mut buf).unwrap();
+        c.add("s2", def, g(def), &mut buf).unwrap();
+        let snapshot = c.snapshot();
+        c.remove("s2");
+        c.add("s2", def, g(def), &mut buf).unwrap();
+        c.forget(snapshot);
+        assert!(c.get("s1").is_none(), "in the snapshot");
+        assert!(c.get("s2").is_some(), "parsed again since");
+        assert_eq!(c.len(), 1);
+    }
 
     #[test]
     fn same_definition_same_global_name() {

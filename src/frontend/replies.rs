@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::prepared::Statement;
+use super::prepared::{Snapshot, Statement};
 use crate::backend::state::CopyTracker;
 use crate::net::Outbox;
 use crate::protocol::backend::{self, TxStatus};
@@ -87,8 +87,12 @@ pub enum Expect {
     /// Query or FunctionCall: ReadyForQuery (errors are part of it).
     Query,
     /// A Query that is `DISCARD ALL` or `DEALLOCATE ALL`, whose outcome
-    /// the client's statements wait for: its CommandComplete means it ran.
-    DiscardAll,
+    /// the client's statements (those it had when it was sent) wait for:
+    /// its CommandComplete means it ran.
+    DiscardAll(Snapshot),
+    /// The same sent as an Execute (of a bound `DISCARD ALL` or
+    /// `DEALLOCATE ALL`): CommandComplete.
+    ExecuteDiscardAll(Snapshot),
     /// pgtarn's failing Parse standing for a client message it refused:
     /// an ErrorResponse, replaced by this error for the client.
     Refused(Bytes),
@@ -100,9 +104,9 @@ impl Expect {
             Expect::Parse(_) | Expect::Refused(_) => tag == b'1',
             Expect::Bind(_) => tag == b'2',
             Expect::DescribeStatement(_) | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
-            Expect::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Expect::Execute | Expect::ExecuteDiscardAll(_) => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close(_) => tag == b'3',
-            Expect::Sync | Expect::Query | Expect::DiscardAll => tag == b'Z',
+            Expect::Sync | Expect::Query | Expect::DiscardAll(_) => tag == b'Z',
         }
     }
 }
@@ -145,9 +149,9 @@ pub enum Effect {
     /// A client's Close or `DEALLOCATE` that pgtarn answered did not
     /// happen: the client still has the statement.
     Unclosed(String, Arc<Statement>),
-    /// A `DISCARD ALL` or `DEALLOCATE ALL` ran: the client has no
-    /// statements left.
-    Discarded,
+    /// A `DISCARD ALL` or `DEALLOCATE ALL` ran: the client's statements
+    /// of that moment are gone.
+    Discarded(Snapshot),
 }
 
 /// Whether a server message goes on to the client.
@@ -195,8 +199,8 @@ impl ReplyQueue {
                 }
                 self.skipping = false;
             }
-            Expect::Execute => self.copy.command(true),
-            Expect::Query | Expect::DiscardAll => self.copy.command(false),
+            Expect::Execute | Expect::ExecuteDiscardAll(_) => self.copy.command(true),
+            Expect::Query | Expect::DiscardAll(_) => self.copy.command(false),
             _ => {}
         }
         self.entries.push_back(Entry::Server { expect, visible });
@@ -273,11 +277,11 @@ impl ReplyQueue {
         let Some(Entry::Server { expect, visible }) = self.entries.front() else {
             return Route::Forward;
         };
-        if tag == b'E' && !matches!(expect, Expect::Query | Expect::DiscardAll | Expect::Sync) {
+        if tag == b'E' && !matches!(expect, Expect::Query | Expect::DiscardAll(_) | Expect::Sync) {
             return self.on_extended_error(body, effects);
         }
-        if tag == b'C' && *expect == Expect::DiscardAll {
-            effects.push(Effect::Discarded);
+        if let (b'C', Expect::DiscardAll(s) | Expect::ExecuteDiscardAll(s)) = (tag, expect) {
+            effects.push(Effect::Discarded(s.clone()));
         }
         let route = if *visible {
             Route::Forward
@@ -628,13 +632,13 @@ mod tests {
     #[test]
     fn a_discard_all_forgets_the_statements_only_if_it_completes() {
         let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
-        q.expect(Expect::DiscardAll, true);
+        q.expect(Expect::DiscardAll(Vec::new()), true);
         step(&mut q, b'E', &error("25P02"), &mut out, &mut fx);
         step(&mut q, b'Z', b"E", &mut out, &mut fx);
         assert_eq!(fx, []);
-        q.expect(Expect::DiscardAll, true);
+        q.expect(Expect::DiscardAll(Vec::new()), true);
         step(&mut q, b'C', b"DISCARD ALL\0", &mut out, &mut fx);
-        assert_eq!(fx, [Effect::Discarded]);
+        assert_eq!(fx, [Effect::Discarded(Vec::new())]);
         step(&mut q, b'Z', b"I", &mut out, &mut fx);
         assert!(q.is_empty());
     }

@@ -29,6 +29,7 @@ use crate::pool::KnownStatements;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended::{self, close_complete, parse_complete};
+use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::{Frame, ProtocolError, sqlstate};
 
 /// Per-client statement tracking and reply bookkeeping.
@@ -42,6 +43,10 @@ pub struct Translator {
     max_server_statements: usize,
     /// Statements that parsed before on this pool's servers.
     known: Arc<KnownStatements>,
+    /// The client's unnamed statement is `DISCARD ALL`/`DEALLOCATE ALL`.
+    unnamed_discards: bool,
+    /// The client's unnamed portal runs `DISCARD ALL`/`DEALLOCATE ALL`.
+    portal_discards: bool,
     buf: BytesMut,
     effects: Vec<Effect>,
 }
@@ -82,6 +87,8 @@ impl Translator {
             replies: ReplyQueue::default(),
             max_server_statements,
             known,
+            unnamed_discards: false,
+            portal_discards: false,
             buf: BytesMut::new(),
             effects: Vec::new(),
         }
@@ -152,13 +159,13 @@ impl Translator {
                 }
             }
             b'Q' => self.query(frame, &mut sink),
-            b'E' => sink.send(
-                &mut self.replies,
-                frame.into_raw(),
-                tag,
-                Some(Expect::Execute),
-                true,
-            ),
+            b'E' => {
+                let expect = match self.portal_discards && frame.body().first() == Some(&0) {
+                    true => Expect::ExecuteDiscardAll(self.statements.snapshot()),
+                    false => Expect::Execute,
+                };
+                sink.send(&mut self.replies, frame.into_raw(), tag, Some(expect), true)
+            }
             b'S' => sink.send(
                 &mut self.replies,
                 frame.into_raw(),
@@ -190,6 +197,11 @@ impl Translator {
         if tag == b'E' {
             server.state.on_error();
         }
+        // However it was sent (in a multi-statement query, say), the server
+        // dropped every statement.
+        if tag == b'C' && matches!(frame.body(), b"DEALLOCATE ALL\0" | b"DISCARD ALL\0") {
+            server.statements.mark_all_outdated();
+        }
         let route = self.replies.on_server(tag, frame.body(), &mut self.effects);
         if route == Route::Forward {
             to_client.push(frame.into_raw());
@@ -215,7 +227,7 @@ impl Translator {
                     self.statements.remove(&name);
                 }
                 Effect::Unclosed(name, stmt) => self.statements.restore(name, stmt),
-                Effect::Discarded => self.statements.clear(),
+                Effect::Discarded(snapshot) => self.statements.forget(snapshot),
             }
         }
     }
@@ -223,6 +235,7 @@ impl Translator {
     fn parse(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
         let p = extended::parse(frame.body())?;
         if p.name.is_empty() {
+            self.unnamed_discards = discards_all(p.definition);
             sink.send(
                 &mut self.replies,
                 frame.into_raw(),
@@ -350,6 +363,14 @@ impl Translator {
 
     fn bind(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
         let b = extended::bind(frame.body())?;
+        let unnamed_portal = b.portal.is_empty();
+        let discards = if b.statement.is_empty() {
+            self.unnamed_discards
+        } else {
+            self.statements.get(b.statement).is_some_and(|s| {
+                extended::parse(&s.parse[HEADER_LEN..]).is_ok_and(|p| discards_all(p.definition))
+            })
+        };
         let stmt = if b.statement.is_empty() {
             None
         } else {
@@ -375,6 +396,15 @@ impl Translator {
                 Some(Expect::Bind(None)),
                 true,
             ),
+        }
+        // Bound, it runs as its simple-query form does (see `query`): the
+        // server's statements may be gone from now on, the client's once
+        // the Execute completes.
+        if discards {
+            sink.server.statements.mark_all_outdated();
+        }
+        if unnamed_portal {
+            self.portal_discards = discards;
         }
         Ok(())
     }
@@ -455,7 +485,7 @@ impl Translator {
             if self.replies.is_empty() && which.runs_in(status) {
                 self.statements.clear();
             } else {
-                expect = Expect::DiscardAll;
+                expect = Expect::DiscardAll(self.statements.snapshot());
             }
         }
         sink.send(
@@ -565,6 +595,13 @@ fn deallocate_target(body: &[u8]) -> Option<String> {
             None => name.to_ascii_lowercase(),
         },
     )
+}
+
+/// True if the query of a Parse definition is `DISCARD ALL` or
+/// `DEALLOCATE [PREPARE] ALL`.
+fn discards_all(definition: &[u8]) -> bool {
+    let query = extended::query_text(definition);
+    discard_all(&definition[..definition.len().min(query.len() + 1)]).is_some()
 }
 
 /// `DISCARD ALL` or `DEALLOCATE [PREPARE] ALL`.
