@@ -323,6 +323,33 @@ async fn set_commands_follow_the_client_to_any_server() {
         .unwrap();
 }
 
+/// `RESET name` and `SET name TO DEFAULT` return a setting to the value
+/// the client logged in with (as with Postgres directly, where that is
+/// the session's default), not to the server's default; so does `RESET
+/// ALL` for a setting the same transaction changed first.
+#[tokio::test]
+async fn reset_returns_to_the_login_value() {
+    let p = Pooler::start(&pooler::config(PgServer::shared(), "", "pool_size = 2")).await;
+    let c = p
+        .connect_with("application_name=login-app options='-c work_mem=7MB'")
+        .await;
+    for reset in [
+        "reset work_mem",
+        "set work_mem to default",
+        "set work_mem = '9MB'; reset all",
+    ] {
+        c.batch_execute("set work_mem = '5MB'; set application_name = 'x'")
+            .await
+            .unwrap();
+        c.batch_execute(reset).await.unwrap();
+        c.batch_execute("reset application_name").await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(one(&c, "show work_mem").await, "7MB", "after {reset:?}");
+            assert_eq!(one(&c, "show application_name").await, "login-app");
+        }
+    }
+}
+
 /// The transaction status byte of the last ReadyForQuery in `msgs`.
 fn last_status(msgs: &[(u8, Bytes)]) -> char {
     let (tag, body) = msgs.last().expect("messages");

@@ -130,6 +130,16 @@ impl ClientParams {
         Arc::make_mut(&mut self.wanted).remove(name);
     }
 
+    /// Back to the startup value of `name` (lower-case), if the client sent
+    /// one (`RESET name`); false if it did not.
+    pub fn reset(&mut self, name: &str) -> bool {
+        let Some(value) = self.startup.get(name) else {
+            return false;
+        };
+        Arc::make_mut(&mut self.wanted).insert(name.to_owned(), value.clone());
+        true
+    }
+
     /// Back to the startup settings (`RESET ALL`, `DISCARD ALL`).
     pub fn reset_to_startup(&mut self) {
         self.wanted = self.startup.clone();

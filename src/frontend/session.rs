@@ -623,6 +623,11 @@ impl Session {
                 }
             }
         }
+        // Reset on this server to its default; the client's is the login
+        // value, applied at the next checkout.
+        for name in &changed.resets {
+            self.params.reset(name);
+        }
         Ok(())
     }
 

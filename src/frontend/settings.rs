@@ -15,6 +15,10 @@ pub struct Changed {
     pub names: Vec<String>,
     /// `RESET ALL` or `DISCARD ALL`: everything back to the start.
     pub reset_all: bool,
+    /// The names in `names` whose last change was `RESET name` or `SET
+    /// name TO DEFAULT` (or a `RESET ALL` after it): back to the value the
+    /// client logged in with, if it sent one, not the server's default.
+    pub resets: Vec<String>,
 }
 
 impl Changed {
@@ -25,7 +29,14 @@ impl Changed {
 
     /// Adds what `other` changes.
     pub fn merge(&mut self, other: Changed) {
+        if other.reset_all {
+            self.resets = self.names.clone();
+        }
         for n in other.names {
+            self.resets.retain(|r| *r != n);
+            if other.resets.contains(&n) {
+                self.resets.push(n.clone());
+            }
             if !self.names.contains(&n) {
                 self.names.push(n);
             }
@@ -79,14 +90,25 @@ fn classify(words: &[String]) -> Changed {
     let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
     let l: Vec<&str> = lower.iter().map(String::as_str).collect();
     let name_at = |i: usize| words.get(i).map(|w| identifier(w));
+    let to_default = matches!(
+        l.as_slice(),
+        ["reset", ..]
+            | ["set", _, "to", "default", ..]
+            | ["set", _, "default", ..]
+            | ["set", "session", _, "to", "default", ..]
+            | ["set", "session", _, "default", ..]
+            | ["set", "time", "zone", "default" | "local", ..]
+            | ["set", "session", "time", "zone", "default" | "local"]
+    );
     let one = |name: Option<String>| Changed {
-        names: name.into_iter().collect(),
+        names: name.iter().cloned().collect(),
         reset_all: false,
+        resets: name.filter(|_| to_default).into_iter().collect(),
     };
     match l.as_slice() {
         ["discard", "all", ..] | ["reset", "all", ..] => Changed {
-            names: Vec::new(),
             reset_all: true,
+            ..Changed::default()
         },
         ["set" | "reset", "role" | "transaction" | "constraints", ..]
         | [
@@ -245,6 +267,21 @@ mod tests {
         ] {
             assert!(changed_settings(sql.as_bytes()).is_empty(), "{sql}");
         }
+    }
+
+    #[test]
+    fn finds_what_goes_back_to_the_login_value() {
+        let resets = |sql: &str| changed_settings(sql.as_bytes()).resets;
+        assert_eq!(resets("RESET work_mem"), ["work_mem"]);
+        assert_eq!(resets("set work_mem to default"), ["work_mem"]);
+        assert_eq!(resets("SET SESSION work_mem = DEFAULT"), ["work_mem"]);
+        assert_eq!(resets("set time zone local"), ["timezone"]);
+        assert_eq!(resets("set work_mem = '1MB'"), Vec::<String>::new());
+        assert_eq!(
+            resets("reset a; set a = 1; set b = 2"),
+            Vec::<String>::new()
+        );
+        assert_eq!(resets("set a = 1; reset all; set b = 2"), ["a"]);
     }
 
     #[test]
