@@ -348,6 +348,14 @@ async fn reset_returns_to_the_login_value() {
             assert_eq!(one(&c, "show application_name").await, "login-app");
         }
     }
+    // A RESET rolled back with its transaction changes nothing.
+    c.batch_execute("set work_mem = '5MB'").await.unwrap();
+    c.batch_execute("begin; reset work_mem; rollback")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(one(&c, "show work_mem").await, "5MB", "after a rollback");
+    }
 }
 
 /// The transaction status byte of the last ReadyForQuery in `msgs`.

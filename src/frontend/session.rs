@@ -601,17 +601,27 @@ impl Session {
         if changed.names.is_empty() {
             return Ok(());
         }
-        let columns: Vec<String> = changed
+        let mut columns: Vec<String> = changed
             .names
             .iter()
             .map(|n| format!("pg_catalog.current_setting({}, true)", quote(n)))
             .collect();
+        // Whether each RESET held (not rolled back): the setting is at its
+        // reset value on this server.
+        columns.extend(changed.resets.iter().map(|n| {
+            format!(
+                "(SELECT setting IS NOT DISTINCT FROM reset_val \
+                 FROM pg_catalog.pg_settings WHERE name = {})",
+                quote(n)
+            )
+        }));
         let sql = format!("SELECT {}", columns.join(", "));
         let (row, _) = server
             .run_internal_row(&sql)
             .await
             .map_err(ClientError::ServerLost)?;
-        for (name, value) in changed.names.iter().zip(row.unwrap_or_default()) {
+        let mut row = row.unwrap_or_default().into_iter();
+        for (name, value) in changed.names.iter().zip(row.by_ref()) {
             match value {
                 Some(v) => {
                     self.params.set(name, &v);
@@ -625,8 +635,10 @@ impl Session {
         }
         // Reset on this server to its default; the client's is the login
         // value, applied at the next checkout.
-        for name in &changed.resets {
-            self.params.reset(name);
+        for (name, held) in changed.resets.iter().zip(row) {
+            if held.as_deref() == Some("t") {
+                self.params.reset(name);
+            }
         }
         Ok(())
     }
