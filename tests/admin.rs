@@ -512,13 +512,7 @@ async fn stats_averages_are_the_last_periods_without_a_prior_show() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_databases_average_transaction_time_is_not_summed_over_its_users() {
     let user = "stats_two";
-    let su = PgServer::shared().superuser().await;
-    su.batch_execute(&format!(
-        "drop role if exists {user}; create role {user} login password '{user}-secret'; \
-         grant connect on database app to {user}"
-    ))
-    .await
-    .expect("create the second user");
+    let su = common::second_user(user).await;
     let text = config("stats_period = \"1s\"")
         + &format!("[users.{user}]\npassword = \"{user}-secret\"\n");
     let p = Pooler::start(&text).await;

@@ -524,13 +524,7 @@ async fn a_set_in_the_extended_protocol_follows_its_client_only() {
 #[tokio::test]
 async fn max_db_connections_is_shared_by_the_databases_users() {
     let user = "dblimit_b";
-    let su = PgServer::shared().superuser().await;
-    su.batch_execute(&format!(
-        "drop role if exists {user}; create role {user} login password '{user}-secret'; \
-         grant connect on database app to {user}"
-    ))
-    .await
-    .expect("create the second user");
+    let su = common::second_user(user).await;
     let general = "auth_type = \"trust\"\nmax_db_connections = 2\nquery_wait_timeout = \"1s\"";
     let text = pooler::config(PgServer::shared(), general, "pool_size = 5")
         + &format!("[users.{user}]\npassword = \"{user}-secret\"\n");

@@ -18,6 +18,15 @@ async fn trust_pooler(database: &str, general: &str) -> Pooler {
     Pooler::trust(general, database).await
 }
 
+/// Simple Query messages for `sql`, one per statement.
+fn queries(sql: &[&str]) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    for q in sql {
+        pgtarn::protocol::encode::query(&mut b, q);
+    }
+    b.to_vec()
+}
+
 /// Sends `msg` and reads replies up to the `syncs`-th ReadyForQuery.
 async fn round(raw: &mut Raw, msg: &[u8], syncs: usize) -> Vec<(u8, Bytes)> {
     raw.send(msg).await;
@@ -698,13 +707,6 @@ async fn control_deallocate_on_postgres() {
 async fn deallocate_in_transactions(general: &str) {
     let p = trust_pooler("pool_size = 1", general).await;
     let mut c = Raw::login(p.addr, "app", "app").await;
-    let queries = |sql: &[&str]| {
-        let mut b = bytes::BytesMut::new();
-        for q in sql {
-            pgtarn::protocol::encode::query(&mut b, q);
-        }
-        b.to_vec()
-    };
     for s in ["s1", "s2", "s3"] {
         round(
             &mut c,
@@ -748,13 +750,6 @@ async fn control_discard_all_on_postgres() {
 async fn discard_all_in_transactions(general: &str) {
     let p = trust_pooler("pool_size = 1", general).await;
     let mut c = Raw::login(p.addr, "app", "app").await;
-    let queries = |sql: &[&str]| {
-        let mut b = bytes::BytesMut::new();
-        for q in sql {
-            pgtarn::protocol::encode::query(&mut b, q);
-        }
-        b.to_vec()
-    };
     let prepare = [ext::parse("s1", "select 7"), ext::sync()].concat();
     assert_eq!(tags(&round(&mut c, &prepare, 1).await), "1Z");
     let refused: [(&[&str], &[&str]); 4] = [

@@ -44,6 +44,21 @@ where
     }
 }
 
+/// Creates (anew) login role `user` with password `{user}-secret` on the
+/// shared Postgres, allowed to connect to `app`; returns a superuser
+/// connection, to drop it afterwards.
+#[allow(dead_code)]
+pub async fn second_user(user: &str) -> tokio_postgres::Client {
+    let su = PgServer::shared().superuser().await;
+    su.batch_execute(&format!(
+        "drop role if exists {user}; create role {user} login password '{user}-secret'; \
+         grant connect on database app to {user}"
+    ))
+    .await
+    .expect("create the second user");
+    su
+}
+
 /// The first column of the first row a simple query returns, as text
 /// (`"NULL"` for NULL); panics naming the query if it fails or returns no
 /// row.
