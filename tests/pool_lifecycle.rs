@@ -225,8 +225,8 @@ async fn an_unreachable_postgres_gives_08006_without_hanging() {
 
 /// A database whose `host` is a directory is reached on Postgres'
 /// Unix-domain socket in it, as libpq reads `host` (here the only way in
-/// for `app`: TCP is refused to it): a SCRAM login, queries, `SHOW
-/// SERVERS` addr `unix`, a cancel request (sent on the socket too), and a
+/// for `app`: TCP is refused to it): a SCRAM login, queries, `/readyz`,
+/// `SHOW SERVERS` addr `unix`, a cancel request (sent on the socket too), and a
 /// server connection that Postgres closed while idle replaced unseen.
 #[tokio::test]
 async fn a_directory_host_is_postgres_unix_socket() {
@@ -250,6 +250,8 @@ async fn a_directory_host_is_postgres_unix_socket() {
     let sql = "select current_user || ' ' || (client_addr is null) \
                from pg_stat_activity where pid = pg_backend_pid()";
     assert_eq!(one(&c, sql).await, "app true", "on the socket");
+    let ready = pgtarn::metrics::ready(&p.ctx, Duration::from_secs(5)).await;
+    assert_eq!(ready, Ok(()), "/readyz probes the socket");
     let (console, task) = tokio_postgres::connect(&p.conn_str("dbname=pgbouncer"), NoTls)
         .await
         .expect("admin console");

@@ -104,13 +104,22 @@ pub fn render(ctx: &Context) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Whether every configured upstream accepts a TCP connection within
-/// `limit`; the error names the first one that does not.
+/// Whether every configured upstream accepts a connection (TCP, or its
+/// Unix-domain socket) within `limit`; the error names the first one that
+/// does not.
 pub async fn ready(ctx: &Arc<Context>, limit: Duration) -> Result<(), String> {
     let config = ctx.config();
     for (name, db) in &config.databases {
-        let addr = (db.host.as_str(), db.port);
-        match tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await {
+        let connect = async {
+            match crate::backend::unix_socket(&db.host, db.port) {
+                Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
+                None => {
+                    let addr = (db.host.as_str(), db.port);
+                    tokio::net::TcpStream::connect(addr).await.map(drop)
+                }
+            }
+        };
+        match tokio::time::timeout(limit, connect).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("database {name}: {e}")),
             Err(_) => return Err(format!("database {name}: connect timed out")),
