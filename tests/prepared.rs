@@ -167,6 +167,42 @@ async fn per_client_statement_limit_is_a_clear_error() {
     );
 }
 
+/// `max_client_prepared_bytes` bounds what pgtarn keeps for a client's
+/// statements, their names included: names of any length (up to
+/// `max_message_len`) for one short query would otherwise let a client
+/// hold `max_client_prepared_statements` times `max_message_len` of memory.
+#[tokio::test]
+async fn statement_names_count_toward_max_client_prepared_bytes() {
+    let p = trust_pooler("", "max_client_prepared_bytes = 100000").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let mut refused = None;
+    for i in 0..5 {
+        let name = format!("{i}{}", "n".repeat(40_000));
+        let r = round(
+            &mut c,
+            &[ext::parse(&name, "select 1"), ext::sync()].concat(),
+            1,
+        )
+        .await;
+        if errors(&r) == ["53400"] {
+            refused = Some(i);
+            break;
+        }
+        assert_eq!(tags(&r), "1Z", "statement {i}");
+    }
+    assert_eq!(
+        refused,
+        Some(2),
+        "the third 40 kB name passes max_client_prepared_bytes = 100000"
+    );
+    let first = format!("0{}", "n".repeat(40_000));
+    assert_eq!(
+        first_columns(&round(&mut c, &ext::run(&first, &[]), 1).await),
+        ["1"],
+        "the statements within the limit still run"
+    );
+}
+
 #[tokio::test]
 async fn the_server_cache_evicts_and_prepares_again() {
     let p = trust_pooler("pool_size = 1", "max_prepared_statements = 2").await;

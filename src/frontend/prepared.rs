@@ -97,7 +97,8 @@ impl ClientStatements {
         if self.by_name.len() >= self.limits.max_statements {
             return Err(StatementError::TooMany(self.limits.max_statements));
         }
-        if self.bytes + definition.len() > self.limits.max_bytes {
+        // The client's name counts too: it may be as long as a message.
+        if self.bytes + name.len() + definition.len() > self.limits.max_bytes {
             return Err(StatementError::TooLarge(self.limits.max_bytes));
         }
         let parse = extended::make_parse(buf, &global, definition).into_raw();
@@ -106,7 +107,7 @@ impl ClientStatements {
             parse,
             generation,
         });
-        self.bytes += stmt.parse.len();
+        self.bytes += name.len() + stmt.parse.len();
         self.by_name.insert(name.to_owned(), stmt.clone());
         Ok(stmt)
     }
@@ -119,16 +120,17 @@ impl ClientStatements {
     /// Forgets `name`, returning its statement if it existed.
     pub fn take(&mut self, name: &str) -> Option<Arc<Statement>> {
         let stmt = self.by_name.remove(name)?;
-        self.bytes -= stmt.parse.len();
+        self.bytes -= name.len() + stmt.parse.len();
         Some(stmt)
     }
 
     /// Gives `name` back its statement `stmt`, as before a
     /// [`ClientStatements::take`] that did not happen after all.
     pub fn restore(&mut self, name: String, stmt: Arc<Statement>) {
-        self.bytes += stmt.parse.len();
+        let name_len = name.len();
+        self.bytes += name_len + stmt.parse.len();
         if let Some(old) = self.by_name.insert(name, stmt) {
-            self.bytes -= old.parse.len();
+            self.bytes -= name_len + old.parse.len();
         }
     }
 
