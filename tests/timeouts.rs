@@ -287,3 +287,67 @@ async fn console_logins_are_bounded_and_counted_like_any_login() {
         1
     );
 }
+
+/// A client that stops reading once its query is done (ReadyForQuery
+/// already queued for it, its transaction open) is still bound by
+/// `idle_transaction_timeout`: its server is freed for others, rather than
+/// pinned for as long as the client keeps the connection open.
+#[tokio::test]
+async fn idle_transaction_timeout_frees_the_server_of_a_client_that_stops_reading() {
+    let p = pooler("idle_transaction_timeout = \"500ms\"\nquery_timeout = \"1s\"").await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(p.addr).await.expect("connect");
+    let mut raw = Raw::from_stream(stream);
+    raw.send(&pgtarn::protocol::encode::startup_message(&[
+        ("user", "app"),
+        ("database", "app"),
+    ]))
+    .await;
+    raw.read_until(b'Z').await;
+    raw.query("BEGIN").await;
+    raw.read_until(b'Z').await;
+    let su = PgServer::shared().superuser().await;
+    // Small results (each a single read for pgtarn, ReadyForQuery
+    // included), one at a time, none read, until pgtarn stops taking the
+    // client's queries: its socket to the client is full.
+    let mut stuck = false;
+    for i in 0..20_000 {
+        let sql = format!("SELECT {i}, repeat('x', 6000)");
+        raw.query(&sql).await;
+        let ran = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                let row = su
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
+                         AND state = 'idle in transaction' AND query = $1",
+                        &[&sql],
+                    )
+                    .await
+                    .expect("pg_stat_activity");
+                if row.get::<_, i64>(0) == 1 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        if ran.is_err() {
+            stuck = true;
+            break;
+        }
+    }
+    assert!(stuck, "pgtarn's socket to the client filled up");
+    wait_until("the stalled client's server is freed", DEADLINE, || async {
+        idle_in_transaction().await == 0 && p.pool().size() == 0
+    })
+    .await;
+    let (next, _conn) = connect(&p).await;
+    assert_eq!(
+        common::one(&next, "SELECT 3").await,
+        "3",
+        "pool_size 1 serves the next client"
+    );
+    drop(raw);
+    p.stop().await;
+}

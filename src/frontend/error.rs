@@ -84,9 +84,11 @@ pub enum ClientError {
     /// `cancel_wait_timeout`.
     #[error("query_timeout")]
     QueryTimeout,
-    /// The client stopped reading a result for longer than `query_timeout`;
-    /// a message may be cut, so the connection is closed without one.
-    #[error("client stopped reading its result for longer than query_timeout")]
+    /// The client stopped reading a result for longer than its time limit
+    /// (`query_timeout`, or once the query is done `idle_transaction_timeout`
+    /// or `client_idle_timeout`); a message may be cut, so the connection is
+    /// closed without one.
+    #[error("client stopped reading its result past its time limit")]
     StuckClient,
     /// An admin ran `KILL` on the client's database.
     #[error("terminating connection due to administrator command (KILL)")]

@@ -265,12 +265,13 @@ impl Session {
     }
 
     /// Writes the server's output to the client. A client that stops
-    /// reading while a query runs is bounded by `query_timeout` (its
-    /// server is then discarded).
+    /// reading is bounded by the time limit of the moment: `query_timeout`
+    /// while a query runs, `idle_transaction_timeout` or
+    /// `client_idle_timeout` once it is done (its server is then
+    /// discarded, not pinned until the client reads).
     async fn flush_to_client(&mut self) -> Result<(), ClientError> {
-        let limit = match self.next_timer() {
-            Some((at, Timer::Query | Timer::CancelWait)) => at,
-            _ => return Ok(self.to_client.flush(&mut self.client).await?),
+        let Some((limit, _)) = self.next_timer() else {
+            return Ok(self.to_client.flush(&mut self.client).await?);
         };
         match tokio::time::timeout_at(limit.into(), self.to_client.flush(&mut self.client)).await {
             Ok(r) => Ok(r?),

@@ -26,6 +26,14 @@ impl Raw {
         }
     }
 
+    /// Wraps an already connected socket.
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Opens and logs in (trust auth) as `user` to `db`, reading up to the
     /// first ReadyForQuery.
     pub async fn login(addr: std::net::SocketAddr, user: &str, db: &str) -> Raw {
