@@ -261,6 +261,58 @@ async fn pause_holds_clients_until_resume_and_kill_disconnects() {
     p.stop().await;
 }
 
+/// `KILL` reaches a client that stopped reading its result (no time limit
+/// configured): pgtarn is blocked writing to it, and the server it holds
+/// is blocked writing to pgtarn. The client is disconnected and its server
+/// closed, not left pinned until the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_disconnects_a_client_that_stopped_reading() {
+    let p = Pooler::start(&config("auth_type = \"trust\"")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let mut raw = common::raw::Raw::login(p.addr, "app", "app").await;
+    // About 100 MB of rows; the client reads none of it.
+    raw.query("SELECT 'stalled', repeat('x', 1000) FROM generate_series(1, 100000)")
+        .await;
+    let su = PgServer::shared().superuser().await;
+    wait_until(
+        "the server is blocked writing to pgtarn",
+        DEADLINE,
+        || async {
+            let row = su
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
+                 AND wait_event = 'ClientWrite' AND query LIKE 'SELECT ''stalled''%'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity");
+            row.get::<_, i64>(0) == 1
+        },
+    )
+    .await;
+    admin.simple_query("KILL app").await.expect("kill");
+    wait_until(
+        "the stalled client's server is closed",
+        DEADLINE,
+        || async {
+            let pool = pool_row(&admin).await;
+            pool["sv_active"] == "0" && pool["cl_active"] == "0"
+        },
+    )
+    .await;
+    let drained = tokio::time::timeout(DEADLINE, raw.drain()).await;
+    assert!(
+        drained.is_ok(),
+        "pgtarn closed the stalled client's connection"
+    );
+    admin.simple_query("RESUME app").await.expect("resume");
+    let next = p.connect().await;
+    next.simple_query("SELECT 1")
+        .await
+        .expect("new clients work after RESUME");
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_applies_a_new_pool_size_and_rejects_a_bad_file() {
     let dir = tempfile::tempdir().expect("tempdir");

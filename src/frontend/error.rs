@@ -86,9 +86,9 @@ pub enum ClientError {
     QueryTimeout,
     /// The client stopped reading a result for longer than its time limit
     /// (`query_timeout`, or once the query is done `idle_transaction_timeout`
-    /// or `client_idle_timeout`); a message may be cut, so the connection is
-    /// closed without one.
-    #[error("client stopped reading its result past its time limit")]
+    /// or `client_idle_timeout`), or was killed meanwhile; a message may be
+    /// cut, so the connection is closed without one.
+    #[error("client stopped reading its result past its time limit or KILL")]
     StuckClient,
     /// An admin ran `KILL` on the client's database.
     #[error("terminating connection due to administrator command (KILL)")]

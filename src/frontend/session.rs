@@ -268,14 +268,15 @@ impl Session {
     /// reading is bounded by the time limit of the moment: `query_timeout`
     /// while a query runs, `idle_transaction_timeout` or
     /// `client_idle_timeout` once it is done (its server is then
-    /// discarded, not pinned until the client reads).
+    /// discarded, not pinned until the client reads). So is an admin's
+    /// `KILL` (or the end of a shutdown) while the client is not reading.
     async fn flush_to_client(&mut self) -> Result<(), ClientError> {
-        let Some((limit, _)) = self.next_timer() else {
-            return Ok(self.to_client.flush(&mut self.client).await?);
-        };
-        match tokio::time::timeout_at(limit.into(), self.to_client.flush(&mut self.client)).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ClientError::StuckClient),
+        let timer = self.next_timer();
+        tokio::select! {
+            biased;
+            r = self.to_client.flush(&mut self.client) => Ok(r?),
+            _ = killed(&self.listed, KillReason::Admin) => Err(ClientError::StuckClient),
+            _ = expiry(timer) => Err(ClientError::StuckClient),
         }
     }
 
