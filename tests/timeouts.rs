@@ -351,3 +351,67 @@ async fn idle_transaction_timeout_frees_the_server_of_a_client_that_stops_readin
     drop(raw);
     p.stop().await;
 }
+
+/// `query_timeout` cancels a query even while the client has a large
+/// pipeline queued behind it: the server, blocked (here on a lock), reads
+/// none of it, and pgtarn is blocked writing it to the server.
+#[tokio::test]
+async fn query_timeout_cancels_a_query_with_a_large_pipeline_behind_it() {
+    use bytes::{Buf, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pooler("query_timeout = \"500ms\"").await;
+    let raw = Raw::login(p.addr, "app", "app").await;
+    let pg = PgServer::shared();
+    let (holder, conn) = tokio_postgres::connect(&pg.app_conn_str(), NoTls)
+        .await
+        .expect("connect to Postgres");
+    tokio::spawn(conn);
+    holder
+        .simple_query("SELECT pg_advisory_lock(7314)")
+        .await
+        .expect("take the lock");
+    // The blocked query, then 32 MB of queries behind it.
+    let mut pipeline = BytesMut::new();
+    pgtarn::protocol::encode::query(&mut pipeline, "SELECT pg_advisory_lock(7314)");
+    let filler = format!("SELECT 1 -- {}", "x".repeat(64 * 1024));
+    for _ in 0..512 {
+        pgtarn::protocol::encode::query(&mut pipeline, &filler);
+    }
+    let Raw { stream, .. } = raw;
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&pipeline).await;
+        wr
+    });
+    let started = Instant::now();
+    // RowDescription, then the error.
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = BytesMut::new();
+        loop {
+            if buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if buf.len() > len {
+                    let tag = buf[0];
+                    buf.advance(5);
+                    let body = buf.split_to(len - 4).freeze();
+                    if tag != b'T' {
+                        return (tag, body);
+                    }
+                    continue;
+                }
+            }
+            assert_ne!(rd.read_buf(&mut buf).await.expect("read"), 0, "EOF");
+        }
+    })
+    .await;
+    let waited = started.elapsed();
+    holder
+        .simple_query("SELECT pg_advisory_unlock(7314)")
+        .await
+        .expect("release the lock");
+    let (tag, body) = first.expect("the blocked query ends within 5 s");
+    assert_eq!(tag, b'E', "an ErrorResponse first");
+    assert_eq!(common::raw::sqlstate(&body), "57014", "after {waited:?}");
+    drop(writer.await);
+    p.stop().await;
+}

@@ -529,15 +529,21 @@ impl Session {
     /// takes no more, its output is read and relayed meanwhile: a server
     /// blocked writing results that nobody reads would never read the rest
     /// of ours (a client pipelining many queries with large results).
+    /// `query_timeout` applies meanwhile: a query that blocks (on a lock,
+    /// say) with a long pipeline behind it takes none of it.
     async fn flush_to_server(&mut self) -> Result<(), ClientError> {
         loop {
+            let timer = match self.next_timer() {
+                t @ Some((_, Timer::Query | Timer::CancelWait)) => t,
+                _ => None,
+            };
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
             };
             let server = &mut **server;
             let to_server = &mut self.to_server;
             make_room(&mut server.rbuf);
-            let step = std::future::poll_fn(|cx| {
+            let flush = std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = to_server.poll_flush(&mut server.stream, cx) {
                     return Poll::Ready(Ok(r));
                 }
@@ -547,8 +553,15 @@ impl Session {
                     &mut server.rbuf,
                 );
                 read.map(Err)
-            })
-            .await;
+            });
+            let step = tokio::select! {
+                biased;
+                step = flush => step,
+                t = expiry(timer) => {
+                    self.on_timeout(t)?;
+                    continue;
+                }
+            };
             match step {
                 Ok(flushed) => return flushed.map_err(|e| ClientError::ServerLost(e.into())),
                 Err(Ok(0)) => return Err(ClientError::ServerLost(BackendError::Closed)),
