@@ -415,3 +415,31 @@ async fn query_timeout_cancels_a_query_with_a_large_pipeline_behind_it() {
     drop(writer.await);
     p.stop().await;
 }
+
+/// A client that sends messages pgtarn answers itself (Sync, with no
+/// server attached) and never reads its replies is bound by
+/// `client_idle_timeout` too: it is disconnected rather than left
+/// connected, holding its client slot, for as long as it likes.
+#[tokio::test]
+async fn client_idle_timeout_ends_a_client_that_sends_syncs_and_never_reads() {
+    use tokio::io::AsyncWriteExt;
+    let p = pooler("client_idle_timeout = \"500ms\"").await;
+    let raw = Raw::login(p.addr, "app", "app").await;
+    let Raw { stream, .. } = raw;
+    let (rd, mut wr) = stream.into_split();
+    // 8 MB of Syncs, each answered with a ReadyForQuery that is never read.
+    let syncs = common::raw::ext::sync().repeat((8 << 20) / 5);
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&syncs).await;
+        wr
+    });
+    wait_until("pgtarn disconnected the client", DEADLINE, || async {
+        p.pool().counts(None).cl_active == 0
+    })
+    .await;
+    drop(rd);
+    writer.abort();
+    let (next, _conn) = connect(&p).await;
+    assert_eq!(common::one(&next, "SELECT 4").await, "4");
+    p.stop().await;
+}

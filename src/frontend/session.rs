@@ -264,12 +264,12 @@ impl Session {
         }
     }
 
-    /// Writes the server's output to the client. A client that stops
-    /// reading is bounded by the time limit of the moment: `query_timeout`
-    /// while a query runs, `idle_transaction_timeout` or
-    /// `client_idle_timeout` once it is done (its server is then
-    /// discarded, not pinned until the client reads). So is an admin's
-    /// `KILL` (or the end of a shutdown) while the client is not reading.
+    /// Writes the server's output (and pgtarn's own replies) to the
+    /// client. A client that stops reading is bounded by the time limit of
+    /// the moment: `query_timeout` while a query runs,
+    /// `idle_transaction_timeout` or `client_idle_timeout` otherwise (its
+    /// server, if any, is then discarded, not pinned until the client
+    /// reads). So is an admin's `KILL` (or the end of a shutdown).
     async fn flush_to_client(&mut self) -> Result<(), ClientError> {
         let timer = self.next_timer();
         tokio::select! {
@@ -343,7 +343,7 @@ impl Session {
         }
         self.flush_to_server().await?;
         if !self.to_client.is_empty() {
-            self.to_client.flush(&mut self.client).await?;
+            self.flush_to_client().await?;
         }
         // A server held back while the client finished a message (the tail
         // of a CopyData after a failed COPY) goes back now.
