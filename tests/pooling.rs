@@ -345,6 +345,46 @@ async fn a_client_killed_mid_transaction_does_not_leak_its_server() {
     b.batch_execute(&format!("drop table {t}")).await.unwrap();
 }
 
+/// A client that disconnects while queued for a server leaves the queue
+/// at once (as with PgBouncer): it is no longer counted in `cl_waiting`,
+/// and the query it left behind never runs.
+#[tokio::test]
+async fn a_client_gone_while_queued_leaves_the_queue_and_its_query_never_runs() {
+    let p = pooler("", "pool_size = 1").await;
+    let t = table("queued");
+    let holder = p.connect().await;
+    holder
+        .batch_execute(&format!("create table {t} (id int)"))
+        .await
+        .unwrap();
+    holder.batch_execute("begin").await.unwrap();
+    let (ghost, ghost_conn) = p.connect_killable("").await;
+    let insert = format!("insert into {t} values (1)");
+    let queued = tokio::spawn(async move { ghost.batch_execute(&insert).await });
+    wait_until("the second client is queued", DEADLINE, || async {
+        p.pool().counts(None).cl_waiting == 1
+    })
+    .await;
+    ghost_conn.abort();
+    let _ = queued.await;
+    wait_until("the gone client left the queue", DEADLINE, || async {
+        p.pool().counts(None).cl_waiting == 0
+    })
+    .await;
+    holder.batch_execute("commit").await.unwrap();
+    let next = p.connect().await;
+    assert_eq!(one(&next, "select 'next'").await, "next");
+    assert_eq!(
+        one(&holder, &format!("select count(*) from {t}")).await,
+        "0",
+        "the gone client's insert did not run"
+    );
+    holder
+        .batch_execute(&format!("drop table {t}"))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn session_mode_resets_the_server_before_reuse() {
     let p = pooler("", "pool_mode = \"session\"\npool_size = 1").await;

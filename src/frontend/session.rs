@@ -431,12 +431,17 @@ impl Session {
         self.set_state(ConnState::Waiting, started);
         // A client waiting for a server holds none and has sent nothing of
         // its transaction: any kill (a drain too) ends it before its query
-        // can run, on a server that a kill may just have freed.
+        // can run, on a server that a kill may just have freed. So does
+        // its leaving: its query must not run for nobody.
+        let before = self.cbuf.len();
         let (mut server, now) = tokio::select! {
             biased;
             r = self.pool.checkout_since(started) => r?,
             r = killed(&self.listed, KillReason::Drain) => return Err(r.into()),
+            e = client_gone(&mut self.client, &mut self.cbuf) => return Err(e),
         };
+        let read = self.cbuf.len() - before;
+        self.pool.stats.received.inc_by(read as u64);
         if let Some(r) = self.listed.as_ref().and_then(|l| l.kill_requested()) {
             return Err(r.into());
         }
@@ -700,6 +705,24 @@ impl Session {
         }
         drop(server);
     }
+}
+
+/// Most bytes read ahead from a client waiting for a server, to see it
+/// leave; past them its socket is no longer watched until it has one.
+const WAITING_READ_AHEAD: usize = 64 * 1024;
+
+/// Completes when the client closes its connection (or it fails), keeping
+/// what it sends meanwhile in `buf` for later.
+async fn client_gone(client: &mut Stream, buf: &mut BytesMut) -> ClientError {
+    while buf.len() < WAITING_READ_AHEAD {
+        make_room(buf);
+        match client.read_buf(buf).await {
+            Ok(0) => return std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+            Ok(_) => {}
+            Err(e) => return e.into(),
+        }
+    }
+    std::future::pending().await
 }
 
 /// Completes when `timer` expires (never if there is none).
