@@ -761,4 +761,42 @@ async fn keepalive_is_set_on_client_and_server_connections() {
             }
         }
     }
+
+/// A server that stops answering while pgtarn brings its settings in line
+/// with a client's (the step before the client's query) is bounded by
+/// `query_timeout` like the query itself: the client gets an error instead
+/// of hanging, the server is dropped, and the pool recovers.
+#[tokio::test]
+async fn a_server_dead_while_settings_are_synced_is_bounded_by_query_timeout() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let general = "query_timeout = \"500ms\"\ncancel_wait_timeout = \"500ms\"";
+    let p = Pooler::start(&config(
+        general,
+        &[("app", proxy.addr.port())],
+        "pool_size = 1",
+        "app-secret",
+    ))
+    .await;
+    let named = |name: &str| format!("{} application_name={name}", conn_str(&p, "app"));
+    let (a, conn) = tokio_postgres::connect(&named("first"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    assert_eq!(one(&a, "select 1").await, "1");
+    wait_stats(&p, "app", 1, 1).await;
+    // The next client's application_name must be set on the server first;
+    // the server no longer answers.
+    let (b, conn) = tokio_postgres::connect(&named("second"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    proxy.blackhole_existing();
+    let started = Instant::now();
+    let r = within("the second client's query", b.simple_query("select 2")).await;
+    let e = r.expect_err("the query cannot have run");
+    assert_eq!(db_error(&e).0, "08006", "{e}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let c = connect(&p, "app").await.unwrap();
+    assert_eq!(within("the pool recovers", one(&c, "select 3")).await, "3");
 }

@@ -460,7 +460,17 @@ impl Session {
             .is_some_and(|s| Arc::ptr_eq(s, &wanted) || **s == *wanted);
         if !in_sync {
             if let Some(sql) = self.params.sync_sql(&mut server.settings, &self.defaults) {
-                match server.run_internal(&sql).await {
+                // Part of the client's query: bounded by `query_timeout`
+                // (a server that stops answering is then dropped).
+                let limit = self.timeouts.query;
+                let sync = server.run_internal(&sql);
+                let synced = if limit.is_zero() {
+                    sync.await
+                } else {
+                    let timed = tokio::time::timeout(limit, sync).await;
+                    timed.unwrap_or(Err(BackendError::Timeout(limit)))
+                };
+                match synced {
                     Ok(None) => {}
                     Ok(Some(rejected)) => return Err(ClientError::SettingRejected(rejected)),
                     Err(e) => return Err(ClientError::ServerLost(e)),
