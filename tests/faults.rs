@@ -761,6 +761,7 @@ async fn keepalive_is_set_on_client_and_server_connections() {
             }
         }
     }
+}
 
 /// A server that stops answering while pgtarn brings its settings in line
 /// with a client's (the step before the client's query) is bounded by

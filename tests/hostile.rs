@@ -751,3 +751,46 @@ async fn copy_data_after_a_failed_copy_never_reaches_a_server_as_messages() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------
+// Queries that are costly to read
+// ---------------------------------------------------------------------
+
+/// A query of many `SET`s of distinct settings (each to follow the client
+/// to other servers) is read in linear time. Two such clients must not
+/// hold pgtarn's worker threads for minutes: a bystander is answered
+/// promptly meanwhile, and so are they. (The query fails at once on
+/// Postgres, which runs none of the `SET`s: only pgtarn's reading counts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_of_many_distinct_sets_do_not_stall_pgtarn() {
+    let _serial = SERIAL.lock().await;
+    let p = Pooler::trust("", "pool_size = 3").await;
+    let bystander = p.connect().await;
+    assert_eq!(one(&bystander, "select 'warm'").await, "warm");
+    // About 3 MB: 100,000 custom settings after a statement that fails.
+    let sets: String = (0..100_000)
+        .map(|i| format!("SET pgtarn_test.s{i} = '1';"))
+        .collect();
+    let sql = format!("SELECT 1/0;{sets}");
+    let started = std::time::Instant::now();
+    let mut setters = Vec::new();
+    for _ in 0..2 {
+        let mut raw = Raw::login(p.addr, "app", "app").await;
+        let sql = sql.clone();
+        setters.push(tokio::spawn(async move {
+            raw.query(&sql).await;
+            raw::errors(&raw.read_until(b'Z').await)
+        }));
+    }
+    let answered = timeout(DEADLINE, one(&bystander, "select 'meanwhile'")).await;
+    let waited = started.elapsed();
+    assert_eq!(answered.ok().as_deref(), Some("meanwhile"));
+    assert!(
+        waited < Duration::from_secs(5),
+        "bystander waited {waited:?}"
+    );
+    for s in setters {
+        let errors = timeout(DEADLINE, s).await.expect("the SETs are answered");
+        assert_eq!(errors.expect("join"), ["22012"]);
+    }
+}

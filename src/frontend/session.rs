@@ -638,7 +638,8 @@ impl Session {
             .collect();
         // Whether each RESET held (not rolled back): the setting is at its
         // reset value on this server.
-        columns.extend(changed.resets.iter().map(|n| {
+        let resets = changed.resets();
+        columns.extend(resets.iter().map(|n| {
             format!(
                 "(SELECT setting IS NOT DISTINCT FROM reset_val \
                  FROM pg_catalog.pg_settings WHERE name = {})",
@@ -665,7 +666,7 @@ impl Session {
         }
         // Reset on this server to its default; the client's is the login
         // value, applied at the next checkout.
-        for (name, held) in changed.resets.iter().zip(row) {
+        for (name, held) in resets.iter().zip(row) {
             if held.as_deref() == Some("t") {
                 self.params.reset(name);
             }

@@ -8,17 +8,21 @@
 //! AUTHORIZATION`, `SET TRANSACTION` and `set_config()` calls are not
 //! tracked.
 
+use std::collections::BTreeSet;
+
 /// Settings a query changes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changed {
-    /// Names (lower-case) set or reset.
-    pub names: Vec<String>,
+    /// Names (lower-case) set or reset; a set, so that a query of many
+    /// `SET`s is read in linear time.
+    pub names: BTreeSet<String>,
     /// `RESET ALL` or `DISCARD ALL`: everything back to the start.
     pub reset_all: bool,
-    /// The names in `names` whose last change was `RESET name` or `SET
-    /// name TO DEFAULT` (or a `RESET ALL` after it): back to the value the
-    /// client logged in with, if it sent one, not the server's default.
-    pub resets: Vec<String>,
+    /// Names whose last change (after the last `RESET ALL`, if any) was
+    /// `RESET name` or `SET name TO DEFAULT`.
+    resets: BTreeSet<String>,
+    /// Names set to a value after the last `RESET ALL` (with `reset_all`).
+    kept: BTreeSet<String>,
 }
 
 impl Changed {
@@ -27,21 +31,37 @@ impl Changed {
         self.names.is_empty() && !self.reset_all
     }
 
-    /// Adds what `other` changes.
+    /// The names whose last change was a reset (`RESET name`, `SET name
+    /// TO DEFAULT`, or a `RESET ALL` after their last `SET`): back to the
+    /// value the client logged in with, if it sent one, not the server's
+    /// default.
+    pub fn resets(&self) -> Vec<String> {
+        let reset =
+            |n: &&String| self.resets.contains(*n) || (self.reset_all && !self.kept.contains(*n));
+        self.names.iter().filter(reset).cloned().collect()
+    }
+
+    /// Adds what `other` changes (it came after). Linear in `other`'s size
+    /// (a `RESET ALL` in `other` replaces what came before).
     pub fn merge(&mut self, other: Changed) {
         if other.reset_all {
-            self.resets = self.names.clone();
-        }
-        for n in other.names {
-            self.resets.retain(|r| *r != n);
-            if other.resets.contains(&n) {
-                self.resets.push(n.clone());
+            self.reset_all = true;
+            self.resets = other.resets;
+            self.kept = other.kept;
+        } else {
+            for n in &other.names {
+                if other.resets.contains(n) {
+                    self.resets.insert(n.clone());
+                    self.kept.remove(n);
+                } else {
+                    self.resets.remove(n);
+                    if self.reset_all {
+                        self.kept.insert(n.clone());
+                    }
+                }
             }
-            if !self.names.contains(&n) {
-                self.names.push(n);
-            }
         }
-        self.reset_all |= other.reset_all;
+        self.names.extend(other.names);
     }
 }
 
@@ -104,6 +124,7 @@ fn classify(words: &[String]) -> Changed {
         names: name.iter().cloned().collect(),
         reset_all: false,
         resets: name.filter(|_| to_default).into_iter().collect(),
+        kept: BTreeSet::new(),
     };
     match l.as_slice() {
         ["discard", "all", ..] | ["reset", "all", ..] => Changed {
@@ -233,7 +254,7 @@ mod tests {
     }
 
     fn names(sql: &str) -> Vec<String> {
-        changed_settings(sql.as_bytes()).names
+        changed_settings(sql.as_bytes()).names.into_iter().collect()
     }
 
     #[test]
@@ -271,7 +292,7 @@ mod tests {
 
     #[test]
     fn finds_what_goes_back_to_the_login_value() {
-        let resets = |sql: &str| changed_settings(sql.as_bytes()).resets;
+        let resets = |sql: &str| changed_settings(sql.as_bytes()).resets();
         assert_eq!(resets("RESET work_mem"), ["work_mem"]);
         assert_eq!(resets("set work_mem to default"), ["work_mem"]);
         assert_eq!(resets("SET SESSION work_mem = DEFAULT"), ["work_mem"]);
@@ -282,6 +303,21 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(resets("set a = 1; reset all; set b = 2"), ["a"]);
+        assert_eq!(resets("reset all; set a = 1; reset a"), ["a"]);
+        assert_eq!(resets("set a = 1; set b = 1; reset all; set b = 2"), ["a"]);
+        // Across queries of one transaction, as the session merges them.
+        let mut t = changed_settings(b"set a = 1; reset all");
+        t.merge(changed_settings(b"set a = 2"));
+        assert_eq!(t.resets(), Vec::<String>::new());
+        t.merge(changed_settings(b"reset all; reset b"));
+        assert_eq!(t.resets(), ["a", "b"]);
+        // Many RESET ALLs between many SETs stay linear.
+        let sql: String = (0..50_000)
+            .map(|i| format!("set s.x{i} = 1; reset all; "))
+            .collect();
+        let started = std::time::Instant::now();
+        assert_eq!(changed_settings(sql.as_bytes()).resets().len(), 50_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
