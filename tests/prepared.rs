@@ -905,3 +905,30 @@ async fn deallocate_all_inside_a_multi_statement_query_is_followed() {
         "another client's statement survives"
     );
 }
+
+/// A SET in a statement that pgtarn answered the Parse of itself (its
+/// query had been prepared before, here by another client) is followed
+/// like any other: it reaches the client's settings, and never stays
+/// behind on the server for the next client.
+#[tokio::test]
+async fn a_set_prepared_without_a_server_is_followed_too() {
+    let p = trust_pooler("pool_size = 1", "").await;
+    let set = "set search_path = pg_catalog";
+    let mut a = Raw::login(p.addr, "app", "app").await;
+    let r = round(&mut a, &[ext::parse("a", set), ext::sync()].concat(), 1).await;
+    assert_eq!(tags(&r), "1Z");
+    let mut b = Raw::login(p.addr, "app", "app").await;
+    let r = round(&mut b, &[ext::parse("b", set), ext::sync()].concat(), 1).await;
+    assert_eq!(tags(&r), "1Z");
+    let r = round(&mut b, &ext::run("b", &[]), 1).await;
+    assert_eq!(tags(&r), "2CZ");
+    let show = [ext::parse("", "show search_path"), ext::run("", &[])].concat();
+    let shown = first_columns(&round(&mut b, &show, 1).await);
+    assert_eq!(shown, ["pg_catalog"], "b keeps its SET");
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    assert_eq!(
+        first_columns(&round(&mut c, &show, 1).await),
+        ["\"$user\", public"],
+        "b's SET stays with b, not with the server"
+    );
+}

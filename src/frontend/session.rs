@@ -359,6 +359,11 @@ impl Session {
         if self.server.is_none() && matches!(f.tag(), b'd' | b'c' | b'f') {
             return Ok(());
         }
+        // Noted whoever answers the frame: a Parse that pgtarn answers
+        // itself defines a statement whose SET must be followed too.
+        if self.mode == PoolMode::Transaction {
+            self.note_changes(&f);
+        }
         if let Some(t) = self.translator.as_mut()
             && self.server.is_none()
             && t.answer_locally(&f, &mut self.to_client)?
@@ -366,9 +371,6 @@ impl Session {
             return Ok(());
         }
         self.attach().await?;
-        if self.mode == PoolMode::Transaction {
-            self.note_changes(&f);
-        }
         let Some(server) = self.server.as_mut() else {
             return Ok(());
         };
