@@ -932,3 +932,36 @@ async fn a_set_prepared_without_a_server_is_followed_too() {
         "b's SET stays with b, not with the server"
     );
 }
+
+/// Resident memory of this process (pgtarn runs in it), KiB.
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm.split(' ').nth(1).unwrap().parse().unwrap();
+    pages * 4
+}
+
+/// A statement that changes a setting is remembered (to follow the SET
+/// when it is bound) only while the client has it: one closed again keeps
+/// no memory. A client preparing and closing such statements under new
+/// names (as drivers with a statement cache do) must not grow pgtarn.
+#[tokio::test]
+async fn closed_set_statements_keep_no_memory() {
+    let p = trust_pooler("", "").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let before = rss_kib();
+    for i in 0..200 {
+        // 1 MB names: what is kept of each shows in the process's memory.
+        let name = format!("{i}{}", "n".repeat(1 << 20));
+        let msgs = [
+            ext::parse(&name, "set search_path = public"),
+            ext::close(&name),
+            ext::sync(),
+        ]
+        .concat();
+        assert_eq!(tags(&round(&mut c, &msgs, 1).await), "13Z", "round {i}");
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    c.query("select 1").await;
+    assert_eq!(first_columns(&c.read_until(b'Z').await), ["1"]);
+}

@@ -32,7 +32,7 @@ use crate::pool::{Checkout, Pool};
 use crate::protocol::backend as msg;
 use crate::protocol::encode;
 use crate::protocol::sqlstate::QUERY_CANCELED;
-use crate::protocol::{Frame, Item, ProtocolError, Splitter};
+use crate::protocol::{Frame, Item, ProtocolError, Splitter, extended};
 use crate::shutdown::Shutdown;
 use crate::stats::CloseReason;
 use crate::stats::clients::{ConnState, KillReason, Listed};
@@ -409,6 +409,13 @@ impl Session {
                 }
                 if !changes.is_empty() {
                     sets.push((name.into(), changes));
+                }
+            }
+            // A statement closed is forgotten (a driver's statement cache
+            // prepares and closes statements under ever new names).
+            b'C' if !self.set_statements.is_empty() => {
+                if let Ok((b'S', name)) = extended::target(f.body()) {
+                    self.set_statements.retain(|(n, _)| **n != *name.as_bytes());
                 }
             }
             b'B' if !self.set_statements.is_empty() => {
