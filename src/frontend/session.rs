@@ -396,7 +396,9 @@ impl Session {
         match f.tag() {
             b'Q' => {
                 let sql = f.body().strip_suffix(b"\0").unwrap_or(f.body());
-                self.changed.merge(changed_settings(sql));
+                if let Some(changes) = changed_settings(sql) {
+                    self.changed.merge(changes);
+                }
             }
             b'P' => {
                 let Some((name, sql)) = two_strings(f.body()) else {
@@ -404,10 +406,10 @@ impl Session {
                 };
                 let changes = changed_settings(sql);
                 let sets = &mut self.set_statements;
-                if !sets.is_empty() || !changes.is_empty() {
+                if !sets.is_empty() || changes.is_some() {
                     sets.retain(|(n, _)| **n != *name);
                 }
-                if !changes.is_empty() {
+                if let Some(changes) = changes {
                     sets.push((name.into(), changes));
                 }
             }

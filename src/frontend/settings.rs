@@ -44,6 +44,9 @@ impl Changed {
     /// Adds what `other` changes (it came after). Linear in `other`'s size
     /// (a `RESET ALL` in `other` replaces what came before).
     pub fn merge(&mut self, other: Changed) {
+        if other.is_empty() {
+            return;
+        }
         if other.reset_all {
             self.reset_all = true;
             self.resets = other.resets;
@@ -86,11 +89,11 @@ fn starts_tracked_word(s: &[u8]) -> bool {
 }
 
 /// The settings the simple query `sql` changes.
-pub fn changed_settings(sql: &[u8]) -> Changed {
+pub fn changed_settings(sql: &[u8]) -> Option<Changed> {
     if !may_change(sql) {
-        return Changed::default();
+        return None;
     }
-    read_changes(sql)
+    Some(read_changes(sql)).filter(|c| !c.is_empty())
 }
 
 /// [`changed_settings`] without the pre-check.
@@ -254,7 +257,11 @@ mod tests {
     }
 
     fn names(sql: &str) -> Vec<String> {
-        changed_settings(sql.as_bytes()).names.into_iter().collect()
+        changed_settings(sql.as_bytes())
+            .unwrap_or_default()
+            .names
+            .into_iter()
+            .collect()
     }
 
     #[test]
@@ -286,13 +293,22 @@ mod tests {
             "select * from settings",
             "update t set x = 1",
         ] {
-            assert!(changed_settings(sql.as_bytes()).is_empty(), "{sql}");
+            assert!(
+                changed_settings(sql.as_bytes())
+                    .unwrap_or_default()
+                    .is_empty(),
+                "{sql}"
+            );
         }
     }
 
     #[test]
     fn finds_what_goes_back_to_the_login_value() {
-        let resets = |sql: &str| changed_settings(sql.as_bytes()).resets();
+        let resets = |sql: &str| {
+            changed_settings(sql.as_bytes())
+                .unwrap_or_default()
+                .resets()
+        };
         assert_eq!(resets("RESET work_mem"), ["work_mem"]);
         assert_eq!(resets("set work_mem to default"), ["work_mem"]);
         assert_eq!(resets("SET SESSION work_mem = DEFAULT"), ["work_mem"]);
@@ -306,24 +322,38 @@ mod tests {
         assert_eq!(resets("reset all; set a = 1; reset a"), ["a"]);
         assert_eq!(resets("set a = 1; set b = 1; reset all; set b = 2"), ["a"]);
         // Across queries of one transaction, as the session merges them.
-        let mut t = changed_settings(b"set a = 1; reset all");
-        t.merge(changed_settings(b"set a = 2"));
+        let mut t = changed_settings(b"set a = 1; reset all").unwrap_or_default();
+        t.merge(changed_settings(b"set a = 2").unwrap_or_default());
         assert_eq!(t.resets(), Vec::<String>::new());
-        t.merge(changed_settings(b"reset all; reset b"));
+        t.merge(changed_settings(b"reset all; reset b").unwrap_or_default());
         assert_eq!(t.resets(), ["a", "b"]);
         // Many RESET ALLs between many SETs stay linear.
         let sql: String = (0..50_000)
             .map(|i| format!("set s.x{i} = 1; reset all; "))
             .collect();
         let started = std::time::Instant::now();
-        assert_eq!(changed_settings(sql.as_bytes()).resets().len(), 50_000);
+        assert_eq!(
+            changed_settings(sql.as_bytes())
+                .unwrap_or_default()
+                .resets()
+                .len(),
+            50_000
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
     fn reset_all_and_discard_all_reset_everything() {
-        assert!(changed_settings(b"RESET ALL").reset_all);
-        assert!(changed_settings(b"discard all;").reset_all);
-        assert!(!changed_settings(b"discard plans").reset_all);
+        assert!(changed_settings(b"RESET ALL").unwrap_or_default().reset_all);
+        assert!(
+            changed_settings(b"discard all;")
+                .unwrap_or_default()
+                .reset_all
+        );
+        assert!(
+            !changed_settings(b"discard plans")
+                .unwrap_or_default()
+                .reset_all
+        );
     }
 }
