@@ -201,8 +201,15 @@ async fn a_changed_upstream_takes_connected_clients_along() {
     let b = p.connect().await;
     assert_eq!(one(&b, "select current_database()::text").await, "postgres");
     assert_eq!(pool.size(), 1, "pool_size 1 holds across the reload");
-    let counts = pool.counts(None);
-    assert_eq!((counts.cl_active, counts.sv_idle), (2, 1), "{counts:?}");
+    // The server goes back to the pool just after b's ReadyForQuery.
+    let settled = || {
+        let counts = pool.counts(None);
+        (counts.cl_active, counts.sv_idle) == (2, 1)
+    };
+    wait_until("both clients idle, the server back", DEADLINE, || {
+        std::future::ready(settled())
+    })
+    .await;
 }
 
 /// A reload that changes nothing keeps every pool, including those of
