@@ -393,6 +393,13 @@ async fn reset_returns_to_the_login_value() {
             assert_eq!(one(&c, "show application_name").await, "login-app");
         }
     }
+    // Names whose pg_settings spelling has capitals (TimeZone) too.
+    let tz = p.connect_with("options='-c TimeZone=Asia/Tokyo'").await;
+    tz.batch_execute("set timezone = 'UTC'").await.unwrap();
+    tz.batch_execute("reset timezone").await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(one(&tz, "show timezone").await, "Asia/Tokyo");
+    }
     // A RESET rolled back with its transaction changes nothing.
     c.batch_execute("set work_mem = '5MB'").await.unwrap();
     c.batch_execute("begin; reset work_mem; rollback")

@@ -653,7 +653,7 @@ impl Session {
         columns.extend(resets.iter().map(|n| {
             format!(
                 "(SELECT setting IS NOT DISTINCT FROM reset_val \
-                 FROM pg_catalog.pg_settings WHERE name = {})",
+                 FROM pg_catalog.pg_settings WHERE lower(name) = {})",
                 quote(n)
             )
         }));
