@@ -128,13 +128,14 @@ impl DbLimit {
         taken.ok().map(|_| DbSlot(self.clone()))
     }
 
-    /// Asks the database's pools, in turn, to close an idle connection.
-    fn evict_one(&self) -> bool {
+    /// Asks the database's pools, in turn, to close an idle connection,
+    /// until one did.
+    fn evict_one(&self) {
         let pools: Vec<_> = {
             let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             pools.iter().filter_map(Weak::upgrade).collect()
         };
-        pools.iter().any(|p| p.evict_idle())
+        let _closed_one = pools.iter().any(|p| p.evict_idle());
     }
 }
 

@@ -211,10 +211,6 @@ pub struct ServerConn {
     pub db_slot: Option<limit::DbSlot>,
 }
 
-fn stream_is_tcp(addr: &ServerAddr) -> bool {
-    matches!(addr, ServerAddr::Tcp(_))
-}
-
 /// Opens the socket to `target`: its Unix-domain socket, or TCP with TLS
 /// as configured.
 async fn open(target: &Target) -> Result<(Stream, ServerAddr), BackendError> {
@@ -239,7 +235,7 @@ impl ServerConn {
     /// Connects and logs in to `target`; `id` names it in logs.
     pub async fn connect(target: &Target, id: u64) -> Result<ServerConn, BackendError> {
         let (stream, addr) = open(target).await?;
-        let tls = target.tls.clone().filter(|_| stream_is_tcp(&addr));
+        let tls = target.tls.clone().filter(|_| addr.tcp().is_some());
         let mut conn = ServerConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
