@@ -112,7 +112,8 @@ async fn asyncpg_prepared_statements_in_transaction_mode() {
         "asyncpg_check.py",
         Command::new("python3")
             .arg(&script)
-            .args(["127.0.0.1", &port]),
+            .args(["127.0.0.1", &port])
+            .env("ASYNCPG_CHECK_POOL_SIZE", POOL_SIZE.to_string()),
     )
     .await;
     assert_success("asyncpg_check.py", &out);

@@ -972,3 +972,104 @@ async fn closed_set_statements_keep_no_memory() {
     c.query("select 1").await;
     assert_eq!(first_columns(&c.read_until(b'Z').await), ["1"]);
 }
+
+/// Puts the client's statement `s1` (`select * from {table}`) on one
+/// server and leaves the client facing the other one, which never had
+/// it, after `ddl` ran on a direct connection (so no server has reported
+/// anything about it): returns the client and the replies to `then`
+/// (ending in `syncs` ReadyForQuery), which uses `s1`.
+async fn run_on_a_fresh_server_after(
+    table: &str,
+    ddl: &str,
+    then: &[u8],
+    syncs: usize,
+) -> (Pooler, Raw, Vec<(u8, Bytes)>) {
+    let p = trust_pooler("pool_size = 2", "").await;
+    let (direct, conn) =
+        tokio_postgres::connect(&PgServer::shared().app_conn_str(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    direct
+        .batch_execute(&format!(
+            "drop table if exists {table}; create table {table} (a int); \
+             insert into {table} values (1)"
+        ))
+        .await
+        .unwrap();
+    let login = || Raw::login(p.addr, "app", "app");
+    let (mut c, mut d, mut e) = (login().await, login().await, login().await);
+    let begin = queries(&["begin"]);
+    let commit = queries(&["commit"]);
+    // c prepares s1 on server A inside a transaction, so A stays c's while
+    // d takes server B.
+    round(&mut c, &begin, 1).await;
+    let sql = format!("select * from {table}");
+    let prep = [ext::parse("s1", &sql), ext::describe("s1"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &prep, 1).await), "1tTZ");
+    round(&mut d, &begin, 1).await;
+    // A goes to e; then B is the only idle server.
+    round(&mut c, &commit, 1).await;
+    round(&mut e, &begin, 1).await;
+    round(&mut d, &commit, 1).await;
+    direct.batch_execute(ddl).await.unwrap();
+    let got = round(&mut c, then, syncs).await;
+    (p, c, got)
+}
+
+/// A statement parsed before DDL changed its result type, used on a server
+/// that never had it before any server reported the change, fails as it
+/// would on Postgres (0A000, with the routine drivers look for) instead of
+/// returning rows of a shape the client never described; prepared again,
+/// it has the new shape.
+#[tokio::test]
+async fn a_statement_prepared_afresh_after_ddl_fails_as_on_postgres() {
+    let ddl = "alter table prep_fresh_a add column b int default 2";
+    let (_p, mut c, got) =
+        run_on_a_fresh_server_after("prep_fresh_a", ddl, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&got), ["0A000"], "{}", tags(&got));
+    let error = got.iter().find(|(t, _)| *t == b'E').unwrap();
+    let fields = pgtarn::protocol::backend::error_fields(&error.1).unwrap();
+    assert!(
+        fields
+            .message
+            .contains("cached plan must not change result type")
+    );
+    assert!(error.1.windows(22).any(|w| w == b"RevalidateCachedQuery\0"));
+    let again = [
+        ext::close("s1"),
+        ext::parse("s1", "select * from prep_fresh_a"),
+        ext::describe("s1"),
+        ext::run("s1", &[]),
+    ]
+    .concat();
+    let got = round(&mut c, &again, 1).await;
+    assert_eq!(tags(&got), "31tT2DCZ");
+    let row = got.iter().find(|(t, _)| *t == b'D').unwrap();
+    let cols = pgtarn::protocol::backend::data_row(&row.1).unwrap();
+    assert_eq!(cols, [Some(&b"1"[..]), Some(&b"2"[..])]);
+}
+
+/// DDL that leaves the result type alone changes nothing for the client.
+#[tokio::test]
+async fn a_statement_prepared_afresh_after_harmless_ddl_just_runs() {
+    let ddl = "create index on prep_fresh_b (a)";
+    let (_p, _c, got) =
+        run_on_a_fresh_server_after("prep_fresh_b", ddl, &ext::run("s1", &[]), 1).await;
+    assert_eq!(tags(&got), "2DCZ");
+    assert_eq!(first_columns(&got), ["1"]);
+}
+
+/// Inside a transaction block the same error fails the transaction, as
+/// Postgres' own does: ReadyForQuery `E`, then 25P02 until it ends.
+#[tokio::test]
+async fn a_statement_prepared_afresh_after_ddl_fails_the_transaction() {
+    let ddl = "alter table prep_fresh_c add column b int";
+    let then = [queries(&["begin"]), ext::run("s1", &[])].concat();
+    let (_p, mut c, got) = run_on_a_fresh_server_after("prep_fresh_c", ddl, &then, 2).await;
+    assert_eq!(errors(&got), ["0A000"], "{}", tags(&got));
+    assert_eq!(last_status(&got), 'E');
+    let got = round(&mut c, &queries(&["select 1", "rollback"]), 2).await;
+    assert_eq!(errors(&got), ["25P02"]);
+    assert_eq!(last_status(&got), 'I');
+}

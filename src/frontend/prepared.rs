@@ -134,6 +134,22 @@ impl ClientStatements {
         }
     }
 
+    /// Moves the client's statement `name`, if it is still `global` at
+    /// `from`, to generation `to`: its Parse turned out to describe the
+    /// row shape of `to` (the result type changed just before it).
+    pub fn restamp(&mut self, name: &str, global: &str, from: u32, to: u32) {
+        let Some(stmt) = self.by_name.get_mut(name) else {
+            return;
+        };
+        if *stmt.name == *global && stmt.generation == from {
+            *stmt = Arc::new(Statement {
+                name: stmt.name.clone(),
+                parse: stmt.parse.clone(),
+                generation: to,
+            });
+        }
+    }
+
     /// Every statement with its name, as they are now.
     pub fn snapshot(&self) -> Snapshot {
         let named = self.by_name.iter().map(|(n, s)| (n.clone(), s.clone()));

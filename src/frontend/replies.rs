@@ -96,6 +96,11 @@ pub enum Expect {
     /// pgtarn's failing Parse standing for a client message it refused:
     /// an ErrorResponse, replaced by this error for the client.
     Refused(Bytes),
+    /// pgtarn's Describe of a copy it just prepared: ParameterDescription,
+    /// then RowDescription or NoData, whose row shape is checked against
+    /// the statement's ([`Effect::Shape`]). With the client's name if
+    /// this is the client's own Parse.
+    Shape(Copy, Option<String>),
 }
 
 impl Expect {
@@ -103,7 +108,9 @@ impl Expect {
         match self {
             Expect::Parse(_) | Expect::Refused(_) => tag == b'1',
             Expect::Bind(_) => tag == b'2',
-            Expect::DescribeStatement(_) | Expect::DescribePortal => matches!(tag, b'T' | b'n'),
+            Expect::DescribeStatement(_) | Expect::DescribePortal | Expect::Shape(..) => {
+                matches!(tag, b'T' | b'n')
+            }
             Expect::Execute | Expect::ExecuteDiscardAll(_) => matches!(tag, b'C' | b'I' | b's'),
             Expect::Close(_) => tag == b'3',
             Expect::Sync | Expect::Query | Expect::DiscardAll(_) => tag == b'Z',
@@ -152,6 +159,10 @@ pub enum Effect {
     /// A `DISCARD ALL` or `DEALLOCATE ALL` ran: the client's statements
     /// of that moment are gone.
     Discarded(Snapshot),
+    /// A copy prepared afresh described this row shape
+    /// ([`backend::row_shape`]); with the client's name if this was the
+    /// client's own Parse.
+    Shape(Copy, Option<String>, u64),
 }
 
 /// Whether a server message goes on to the client.
@@ -182,6 +193,20 @@ impl ReplyQueue {
     /// (after an error, as Postgres does).
     pub fn skipping(&self) -> bool {
         self.skipping
+    }
+
+    /// True while a row-shape check ([`Expect::Shape`]) is owed.
+    pub fn checking(&self) -> bool {
+        let check = |e: &Entry| {
+            matches!(
+                e,
+                Entry::Server {
+                    expect: Expect::Shape(..),
+                    ..
+                }
+            )
+        };
+        self.entries.iter().any(check)
     }
 
     /// Records a client message that ends COPY FROM STDIN (CopyDone or
@@ -294,6 +319,16 @@ impl ReplyQueue {
                     expect: Expect::Parse(Some(p)),
                     ..
                 }) => effects.push(Effect::Prepared(p.global)),
+                Some(Entry::Server {
+                    expect: Expect::Shape(copy, client),
+                    ..
+                }) => {
+                    let shape = match tag {
+                        b'T' => backend::row_shape(body).ok(),
+                        _ => Some(backend::NO_ROWS),
+                    };
+                    effects.extend(shape.map(|s| Effect::Shape(copy, client, s)));
+                }
                 // Cannot happen (the refusal fails for sure); the client
                 // still gets its error.
                 Some(Entry::Server {
@@ -535,6 +570,61 @@ mod tests {
         assert_eq!(step(&mut q, b'2', b"", &mut out, &mut fx), Route::Forward);
         assert!(q.is_empty());
         assert_eq!(fx, [Effect::Prepared("g".into())]);
+    }
+
+    #[test]
+    fn a_shape_check_is_swallowed_and_reports_the_row_shape() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Parse(Some(prepared("g"))), false);
+        q.expect(Expect::Shape(("g".into(), 3), None), false);
+        assert!(q.checking());
+        assert_eq!(step(&mut q, b'1', b"", &mut out, &mut fx), Route::Swallow);
+        assert_eq!(
+            step(&mut q, b't', b"\0\0", &mut out, &mut fx),
+            Route::Swallow
+        );
+        assert!(q.checking(), "the RowDescription is still due");
+        let columns = b"\0\x01a\0\0\0\0\0\0\x01\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0";
+        assert_eq!(
+            step(&mut q, b'T', columns, &mut out, &mut fx),
+            Route::Swallow
+        );
+        assert!(!q.checking() && q.is_empty() && out.is_empty());
+        let shape = backend::row_shape(columns).unwrap();
+        assert_eq!(
+            fx,
+            [
+                Effect::Prepared("g".into()),
+                Effect::Shape(("g".into(), 3), None, shape)
+            ]
+        );
+        fx.clear();
+        q.expect(Expect::Shape(("h".into(), 0), Some("s1".into())), false);
+        step(&mut q, b't', b"\0\0", &mut out, &mut fx);
+        step(&mut q, b'n', b"", &mut out, &mut fx);
+        assert_eq!(
+            fx,
+            [Effect::Shape(
+                ("h".into(), 0),
+                Some("s1".into()),
+                backend::NO_ROWS
+            )]
+        );
+    }
+
+    #[test]
+    fn a_shape_check_skipped_after_an_error_ends_with_no_effect() {
+        let (mut q, mut out, mut fx) = (ReplyQueue::default(), Outbox::default(), Vec::new());
+        q.expect(Expect::Execute, true);
+        q.expect(Expect::Parse(Some(prepared("g"))), false);
+        q.expect(Expect::Shape(("g".into(), 0), None), false);
+        assert_eq!(
+            step(&mut q, b'E', &error("57014"), &mut out, &mut fx),
+            Route::Forward
+        );
+        assert!(!q.checking(), "nothing more comes before the Sync");
+        assert_eq!(fx, [Effect::NotPrepared(prepared("g"))]);
+        assert!(q.skipping());
     }
 
     #[test]

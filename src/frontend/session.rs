@@ -301,6 +301,17 @@ impl Session {
         }
     }
 
+    /// `query_timeout` for the query running now (or the wait for its
+    /// cancel), whatever the server has been sent so far.
+    fn query_timer(&self) -> Option<(Instant, Timer)> {
+        if let Some(at) = self.cancelled_at {
+            return Some((at + self.timeouts.cancel_wait, Timer::CancelWait));
+        }
+        let limit = self.timeouts.query;
+        let start = self.query_start.filter(|_| !limit.is_zero())?;
+        Some((start + limit, Timer::Query))
+    }
+
     /// Acts on an expired time limit: ends the session, or cancels the
     /// running query (`query_timeout`).
     fn on_timeout(&mut self, timer: Timer) -> Result<(), ClientError> {
@@ -370,20 +381,66 @@ impl Session {
         {
             return Ok(());
         }
-        self.attach().await?;
-        let Some(server) = self.server.as_mut() else {
-            return Ok(());
-        };
-        if self.query_start.is_none() {
-            let now = Instant::now();
-            self.query_start = Some(now);
-            self.xact_start.get_or_insert(now);
+        let mut f = f;
+        loop {
+            self.attach().await?;
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            if self.query_start.is_none() {
+                let now = Instant::now();
+                self.query_start = Some(now);
+                self.xact_start.get_or_insert(now);
+            }
+            let held = match self.translator.as_mut() {
+                Some(t) => t.client_frame(f, server, &mut self.to_server, &mut self.to_client)?,
+                None => {
+                    server.state.on_client_message(f.tag());
+                    self.to_server.push(f.into_raw());
+                    None
+                }
+            };
+            let Some(held) = held else {
+                return Ok(());
+            };
+            self.await_check().await?;
+            f = held;
         }
-        match self.translator.as_mut() {
-            Some(t) => t.client_frame(f, server, &mut self.to_server, &mut self.to_client)?,
-            None => {
-                server.state.on_client_message(f.tag());
-                self.to_server.push(f.into_raw());
+    }
+
+    /// Sends what is queued for the server and relays its replies until
+    /// the row-shape check that a held client message waits for is done
+    /// (see [`Translator::client_frame`]). It is part of the client's
+    /// query: bounded by `query_timeout` and `KILL`.
+    async fn await_check(&mut self) -> Result<(), ClientError> {
+        self.flush_to_server().await?;
+        while self
+            .translator
+            .as_ref()
+            .is_some_and(|t| t.replies.checking())
+        {
+            let timer = self.query_timer();
+            let Some(server) = self.server.as_mut() else {
+                return Ok(());
+            };
+            let server = &mut **server;
+            make_room(&mut server.rbuf);
+            let read = tokio::select! {
+                biased;
+                r = killed(&self.listed, KillReason::Admin) => return Err(r.into()),
+                t = expiry(timer) => {
+                    self.on_timeout(t)?;
+                    continue;
+                }
+                r = server.stream.read_buf(&mut server.rbuf) => r,
+            };
+            match read {
+                Ok(0) => return Err(ClientError::ServerLost(BackendError::Closed)),
+                Ok(n) => {
+                    self.pool.stats.sent.inc_by(n as u64);
+                    self.on_server_data().await?;
+                }
+                Err(e) => return Err(ClientError::ServerLost(e.into())),
             }
         }
         Ok(())

@@ -8,6 +8,15 @@
 //! `s1` is answered by pgtarn (the server keeps the shared statement until
 //! evicted). `DEALLOCATE`/`DISCARD ALL` sent as SQL are followed.
 //!
+//! Each Parse pgtarn sends is followed by its own Describe, so that the
+//! pool knows the statement's row shape. DDL on another connection may
+//! change it while no server has said so: a client's Bind or Describe
+//! that needs the statement prepared afresh therefore waits for that
+//! Describe (one round trip, on a server's first use of the statement),
+//! and a changed shape fails the message as Postgres fails a statement
+//! whose result type changed (`0A000`), instead of sending rows of a shape
+//! the client never described.
+//!
 //! What pgtarn does for a message it answers itself (a Parse recorded, a
 //! Close applied) is undone if Postgres would have skipped the message
 //! after an earlier error. A message pgtarn refuses with its own error
@@ -25,7 +34,7 @@ use super::replies::{self, Copy, Effect, Expect, Prepared, REFUSAL, ReplyQueue, 
 use crate::backend::ServerConn;
 use crate::backend::statements::Cached;
 use crate::net::Outbox;
-use crate::pool::KnownStatements;
+use crate::pool::{KnownStatements, ShapeCheck};
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::extended::{self, close_complete, parse_complete};
@@ -124,19 +133,23 @@ impl Translator {
         })
     }
 
-    /// Handles a client frame for the attached `server`.
+    /// Handles a client frame for the attached `server`. Returns the frame
+    /// back if it must wait for a row-shape check of a statement just
+    /// prepared on this server: it is to be handed in again once
+    /// [`ReplyQueue::checking`] is false (the replies before it have been
+    /// read).
     pub fn client_frame(
         &mut self,
         frame: Frame,
         server: &mut ServerConn,
         to_server: &mut Outbox,
         to_client: &mut Outbox,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<Frame>, ProtocolError> {
         let tag = frame.tag();
         // Copy messages pass: they may end a copy that failed, and Postgres
         // ignores them outside one.
         if self.replies.skipping() && !matches!(tag, b'S' | b'd' | b'c' | b'f') {
-            return Ok(());
+            return Ok(None);
         }
         let mut sink = Sink {
             server,
@@ -145,8 +158,8 @@ impl Translator {
         };
         match tag {
             b'P' => self.parse(frame, &mut sink)?,
-            b'B' => self.bind(frame, &mut sink)?,
-            b'D' => self.describe(frame, &mut sink)?,
+            b'B' => return self.bind(frame, &mut sink),
+            b'D' => return self.describe(frame, &mut sink),
             b'C' => {
                 if !self.close(&frame, sink.to_client)? {
                     sink.send(
@@ -186,7 +199,7 @@ impl Translator {
             }
             _ => sink.send(&mut self.replies, frame.into_raw(), tag, None, true),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Forwards a server frame to the client unless it answers pgtarn's
@@ -228,6 +241,18 @@ impl Translator {
                 }
                 Effect::Unclosed(name, stmt) => self.statements.restore(name, stmt),
                 Effect::Discarded(snapshot) => self.statements.forget(snapshot),
+                Effect::Shape((g, generation), client, shape) => {
+                    let ShapeCheck::Changed(now) = self.known.check_shape(&g, generation, shape)
+                    else {
+                        continue;
+                    };
+                    // The copy has the new result type: current again.
+                    let capacity = self.max_server_statements;
+                    server.statements.insert(g.clone(), now, capacity);
+                    if let Some(name) = client {
+                        self.statements.restamp(&name, &g, generation, now);
+                    }
+                }
             }
         }
     }
@@ -325,7 +350,7 @@ impl Translator {
         }
         let expect = Expect::Parse(Some(Prepared {
             global: stmt.name.clone(),
-            client,
+            client: client.clone(),
         }));
         sink.send(
             &mut self.replies,
@@ -334,6 +359,10 @@ impl Translator {
             Some(expect),
             visible,
         );
+        // Its row shape, to check against the statement's.
+        let describe = extended::make_statement_target(&mut self.buf, b'D', &stmt.name).into_raw();
+        let expect = Expect::Shape((stmt.name.clone(), stmt.generation), client);
+        sink.send(&mut self.replies, describe, b'D', Some(expect), false);
     }
 
     /// Sends a Close of server statement `name` (evicted or outdated)
@@ -345,23 +374,37 @@ impl Translator {
     }
 
     /// Makes sure the statement the client calls `name` exists on the
-    /// server; returns the server copy to use, `Err` if the client's
-    /// statement is outdated (its result type changed since the client
-    /// parsed it), or `None` if the client has no such statement.
-    fn ensure(&mut self, name: &str, sink: &mut Sink<'_>) -> Option<Result<Copy, ()>> {
-        let stmt = self.statements.get(name)?.clone();
+    /// server, as the client knows it.
+    ///
+    /// A copy prepared afresh on this server may have a new result type
+    /// that no server has reported yet (DDL on another connection): when
+    /// the statement's row shape is known, the client's message waits
+    /// ([`Use::Held`]) until the copy has described its own, so that a
+    /// changed one fails as Postgres fails a statement whose result type
+    /// changed.
+    fn ensure(&mut self, name: &str, sink: &mut Sink<'_>) -> Use {
+        let Some(stmt) = self.statements.get(name).cloned() else {
+            return Use::Unknown;
+        };
         let generation = self.known.generation(&stmt.name);
         if stmt.generation != generation {
-            return Some(Err(()));
+            return Use::Outdated;
         }
         match Self::lookup(&stmt, sink) {
-            Cached::Fresh => {}
-            cached => self.prepare(&stmt, cached, None, false, sink),
+            Cached::Fresh => Use::Ready((stmt.name.clone(), generation)),
+            cached => {
+                let check = self.known.has_shape(&stmt.name, generation);
+                self.prepare(&stmt, cached, None, false, sink);
+                if !check {
+                    return Use::Ready((stmt.name.clone(), generation));
+                }
+                sink.send(&mut self.replies, flush(), b'H', None, false);
+                Use::Held
+            }
         }
-        Some(Ok((stmt.name.clone(), generation)))
     }
 
-    fn bind(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
+    fn bind(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<Option<Frame>, ProtocolError> {
         let b = extended::bind(frame.body())?;
         let unnamed_portal = b.portal.is_empty();
         let discards = if b.statement.is_empty() {
@@ -372,12 +415,13 @@ impl Translator {
             })
         };
         let stmt = if b.statement.is_empty() {
-            None
+            Use::Unknown
         } else {
             self.ensure(b.statement, sink)
         };
         match stmt {
-            Some(Ok(copy)) => {
+            Use::Held => return Ok(Some(frame)),
+            Use::Ready(copy) => {
                 let bind = extended::make_bind(&mut self.buf, &b, &copy.0).into_raw();
                 sink.send(
                     &mut self.replies,
@@ -387,9 +431,9 @@ impl Translator {
                     true,
                 );
             }
-            Some(Err(())) => self.refuse_on_server(outdated_error(), sink),
+            Use::Outdated => self.refuse_on_server(outdated_error(), sink),
             // Unnamed, or unknown: Postgres reports the unknown name itself.
-            None => sink.send(
+            Use::Unknown => sink.send(
                 &mut self.replies,
                 frame.into_raw(),
                 b'B',
@@ -406,10 +450,14 @@ impl Translator {
         if unnamed_portal {
             self.portal_discards = discards;
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn describe(&mut self, frame: Frame, sink: &mut Sink<'_>) -> Result<(), ProtocolError> {
+    fn describe(
+        &mut self,
+        frame: Frame,
+        sink: &mut Sink<'_>,
+    ) -> Result<Option<Frame>, ProtocolError> {
         let (kind, name) = extended::target(frame.body())?;
         if kind == b'P' {
             sink.send(
@@ -419,15 +467,16 @@ impl Translator {
                 Some(Expect::DescribePortal),
                 true,
             );
-            return Ok(());
+            return Ok(None);
         }
         let stmt = if name.is_empty() {
-            None
+            Use::Unknown
         } else {
             self.ensure(name, sink)
         };
         match stmt {
-            Some(Ok(copy)) => {
+            Use::Held => return Ok(Some(frame)),
+            Use::Ready(copy) => {
                 let raw = extended::make_statement_target(&mut self.buf, b'D', &copy.0).into_raw();
                 sink.send(
                     &mut self.replies,
@@ -437,13 +486,13 @@ impl Translator {
                     true,
                 );
             }
-            Some(Err(())) => self.refuse_on_server(outdated_error(), sink),
-            None => {
+            Use::Outdated => self.refuse_on_server(outdated_error(), sink),
+            Use::Unknown => {
                 let expect = Some(Expect::DescribeStatement(None));
                 sink.send(&mut self.replies, frame.into_raw(), b'D', expect, true)
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Refuses a client message with `error` while a server is attached:
@@ -520,6 +569,25 @@ impl Translator {
         }
         true
     }
+}
+
+/// How a client's message may use the statement it names.
+enum Use {
+    /// Through this server copy.
+    Ready(Copy),
+    /// Not yet: the copy just prepared must describe its row shape first.
+    Held,
+    /// Not at all: its result type changed since the client parsed it.
+    Outdated,
+    /// The client has no such statement (or it is the unnamed one).
+    Unknown,
+}
+
+/// A Flush: the server sends what it has.
+fn flush() -> Bytes {
+    let mut b = BytesMut::new();
+    encode::message(&mut b, b'H', |_| {});
+    b.freeze()
 }
 
 /// The error for a Parse pgtarn refuses.

@@ -141,18 +141,49 @@ pub struct StatementLimits {
 }
 
 /// pgtarn-wide statement names that parsed successfully on some server of
-/// a pool, with their generation. A client's Parse of one of them is
-/// answered without a server (the statement is prepared on a server when
-/// the client first uses it). The generation goes up when the statement's
-/// result type changed under it, so every server re-prepares it.
+/// a pool, with their generation and row shape. A client's Parse of one of
+/// them is answered without a server (the statement is prepared on a
+/// server when the client first uses it). The generation goes up when the
+/// statement's result type changed under it, so every server re-prepares
+/// it: when a server reports it (`cached plan must not change result
+/// type`), or when a copy prepared afresh on a server describes another
+/// row shape than the one recorded for the generation.
 #[derive(Debug, Default)]
-pub struct KnownStatements(Mutex<HashMap<Arc<str>, u32>>);
+pub struct KnownStatements(Mutex<HashMap<Arc<str>, Known>>);
+
+/// What is known of one statement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    generation: u32,
+    /// Its row shape at this generation ([`crate::protocol::backend::row_shape`]),
+    /// once a server described it.
+    shape: Option<u64>,
+}
+
+/// What a fresh copy's row shape says of a statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeCheck {
+    /// The generation's shape, or its first record.
+    Same,
+    /// Another shape: the statement's result type changed, and the pool
+    /// moved on to this generation, whose shape the copy has.
+    Changed(u32),
+    /// The copy's generation is no longer current (or unknown): it says
+    /// nothing.
+    Outdated,
+}
 
 /// Entries after which [`KnownStatements`] starts afresh (it is a cache).
 const MAX_KNOWN_STATEMENTS: usize = 10_000;
 
+/// The generation after `generation` (never [`u32::MAX`], which servers'
+/// caches use for "outdated").
+fn next_generation(generation: u32) -> u32 {
+    generation.wrapping_add(1) % (u32::MAX - 1)
+}
+
 impl KnownStatements {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Known>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -163,7 +194,15 @@ impl KnownStatements {
 
     /// The current generation of `name` (0 if unknown).
     pub fn generation(&self, name: &str) -> u32 {
-        self.lock().get(name).copied().unwrap_or(0)
+        self.lock().get(name).map_or(0, |k| k.generation)
+    }
+
+    /// True if `generation` is current for `name` and its row shape is
+    /// recorded: a copy prepared afresh can be checked against it.
+    pub fn has_shape(&self, name: &str, generation: u32) -> bool {
+        let map = self.lock();
+        map.get(name)
+            .is_some_and(|k| k.generation == generation && k.shape.is_some())
     }
 
     /// Records that `name` parsed successfully.
@@ -172,7 +211,7 @@ impl KnownStatements {
         if map.len() >= MAX_KNOWN_STATEMENTS && !map.contains_key(&name) {
             map.clear();
         }
-        map.entry(name).or_insert(0);
+        map.entry(name).or_default();
     }
 
     /// Records that the copy of `name` prepared at `generation` no longer
@@ -180,9 +219,33 @@ impl KnownStatements {
     /// later report about the same generation changes nothing.
     pub fn invalidate(&self, name: Arc<str>, generation: u32) {
         let mut map = self.lock();
-        let current = map.entry(name).or_insert(0);
-        if *current == generation {
-            *current = generation.wrapping_add(1) % (u32::MAX - 1);
+        let known = map.entry(name).or_default();
+        if known.generation == generation {
+            *known = Known {
+                generation: next_generation(generation),
+                shape: None,
+            };
+        }
+    }
+
+    /// Checks the row `shape` described by a copy of `name` prepared
+    /// afresh at `generation` against the generation's, recording it if
+    /// it is the first.
+    pub fn check_shape(&self, name: &str, generation: u32, shape: u64) -> ShapeCheck {
+        let mut map = self.lock();
+        let Some(known) = map.get_mut(name).filter(|k| k.generation == generation) else {
+            return ShapeCheck::Outdated;
+        };
+        match known.shape {
+            Some(s) if s != shape => {
+                known.generation = next_generation(generation);
+                known.shape = Some(shape);
+                ShapeCheck::Changed(known.generation)
+            }
+            _ => {
+                known.shape = Some(shape);
+                ShapeCheck::Same
+            }
         }
     }
 }
@@ -600,4 +663,45 @@ async fn poll_once<F: Future>(mut f: Pin<&mut F>) -> Option<F::Output> {
         Poll::Pending => Poll::Ready(None),
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_copy_of_another_shape_moves_the_statement_on() {
+        let known = KnownStatements::default();
+        known.insert("g".into());
+        assert!(!known.has_shape("g", 0), "nothing described yet");
+        assert_eq!(
+            known.check_shape("g", 0, 7),
+            ShapeCheck::Same,
+            "first record"
+        );
+        assert!(known.has_shape("g", 0));
+        assert_eq!(known.check_shape("g", 0, 7), ShapeCheck::Same);
+        assert_eq!(known.check_shape("g", 0, 8), ShapeCheck::Changed(1));
+        assert_eq!(known.generation("g"), 1);
+        assert!(
+            known.has_shape("g", 1),
+            "the new copy's shape is the new generation's"
+        );
+        assert_eq!(
+            known.check_shape("g", 0, 9),
+            ShapeCheck::Outdated,
+            "a copy of an older generation says nothing"
+        );
+        known.invalidate("g".into(), 1);
+        assert_eq!(known.generation("g"), 2);
+        assert!(
+            !known.has_shape("g", 2),
+            "reported by a server: shape unknown"
+        );
+        assert_eq!(
+            known.check_shape("h", 0, 1),
+            ShapeCheck::Outdated,
+            "unknown"
+        );
+    }
 }

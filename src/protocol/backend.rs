@@ -59,6 +59,31 @@ pub fn data_row(body: &[u8]) -> Result<Vec<Option<&[u8]>>, ProtocolError> {
     Ok(cols)
 }
 
+/// The result type a RowDescription body describes, as a hash of its
+/// column count and each column's name, type and type modifier: what
+/// DDL changes when Postgres reports `cached plan must not change result
+/// type`. The table and column numbers and formats are left out, so that
+/// tables of the same shape in other schemas agree.
+pub fn row_shape(body: &[u8]) -> Result<u64, ProtocolError> {
+    use std::hash::{Hash, Hasher};
+    let mut r = Reader::new(body, "RowDescription");
+    let n = r.i16()?;
+    let mut h = std::hash::DefaultHasher::new();
+    n.hash(&mut h);
+    for _ in 0..n {
+        r.cstr_bytes()?.hash(&mut h);
+        let _table_and_column = r.bytes(6)?;
+        r.i32()?.hash(&mut h);
+        let _type_len = r.i16()?;
+        r.i32()?.hash(&mut h);
+        let _format = r.i16()?;
+    }
+    Ok(h.finish())
+}
+
+/// The [`row_shape`] of a statement that returns no rows (NoData).
+pub const NO_ROWS: u64 = u64::MAX;
+
 /// Parses a BackendKeyData body (protocol 3.0: two `i32`s).
 pub fn backend_key_data(body: &[u8]) -> Result<CancelKey, ProtocolError> {
     let mut r = Reader::new(body, "BackendKeyData");
@@ -184,5 +209,34 @@ mod tests {
             auth_request(&5i32.to_be_bytes()).is_err(),
             "md5 without salt"
         );
+    }
+
+    fn row_description(columns: &[(&str, u32, i32, i32)]) -> Vec<u8> {
+        let mut b = (columns.len() as i16).to_be_bytes().to_vec();
+        for (name, table, type_oid, typmod) in columns {
+            b.extend_from_slice(name.as_bytes());
+            b.push(0);
+            b.extend_from_slice(&table.to_be_bytes());
+            b.extend_from_slice(&1i16.to_be_bytes());
+            b.extend_from_slice(&type_oid.to_be_bytes());
+            b.extend_from_slice(&4i16.to_be_bytes());
+            b.extend_from_slice(&typmod.to_be_bytes());
+            b.extend_from_slice(&0i16.to_be_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn row_shapes_follow_names_types_and_modifiers_only() {
+        let shape = |cols: &[(&str, u32, i32, i32)]| row_shape(&row_description(cols)).unwrap();
+        let a = shape(&[("a", 100, 23, -1)]);
+        assert_eq!(a, shape(&[("a", 200, 23, -1)]), "another schema's table");
+        assert_ne!(a, shape(&[("a", 100, 23, -1), ("b", 100, 23, -1)]));
+        assert_ne!(a, shape(&[("a", 100, 20, -1)]), "another type");
+        assert_ne!(a, shape(&[("a", 100, 23, 8)]), "another modifier");
+        assert_ne!(a, shape(&[("b", 100, 23, -1)]), "renamed");
+        assert_ne!(shape(&[]), NO_ROWS);
+        let body = row_description(&[("a", 100, 23, -1)]);
+        assert!(row_shape(&body[..body.len() - 1]).is_err(), "truncated");
     }
 }

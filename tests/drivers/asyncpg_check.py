@@ -12,7 +12,8 @@ land on different servers. Every result is checked. Exits 0 and prints
 prints what failed (connection, iteration, step, SQLSTATE) and exits 1.
 
 Environment (optional): ASYNCPG_CHECK_CONNECTIONS, ASYNCPG_CHECK_ITERATIONS,
-ASYNCPG_CHECK_TIMEOUT (seconds for the whole run).
+ASYNCPG_CHECK_TIMEOUT (seconds for the whole run), ASYNCPG_CHECK_POOL_SIZE
+(pgtarn's pool_size, default 4).
 """
 
 import asyncio
@@ -30,6 +31,9 @@ except ImportError:
 CONNECTIONS = int(os.environ.get("ASYNCPG_CHECK_CONNECTIONS", "20"))
 ITERATIONS = int(os.environ.get("ASYNCPG_CHECK_ITERATIONS", "200"))
 TIMEOUT = float(os.environ.get("ASYNCPG_CHECK_TIMEOUT", "120"))
+# pgtarn's pool_size for the database: the fresh-server check holds every
+# server but the ones it wants the statement to land on.
+POOL_SIZE = int(os.environ.get("ASYNCPG_CHECK_POOL_SIZE", "4"))
 # Distinct statement texts cycled through: more than asyncpg's default
 # statement cache (100), so evicted statements are closed while others are
 # still in use.
@@ -163,6 +167,58 @@ async def schema_change_check(host, port, table):
         await b.close()
 
 
+async def fresh_server_schema_change_check(host, port, table):
+    """A statement asyncpg cached before a column was added on another
+    connection, used next on a server that never had it (so no server has
+    reported the change): with Postgres directly the statement fails with
+    `cached plan must not change result type`, and asyncpg re-prepares and
+    retries. pgtarn must fail it the same way, not send rows of the new
+    shape under the old description (asyncpg: "the number of columns in the
+    result row is different from what was described")."""
+    a = await connect(host, port)
+    others = [await connect(host, port) for _ in range(POOL_SIZE)]
+    step = "fresh server: setup"
+    try:
+        await a.execute(f"create table {table} (x int)")
+        await a.execute(f"insert into {table} values (1)")
+        query = f"select * from {table}"
+        # a prepares the statement on server X, which its transaction
+        # keeps while the other servers are taken.
+        step = "fresh server: first fetch, in a transaction"
+        in_a = a.transaction()
+        await in_a.start()
+        expect(step, [tuple(r) for r in await a.fetch(query)], [(1,)])
+        held = []
+        for c in others[:-1]:
+            t = c.transaction()
+            await t.start()
+            await c.execute("select 1")
+            held.append(t)
+        await in_a.commit()
+        # The last one takes X; the first adds the column, and then the
+        # others give back the servers that never had the statement.
+        step = "fresh server: holding X"
+        on_x = others[-1].transaction()
+        await on_x.start()
+        await others[-1].execute("select 1")
+        step = "fresh server: alter table"
+        await others[0].execute(f"alter table {table} add column y int default 2")
+        for t in held:
+            await t.commit()
+        step = "fresh server: fetch after the alter"
+        expect(step, [tuple(r) for r in await a.fetch(query)], [(1, 2)])
+        await on_x.commit()
+    except CheckFailed:
+        raise
+    except Exception as exc:
+        raise CheckFailed(f"step '{step}': {describe(exc)}") from exc
+    finally:
+        for c in others:
+            await c.close()
+        await a.execute(f"drop table if exists {table}")
+        await a.close()
+
+
 async def main(host, port):
     table = f"pgtarn_driver_asyncpg_{os.getpid()}"
     admin = await connect(host, port)
@@ -199,6 +255,7 @@ async def main(host, port):
         except Exception as exc:  # cleanup only; the check's result stands
             print(f"asyncpg: warning: could not drop {table}: {describe(exc)}", file=sys.stderr)
     await schema_change_check(host, port, f"{table}_ddl")
+    await fresh_server_schema_change_check(host, port, f"{table}_fresh")
     elapsed = time.monotonic() - start
     print(
         f"asyncpg: {counter[0]} queries OK "
