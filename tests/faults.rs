@@ -801,3 +801,38 @@ async fn a_server_dead_while_settings_are_synced_is_bounded_by_query_timeout() {
     let c = connect(&p, "app").await.unwrap();
     assert_eq!(within("the pool recovers", one(&c, "select 3")).await, "3");
 }
+
+/// A server that stops answering while pgtarn reads back the settings a
+/// client's `SET` changed (the client already has its reply) is bounded by
+/// `query_timeout` too: the client is told at its next query, not left
+/// hanging, and the pool recovers.
+#[tokio::test]
+async fn a_server_dead_while_settings_are_read_back_is_bounded_by_query_timeout() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let general = "query_timeout = \"500ms\"\ncancel_wait_timeout = \"500ms\"";
+    let p = Pooler::start(&config(
+        general,
+        &[("app", proxy.addr.port())],
+        "pool_size = 1",
+        "app-secret",
+    ))
+    .await;
+    let a = connect(&p, "app").await.unwrap();
+    assert_eq!(one(&a, "select 1").await, "1");
+    wait_stats(&p, "app", 1, 1).await;
+    // The SET's CommandComplete (9 bytes) and ReadyForQuery (6) pass; the
+    // read-back that follows gets nothing.
+    proxy.set(Fault::HangAfter(15));
+    within("the SET", a.batch_execute("set work_mem = '7MB'"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = within("the next query", a.simple_query("select 2")).await;
+    let e = r.expect_err("the session ended with its server");
+    assert!(e.is_closed() || db_error(&e).0 == "08006", "{e}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    proxy.set(Fault::Pass);
+    let c = connect(&p, "app").await.unwrap();
+    assert_eq!(within("the pool recovers", one(&c, "select 3")).await, "3");
+}

@@ -530,14 +530,7 @@ impl Session {
             if let Some(sql) = self.params.sync_sql(&mut server.settings, &self.defaults) {
                 // Part of the client's query: bounded by `query_timeout`
                 // (a server that stops answering is then dropped).
-                let limit = self.timeouts.query;
-                let sync = server.run_internal(&sql);
-                let synced = if limit.is_zero() {
-                    sync.await
-                } else {
-                    let timed = tokio::time::timeout(limit, sync).await;
-                    timed.unwrap_or(Err(BackendError::Timeout(limit)))
-                };
+                let synced = bounded(self.timeouts.query, server.run_internal(&sql)).await;
                 match synced {
                     Ok(None) => {}
                     Ok(Some(rejected)) => return Err(ClientError::SettingRejected(rejected)),
@@ -715,10 +708,8 @@ impl Session {
             )
         }));
         let sql = format!("SELECT {}", columns.join(", "));
-        let (row, _) = server
-            .run_internal_row(&sql)
-            .await
-            .map_err(ClientError::ServerLost)?;
+        let read = bounded(self.timeouts.query, server.run_internal_row(&sql));
+        let (row, _) = read.await.map_err(ClientError::ServerLost)?;
         let mut row = row.unwrap_or_default().into_iter();
         for (name, value) in changed.names.iter().zip(row.by_ref()) {
             match value {
@@ -792,6 +783,19 @@ const WAITING_READ_AHEAD: usize = 64 * 1024;
 
 /// Completes when the client closes its connection (or it fails), keeping
 /// what it sends meanwhile in `buf` for later.
+/// pgtarn's own exchange with a server, bounded by `limit`
+/// (`query_timeout`; zero: none).
+async fn bounded<T>(
+    limit: Duration,
+    exchange: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    if limit.is_zero() {
+        return exchange.await;
+    }
+    let timed = tokio::time::timeout(limit, exchange).await;
+    timed.unwrap_or(Err(BackendError::Timeout(limit)))
+}
+
 async fn client_gone(client: &mut Stream, buf: &mut BytesMut) -> ClientError {
     while buf.len() < WAITING_READ_AHEAD {
         make_room(buf);

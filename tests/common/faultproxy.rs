@@ -34,6 +34,9 @@ pub enum Fault {
     /// connection (counted from when the mode is set, or from the start
     /// for new connections), then close it abruptly.
     CutAfter(usize),
+    /// The same, but then swallow everything on it, as [`Fault::Blackhole`]
+    /// does, instead of closing: a server that stops answering mid-way.
+    HangAfter(usize),
     /// Accept new connections and read and discard everything on new and
     /// open connections, in both directions; answer nothing, close nothing.
     Blackhole,
@@ -195,7 +198,7 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
         Fault::Refuse => return reset(client),
         Fault::Blackhole => black.store(true, Ordering::SeqCst),
         Fault::Delay(d) => tokio::time::sleep(d).await,
-        Fault::Pass | Fault::CutAfter(_) => {}
+        Fault::Pass | Fault::CutAfter(_) | Fault::HangAfter(_) => {}
     }
     if black.load(Ordering::SeqCst) {
         // Never connect upstream: swallow until the client gives up or the
@@ -275,7 +278,7 @@ async fn pump(
         let mut cut = false;
         match m.fault {
             Fault::Delay(d) => tokio::time::sleep(d).await,
-            Fault::CutAfter(limit) if down => {
+            Fault::CutAfter(limit) | Fault::HangAfter(limit) if down => {
                 let left = match budget {
                     Some((epoch, left)) if epoch == m.epoch => left,
                     _ => limit,
@@ -290,7 +293,9 @@ async fn pump(
         if to.write_all(chunk).await.is_err() {
             return End::Eof;
         }
-        if cut {
+        if cut && matches!(m.fault, Fault::HangAfter(_)) {
+            black.store(true, Ordering::SeqCst);
+        } else if cut {
             return End::Abort;
         }
     }
