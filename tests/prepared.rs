@@ -1073,3 +1073,29 @@ async fn a_statement_prepared_afresh_after_ddl_fails_the_transaction() {
     assert_eq!(errors(&got), ["25P02"]);
     assert_eq!(last_status(&got), 'I');
 }
+
+/// Nor do `SET` statements whose Parse pgtarn refused (over the client's
+/// limits): they are not the client's, and a client sending them under
+/// ever new names must not grow pgtarn.
+#[tokio::test]
+async fn refused_set_statements_keep_no_memory() {
+    let p = trust_pooler("", "max_client_prepared_statements = 2").await;
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let first = format!("0{}", "n".repeat(1 << 20));
+    let before = rss_kib();
+    for i in 0..200 {
+        let name = format!("{i}{}", "n".repeat(1 << 20));
+        let msgs = [ext::parse(&name, "set search_path = public"), ext::sync()].concat();
+        let got = round(&mut c, &msgs, 1).await;
+        match i {
+            0 | 1 => assert_eq!(tags(&got), "1Z", "round {i}"),
+            _ => assert_eq!(errors(&got), ["53400"], "round {i}"),
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    // The ones it has are still followed when bound.
+    assert_eq!(tags(&round(&mut c, &ext::run(&first, &[]), 1).await), "2CZ");
+    c.query("show search_path").await;
+    assert_eq!(first_columns(&c.read_until(b'Z').await), ["public"]);
+}

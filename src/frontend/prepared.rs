@@ -172,6 +172,12 @@ impl ClientStatements {
         self.bytes = 0;
     }
 
+    /// Most statements the client may have
+    /// (`max_client_prepared_statements`).
+    pub fn max_statements(&self) -> usize {
+        self.limits.max_statements
+    }
+
     /// Number of statements.
     pub fn len(&self) -> usize {
         self.by_name.len()

@@ -136,6 +136,10 @@ enum Event {
 /// Keeps at least this much free room before a read.
 const READ_ROOM: usize = 8 * 1024;
 
+/// `SET` statements remembered for a client whose named statements pass
+/// through to the server (`max_prepared_statements = 0`).
+const MAX_PASSED_SET_STATEMENTS: usize = 1000;
+
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_ROOM {
         buf.reserve(2 * READ_ROOM);
@@ -468,6 +472,7 @@ impl Session {
                 }
                 if let Some(changes) = changes {
                     sets.push((name.into(), changes));
+                    self.bound_set_statements();
                 }
             }
             // A statement closed is forgotten (a driver's statement cache
@@ -487,6 +492,32 @@ impl Session {
             }
             _ => {}
         }
+    }
+
+    /// Keeps the remembered `SET` statements to those the client still
+    /// has, once they are more than it may have: a Parse refused (over the
+    /// client's limits) or failed on the server leaves its entry behind.
+    /// The newest entry (its Parse is being handled) and the unnamed
+    /// statement's stay. Statements passed through (no translator) keep
+    /// the newest [`MAX_PASSED_SET_STATEMENTS`].
+    fn bound_set_statements(&mut self) {
+        let sets = &mut self.set_statements;
+        let Some(t) = self.translator.as_ref() else {
+            let excess = sets.len().saturating_sub(MAX_PASSED_SET_STATEMENTS);
+            sets.drain(..excess);
+            return;
+        };
+        if sets.len() <= t.statements.max_statements() {
+            return;
+        }
+        let newest = sets.len() - 1;
+        let mut i = 0;
+        sets.retain(|(name, _)| {
+            let has = |n| t.statements.get(n).is_some();
+            let keep = i == newest || name.is_empty() || std::str::from_utf8(name).is_ok_and(has);
+            i += 1;
+            keep
+        });
     }
 
     /// Checks out a server if none is attached and brings its settings in
