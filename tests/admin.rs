@@ -313,6 +313,73 @@ async fn kill_disconnects_a_client_that_stopped_reading() {
     p.stop().await;
 }
 
+/// `KILL` also reaches a client while pgtarn is blocked writing its
+/// pipeline to a server that reads none of it (its first query waits on a
+/// lock), with no `query_timeout` to end the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_disconnects_a_client_whose_server_is_not_reading() {
+    let p = Pooler::start(&config("auth_type = \"trust\"")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let raw = common::raw::Raw::login(p.addr, "app", "app").await;
+    let (holder, conn) = tokio_postgres::connect(&PgServer::shared().app_conn_str(), NoTls)
+        .await
+        .expect("connect to Postgres");
+    tokio::spawn(conn);
+    holder
+        .simple_query("SELECT pg_advisory_lock(7315)")
+        .await
+        .expect("take the lock");
+    // The blocked query, then 32 MB of queries behind it.
+    let mut pipeline = bytes::BytesMut::new();
+    pgtarn::protocol::encode::query(&mut pipeline, "SELECT pg_advisory_lock(7315)");
+    let filler = format!("SELECT 1 -- {}", "x".repeat(64 * 1024));
+    for _ in 0..512 {
+        pgtarn::protocol::encode::query(&mut pipeline, &filler);
+    }
+    let mut raw = raw;
+    let (mut rd, mut wr) = raw.stream.split();
+    let write = wr.write_all(&pipeline);
+    let kill = async {
+        let su = PgServer::shared().superuser().await;
+        wait_until("the server waits on the lock", DEADLINE, || async {
+            let row = su
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' \
+                     AND wait_event_type = 'Lock' AND query LIKE '%pg_advisory_lock(7315)'",
+                    &[],
+                )
+                .await
+                .expect("pg_stat_activity");
+            row.get::<_, i64>(0) == 1
+        })
+        .await;
+        admin.simple_query("KILL app").await.expect("kill");
+        wait_until("the client and its server are gone", DEADLINE, || async {
+            let pool = pool_row(&admin).await;
+            pool["sv_active"] == "0" && pool["cl_active"] == "0"
+        })
+        .await;
+        let mut sink = Vec::new();
+        let drained = tokio::time::timeout(DEADLINE, rd.read_to_end(&mut sink)).await;
+        assert!(drained.is_ok(), "pgtarn closed the client's connection");
+    };
+    // The write ends (with an error) when pgtarn closes the connection.
+    let write = async {
+        let _ = tokio::time::timeout(DEADLINE * 3, write).await;
+    };
+    tokio::join!(write, kill);
+    holder
+        .simple_query("SELECT pg_advisory_unlock(7315)")
+        .await
+        .expect("unlock");
+    admin.simple_query("RESUME app").await.expect("resume");
+    let next = p.connect().await;
+    next.simple_query("SELECT 1")
+        .await
+        .expect("new clients work");
+    p.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_applies_a_new_pool_size_and_rejects_a_bad_file() {
     let dir = tempfile::tempdir().expect("tempdir");

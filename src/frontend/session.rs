@@ -637,7 +637,8 @@ impl Session {
     /// blocked writing results that nobody reads would never read the rest
     /// of ours (a client pipelining many queries with large results).
     /// `query_timeout` applies meanwhile: a query that blocks (on a lock,
-    /// say) with a long pipeline behind it takes none of it.
+    /// say) with a long pipeline behind it takes none of it. So does an
+    /// admin's `KILL`.
     async fn flush_to_server(&mut self) -> Result<(), ClientError> {
         loop {
             let timer = match self.next_timer() {
@@ -664,6 +665,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 step = flush => step,
+                r = killed(&self.listed, KillReason::Admin) => return Err(r.into()),
                 t = expiry(timer) => {
                     self.on_timeout(t)?;
                     continue;
