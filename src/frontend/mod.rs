@@ -376,12 +376,21 @@ async fn fail<T>(stream: &mut Stream, peer: Peer, e: &ClientError) -> Option<T> 
     None
 }
 
+/// How long a client gets to take its last message: one that has stopped
+/// reading (its socket buffers full) is closed without it.
+const FATAL_WRITE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends the FATAL error for `e`, if it has one, and closes the stream:
+/// within [`FATAL_WRITE_LIMIT`].
 async fn send_fatal(stream: &mut Stream, e: &ClientError) {
     if let Some(r) = e.reply() {
         let mut out = BytesMut::new();
         encode::error_response(&mut out, Severity::Fatal, &r.code, &r.message, r.hint);
-        let _ = stream.send(&out).await;
-        let _ = stream.shutdown().await;
+        let write = async {
+            let _ = stream.send(&out).await;
+            let _ = stream.shutdown().await;
+        };
+        let _ = tokio::time::timeout(FATAL_WRITE_LIMIT, write).await;
     }
 }
 
@@ -406,5 +415,25 @@ async fn report_end(
             info!(%peer, client = %who, error = %e, "client disconnected with error");
             send_fatal(client, &e).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that stopped reading, its socket buffers full, does not
+    /// hold its session (and its `max_client_conn` slot) forever.
+    #[tokio::test]
+    async fn the_last_message_to_a_client_that_stopped_reading_is_bounded() {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().expect("socket pair");
+        let chunk = vec![0u8; 64 * 1024];
+        while ours.try_write(&chunk).is_ok() {}
+        let mut stream = Stream::Unix(ours);
+        let sent = tokio::time::timeout(
+            FATAL_WRITE_LIMIT * 3,
+            send_fatal(&mut stream, &ClientError::Killed),
+        );
+        assert!(sent.await.is_ok(), "send_fatal returned");
     }
 }
