@@ -194,7 +194,8 @@ async fn pgjdbc_prepared_statements_in_transaction_mode() {
             .arg("-cp")
             .arg(&classpath)
             .arg("JdbcCheck")
-            .args(["127.0.0.1", &port]),
+            .args(["127.0.0.1", &port])
+            .env("JDBC_CHECK_POOL_SIZE", POOL_SIZE.to_string()),
     )
     .await;
     assert_success("JdbcCheck", &out);

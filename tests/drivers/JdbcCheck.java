@@ -37,6 +37,9 @@ public final class JdbcCheck {
     static final int THREADS = intEnv("JDBC_CHECK_THREADS", 20);
     static final int ITERATIONS = intEnv("JDBC_CHECK_ITERATIONS", 200);
     static final int TIMEOUT_S = intEnv("JDBC_CHECK_TIMEOUT", 120);
+    // pgtarn's pool_size for the database: the fresh-server check holds
+    // every server but the ones it wants the statement to land on.
+    static final int POOL_SIZE = intEnv("JDBC_CHECK_POOL_SIZE", 4);
 
     static final AtomicLong QUERIES = new AtomicLong();
 
@@ -214,6 +217,70 @@ public final class JdbcCheck {
         }
     }
 
+    // A statement prepared before a column was added on another connection,
+    // used next on a server that never had it (so no server has reported
+    // the change): with Postgres directly it fails with `cached plan must
+    // not change result type`, which pgjdbc heals in autocommit mode by
+    // re-preparing. pgtarn must fail it the same way, not return rows of
+    // the new shape under the old description.
+    static void freshServerSchemaChange(String host, String port, String table) throws CheckFailed {
+        String step = "fresh server: setup";
+        List<Connection> others = new ArrayList<>();
+        try (Connection a = DriverManager.getConnection(url(host, port, ""));
+                Statement setup = a.createStatement()) {
+            setup.execute("create table " + table + " (x int)");
+            setup.execute("insert into " + table + " values (1)");
+            for (int i = 0; i < POOL_SIZE; i++) {
+                Connection c = DriverManager.getConnection(url(host, port, ""));
+                c.setAutoCommit(false);
+                others.add(c);
+            }
+            try (PreparedStatement pa = a.prepareStatement("select * from " + table)) {
+                // a prepares the statement on server X, which its
+                // transaction keeps while the other servers are taken.
+                step = "fresh server: first execution, in a transaction";
+                a.setAutoCommit(false);
+                try (ResultSet rs = pa.executeQuery()) {
+                    expect(step + " columns", rs.getMetaData().getColumnCount(), 1);
+                }
+                for (Connection c : others.subList(0, POOL_SIZE - 1)) {
+                    try (Statement s = c.createStatement()) {
+                        s.execute("select 1");
+                    }
+                }
+                a.commit();
+                a.setAutoCommit(true);
+                // The last one takes X; the first adds the column, then the
+                // others give back servers that never had the statement.
+                step = "fresh server: holding X";
+                try (Statement s = others.get(POOL_SIZE - 1).createStatement()) {
+                    s.execute("select 1");
+                }
+                step = "fresh server: alter table";
+                try (Statement s = others.get(0).createStatement()) {
+                    s.execute("alter table " + table + " add column y int default 2");
+                }
+                for (Connection c : others.subList(0, POOL_SIZE - 1)) {
+                    c.commit();
+                }
+                step = "fresh server: execution after the alter";
+                try (ResultSet rs = pa.executeQuery()) {
+                    expect(step + " columns", rs.getMetaData().getColumnCount(), 2);
+                    expect(step + " (row)", rs.next(), true);
+                    expect(step + " y", rs.getInt(2), 2);
+                }
+                others.get(POOL_SIZE - 1).commit();
+            } finally {
+                for (Connection c : others) {
+                    c.close();
+                }
+                setup.execute("drop table if exists " + table);
+            }
+        } catch (Exception e) {
+            throw new CheckFailed("step '" + step + "': " + describe(e), e);
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length != 2) {
             System.err.println("usage: JdbcCheck HOST PORT");
@@ -258,6 +325,7 @@ public final class JdbcCheck {
             if (code == 0) {
                 try {
                     schemaChange(host, port, table + "_ddl");
+                    freshServerSchemaChange(host, port, table + "_fresh");
                 } catch (CheckFailed e) {
                     System.err.println("jdbc: FAILED: " + e.getMessage());
                     code = 1;
