@@ -185,6 +185,16 @@ impl Context {
         }
     }
 
+    /// Disconnects the client with this id (`KILL_CLIENT`); false if there
+    /// is none.
+    pub fn kill_client(&self, id: u64) -> bool {
+        let clients = self.clients.snapshot();
+        let found = clients.iter().find(|c| c.id == id);
+        found
+            .inspect(|c| c.kill(stats::clients::KillReason::Admin))
+            .is_some()
+    }
+
     /// Completes once a fast shutdown has been asked for.
     async fn fast_requested(&self) {
         if !self.fast_shutdown.load(Ordering::SeqCst) {

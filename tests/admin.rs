@@ -815,3 +815,148 @@ async fn show_config_says_which_settings_need_a_restart() {
     }
     p.stop().await;
 }
+
+/// `DISABLE db` refuses new clients of `db` with a clear error while its
+/// connected clients go on; `ENABLE db` admits them again. `SHOW
+/// DATABASES` and `SHOW STATE` say so, as in PgBouncer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_refuses_new_clients_until_enable() {
+    let p = Pooler::start(&config("")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let connected = p.connect().await;
+    admin.simple_query("DISABLE app").await.expect("disable");
+    let disabled = |all: Vec<HashMap<String, String>>| {
+        let app = all.into_iter().find(|r| r["name"] == "app");
+        app.expect("app is listed")["disabled"].clone()
+    };
+    assert_eq!(disabled(rows(&admin, "SHOW DATABASES").await), "1");
+    let refused = tokio_postgres::connect(&p.conn_str(""), NoTls)
+        .await
+        .err()
+        .expect("a new client is refused");
+    assert_eq!(code(&refused), "55000", "{refused}");
+    let db = refused.as_db_error().expect("an ErrorResponse");
+    let text = db.message();
+    assert!(
+        text.contains("not currently accepting connections"),
+        "{text}"
+    );
+    assert!(db.hint().is_some_and(|h| h.contains("ENABLE")));
+    connected
+        .simple_query("SELECT 1")
+        .await
+        .expect("a connected client goes on");
+    let e = admin.simple_query("DISABLE nosuch").await.unwrap_err();
+    assert_eq!(code(&e), "3D000");
+    admin.simple_query("ENABLE app").await.expect("enable");
+    assert_eq!(disabled(rows(&admin, "SHOW DATABASES").await), "0");
+    let again = p.connect().await;
+    again
+        .simple_query("SELECT 1")
+        .await
+        .expect("admitted again");
+    let state = |all: Vec<HashMap<String, String>>| -> Vec<(String, String)> {
+        all.into_iter()
+            .map(|r| (r["key"].clone(), r["value"].clone()))
+            .collect()
+    };
+    let yes_no = |a: &str, p: &str| {
+        vec![
+            ("active".to_owned(), a.to_owned()),
+            ("paused".to_owned(), p.to_owned()),
+            ("suspended".to_owned(), "no".to_owned()),
+        ]
+    };
+    assert_eq!(state(rows(&admin, "SHOW STATE").await), yes_no("yes", "no"));
+    admin.simple_query("PAUSE").await.expect("pause");
+    assert_eq!(state(rows(&admin, "SHOW STATE").await), yes_no("no", "yes"));
+    admin.simple_query("RESUME").await.expect("resume");
+    p.stop().await;
+}
+
+/// `KILL_CLIENT id` disconnects that client only (57P01), by the id
+/// `SHOW CLIENTS` lists; an unknown id is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_client_disconnects_one_client_by_id() {
+    let p = Pooler::start(&config("")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let doomed = p.connect_with("application_name=doomed").await;
+    let spared = p.connect_with("application_name=spared").await;
+    let clients = rows(&admin, "SHOW CLIENTS").await;
+    let row = clients
+        .iter()
+        .find(|r| r["application_name"] == "doomed")
+        .expect("the client is listed");
+    let id = row["id"].clone();
+    assert_eq!(row["ptr"], format!("0x{:x}", id.parse::<u64>().unwrap()));
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .expect("kill_client");
+    let e = doomed.simple_query("SELECT 1").await.unwrap_err();
+    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
+    spared
+        .simple_query("SELECT 1")
+        .await
+        .expect("the other client goes on");
+    let e = admin.simple_query("KILL_CLIENT 999999").await.unwrap_err();
+    assert_eq!(code(&e), "42704");
+    p.stop().await;
+}
+
+/// After `RECONNECT`, a server in use is listed with `close_needed` = 1
+/// and `WAIT_CLOSE` returns only once it has closed, after its client's
+/// transaction ended (for switchover scripts, as in PgBouncer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_close_returns_once_servers_older_than_reconnect_are_gone() {
+    let p = Pooler::start(&config("")).await;
+    let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
+    let holder = p.connect().await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    let pid = holder
+        .simple_query("SELECT pg_backend_pid()::text")
+        .await
+        .expect("pid");
+    let pid = match &pid[1] {
+        SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+        _ => panic!("a row"),
+    };
+    admin
+        .simple_query("RECONNECT app")
+        .await
+        .expect("reconnect");
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    let held = servers
+        .iter()
+        .find(|r| r["remote_pid"] == pid)
+        .expect("the held server is listed");
+    assert_eq!(held["close_needed"], "1");
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (admin, done) = (admin.clone(), done.clone());
+        tokio::spawn(async move {
+            admin
+                .simple_query("WAIT_CLOSE app")
+                .await
+                .expect("wait_close");
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    // WAIT_CLOSE cannot end while the server is held: its one way to end
+    // is the server closing, which needs the transaction to end.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!done.load(Ordering::SeqCst), "WAIT_CLOSE ended early");
+    holder.simple_query("COMMIT").await.expect("commit");
+    tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .expect("WAIT_CLOSE ends once the server closed")
+        .expect("waiter");
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    assert!(
+        servers.iter().all(|r| r["remote_pid"] != pid),
+        "the old server is gone: {servers:?}"
+    );
+    let next = p.connect().await;
+    next.simple_query("SELECT 1").await.expect("new server");
+    p.stop().await;
+}

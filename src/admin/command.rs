@@ -23,6 +23,14 @@ pub enum Command {
     Reconnect(Option<String>),
     /// `KILL db`.
     Kill(String),
+    /// `KILL_CLIENT id`: one client, by its `SHOW CLIENTS` id.
+    KillClient(u64),
+    /// `DISABLE db`: refuse new clients of `db`.
+    Disable(String),
+    /// `ENABLE db`: admit them again.
+    Enable(String),
+    /// `WAIT_CLOSE [db]`: wait until no server must close.
+    WaitClose(Option<String>),
     /// `RELOAD`.
     Reload,
     /// `SHUTDOWN`.
@@ -52,9 +60,9 @@ impl Refusal {
 }
 
 /// The commands, as `SHOW HELP` lists them.
-pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tRECONNECT [<db>]\n\tKILL <db>\n\tSHUTDOWN";
+pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN";
 
-const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATS; RELOAD; PAUSE [db]; RESUME [db]; RECONNECT [db]; KILL db; SHUTDOWN.";
+const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE|STATS; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; RECONNECT [db]; KILL db; KILL_CLIENT id; WAIT_CLOSE [db]; SHUTDOWN.";
 
 /// How long `PAUSE` waits for running transactions before giving up.
 const PAUSE_LIMIT: Duration = Duration::from_secs(60);
@@ -83,6 +91,12 @@ impl Command {
             ("RESUME", 1 | 2) => Command::Resume(arg(1)),
             ("RECONNECT", 1 | 2) => Command::Reconnect(arg(1)),
             ("KILL", 2) => Command::Kill(arg(1).unwrap_or_default()),
+            ("KILL_CLIENT", 2) => {
+                Command::KillClient(client_id(words[1]).ok_or_else(|| invalid(text))?)
+            }
+            ("DISABLE", 2) => Command::Disable(arg(1).unwrap_or_default()),
+            ("ENABLE", 2) => Command::Enable(arg(1).unwrap_or_default()),
+            ("WAIT_CLOSE", 1 | 2) => Command::WaitClose(arg(1)),
             ("RELOAD", 1) => Command::Reload,
             ("SHUTDOWN", 1) => Command::Shutdown,
             _ => return Err(invalid(text)),
@@ -108,6 +122,10 @@ impl Command {
             Command::Resume(_) => "RESUME",
             Command::Reconnect(_) => "RECONNECT",
             Command::Kill(_) => "KILL",
+            Command::KillClient(_) => "KILL_CLIENT",
+            Command::Disable(_) => "DISABLE",
+            Command::Enable(_) => "ENABLE",
+            Command::WaitClose(_) => "WAIT_CLOSE",
             Command::Reload => "RELOAD",
             Command::Shutdown => "SHUTDOWN",
         }
@@ -145,6 +163,27 @@ impl Command {
                 ctx.kill_clients(db);
                 ctx.registry.reconnect(Some(db));
             }
+            Command::KillClient(id) => {
+                if !ctx.kill_client(*id) {
+                    return Err(Refusal::new(
+                        code::UNDEFINED_OBJECT,
+                        format!("client {id} not found"),
+                        Some("SHOW CLIENTS lists the clients' ids."),
+                    ));
+                }
+            }
+            Command::Disable(db) => {
+                known(ctx, Some(db))?;
+                ctx.registry.set_disabled(db, true);
+            }
+            Command::Enable(db) => {
+                known(ctx, Some(db))?;
+                ctx.registry.set_disabled(db, false);
+            }
+            Command::WaitClose(db) => {
+                known(ctx, db.as_deref())?;
+                ctx.registry.wait_closed(db.as_deref()).await;
+            }
             Command::Reload => {
                 if let Err(e) = ctx.reload() {
                     return Err(Refusal::new(
@@ -161,7 +200,8 @@ impl Command {
     }
 }
 
-const SHOWABLE: [&str; 13] = [
+const SHOWABLE: [&str; 14] = [
+    "STATE",
     "HELP",
     "CONFIG",
     "DATABASES",
@@ -176,6 +216,15 @@ const SHOWABLE: [&str; 13] = [
     "STATS_AVERAGES",
     "TOTALS",
 ];
+
+/// A client id as `SHOW CLIENTS` shows it: decimal, or `0x` hex as in
+/// its `ptr` column.
+fn client_id(word: &str) -> Option<u64> {
+    match word.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => word.parse().ok(),
+    }
+}
 
 fn known(ctx: &Context, db: Option<&str>) -> Result<(), Refusal> {
     match db {
@@ -206,6 +255,7 @@ fn show_command(what: &str, ctx: &Context, out: &mut BytesMut) -> Result<(), Ref
         "DATABASES" => show::databases(ctx),
         "CONFIG" => show::config(ctx),
         "USERS" => show::users(ctx),
+        "STATE" => show::state(ctx),
         _ => show::version(),
     };
     rs.encode(out);
@@ -241,5 +291,25 @@ mod tests {
         assert!(e.message.contains("SHOW HELP"));
         assert!(Command::parse("DROP TABLE x").is_err());
         assert!(Command::parse("KILL").is_err());
+        assert_eq!(
+            Command::parse("kill_client 12"),
+            Ok(Command::KillClient(12))
+        );
+        assert_eq!(
+            Command::parse("KILL_CLIENT 0x1f"),
+            Ok(Command::KillClient(31))
+        );
+        assert!(Command::parse("KILL_CLIENT x").is_err());
+        assert_eq!(
+            Command::parse("disable app"),
+            Ok(Command::Disable("app".into()))
+        );
+        assert!(Command::parse("ENABLE").is_err());
+        assert_eq!(Command::parse("wait_close"), Ok(Command::WaitClose(None)));
+        assert_eq!(
+            Command::parse("show state"),
+            Ok(Command::Show("STATE".into()))
+        );
+        assert!(HELP.contains("KILL_CLIENT") && HINT.contains("WAIT_CLOSE"));
     }
 }

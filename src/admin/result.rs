@@ -11,6 +11,8 @@ pub enum Type {
     Text,
     /// `int4` (OID 23).
     Int4,
+    /// `int8` (OID 20).
+    Int8,
     /// `numeric` (OID 1700): PgBouncer's type for `SHOW STATS` figures.
     Numeric,
 }
@@ -20,6 +22,7 @@ impl Type {
         match self {
             Type::Text => (25, -1),
             Type::Int4 => (23, 4),
+            Type::Int8 => (20, 8),
             Type::Numeric => (1700, -1),
         }
     }

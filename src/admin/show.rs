@@ -242,7 +242,7 @@ pub fn lists(ctx: &Context) -> ResultSet {
     rs
 }
 
-const CONNS: [(&str, Type); 18] = [
+const CONNS: [(&str, Type); 19] = [
     ("type", Type::Text),
     ("user", Type::Text),
     ("database", Type::Text),
@@ -257,6 +257,7 @@ const CONNS: [(&str, Type); 18] = [
     ("wait_us", Type::Int4),
     ("close_needed", Type::Int4),
     ("ptr", Type::Text),
+    ("id", Type::Int8),
     ("link", Type::Text),
     ("remote_pid", Type::Int4),
     ("tls", Type::Text),
@@ -265,12 +266,19 @@ const CONNS: [(&str, Type); 18] = [
 
 /// `SHOW CLIENTS`: every logged-in client.
 pub fn clients(ctx: &Context) -> ResultSet {
-    conns(&ctx.clients.snapshot(), "C", client_state)
+    conns(&ctx.clients.snapshot(), "C", client_state, |_| false)
 }
 
-/// `SHOW SERVERS`: every server connection.
+/// `SHOW SERVERS`: every server connection; `close_needed` is 1 for one
+/// that closes when next idle (older than a `RECONNECT`).
 pub fn servers(ctx: &Context) -> ResultSet {
-    conns(&ctx.registry.servers.snapshot(), "S", server_state)
+    let close_needed = |s: &ConnInfo| ctx.registry.close_needed(s);
+    conns(
+        &ctx.registry.servers.snapshot(),
+        "S",
+        server_state,
+        close_needed,
+    )
 }
 
 fn client_state(s: ConnState) -> &'static str {
@@ -293,6 +301,7 @@ fn conns(
     list: &[std::sync::Arc<ConnInfo>],
     kind: &str,
     state: fn(ConnState) -> &'static str,
+    close_needed: impl Fn(&ConnInfo) -> bool,
 ) -> ResultSet {
     let mut rs = ResultSet::new(&CONNS);
     for c in list {
@@ -319,8 +328,9 @@ fn conns(
             )),
             v(wait.as_secs()),
             v(wait.subsec_micros()),
-            v(0),
+            v(i32::from(close_needed(c))),
             v(format!("0x{:x}", c.id)),
+            v(c.id),
             v(if link == 0 {
                 String::new()
             } else {
@@ -403,7 +413,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             v(max),
             v(open),
             v(i32::from(ctx.registry.is_paused(name))),
-            v(0),
+            v(i32::from(ctx.registry.is_disabled(name))),
         ]);
     }
     rs
@@ -449,6 +459,18 @@ pub fn users(ctx: &Context) -> ResultSet {
     for name in ctx.config().users.keys() {
         rs.row(vec![v(name), None]);
     }
+    rs
+}
+
+/// `SHOW STATE`: whether pgtarn is active, paused (a `PAUSE` of every
+/// database) or suspended (never: pgtarn has no `SUSPEND`).
+pub fn state(ctx: &Context) -> ResultSet {
+    let mut rs = ResultSet::new(&[("key", Type::Text), ("value", Type::Text)]);
+    let paused = ctx.registry.is_paused_all();
+    let yes_no = |b: bool| v(if b { "yes" } else { "no" });
+    rs.row(vec![v("active"), yes_no(!paused)]);
+    rs.row(vec![v("paused"), yes_no(paused)]);
+    rs.row(vec![v("suspended"), yes_no(false)]);
     rs
 }
 

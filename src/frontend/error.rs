@@ -30,6 +30,9 @@ pub enum ClientError {
     /// Unknown database.
     #[error("no such database: {0}")]
     UnknownDatabase(String),
+    /// The database takes no new clients (`DISABLE` on the console).
+    #[error("database \"{0}\" is not currently accepting connections")]
+    DatabaseDisabled(String),
     /// Wrong password, unknown user, or failed SCRAM exchange.
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
@@ -140,6 +143,11 @@ impl ClientError {
             ClientError::Params(_) => reply(code::PROTOCOL_VIOLATION, msg, None),
             ClientError::NoUser => reply(code::INVALID_AUTHORIZATION, msg, None),
             ClientError::UnknownDatabase(_) => reply(code::INVALID_CATALOG_NAME, msg, None),
+            ClientError::DatabaseDisabled(_) => reply(
+                code::OBJECT_NOT_IN_PREREQUISITE_STATE,
+                msg,
+                Some("An admin ran DISABLE on pgtarn's console; ENABLE admits new clients again."),
+            ),
             ClientError::AuthFailed(_) => reply(code::INVALID_PASSWORD, msg, None),
             ClientError::TooManyClients => reply(code::TOO_MANY_CONNECTIONS, msg, None),
             ClientError::LoginTimeout => reply(code::PROTOCOL_VIOLATION, msg, None),

@@ -309,6 +309,9 @@ async fn login_steps(
     let Some(db) = config.databases.get(database) else {
         return Err(ClientError::UnknownDatabase(database.to_owned()));
     };
+    if ctx.registry.is_disabled(database) {
+        return Err(ClientError::DatabaseDisabled(database.to_owned()));
+    }
     let params = ClientParams::from_startup(startup.params())?;
     let found = match ctx.users().get(user) {
         Some(u) => Some(u.clone()),

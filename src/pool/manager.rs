@@ -103,17 +103,24 @@ impl Manager {
         result
     }
 
-    /// Whether a connection is past `server_lifetime` or older than a
-    /// `RECONNECT`.
-    pub fn expired(&self, metrics: &Metrics) -> bool {
-        self.expiry(metrics, Instant::now()).is_some()
-    }
-
     /// Why a connection must close before reuse as of `now`, if it must.
-    pub fn expiry(&self, metrics: &Metrics, now: Instant) -> Option<CloseReason> {
+    pub fn expiry(
+        &self,
+        conn: &ServerConn,
+        metrics: &Metrics,
+        now: Instant,
+    ) -> Option<CloseReason> {
         let age = now.saturating_duration_since(metrics.created);
-        let retire = self.retire_before.load(Ordering::Relaxed);
-        if retire != 0 && crate::stats::ns_at(now).saturating_sub(retire) <= age.as_nanos() as u64 {
+        let retired = match &conn.listed {
+            // As `SHOW SERVERS` and `WAIT_CLOSE` judge it.
+            Some(listed) => self.retires(listed.connected_ns()),
+            None => {
+                let retire = self.retire_before.load(Ordering::Relaxed);
+                let since = crate::stats::ns_at(now).saturating_sub(retire);
+                retire != 0 && since <= age.as_nanos() as u64
+            }
+        };
+        if retired {
             Some(CloseReason::Reconnect)
         } else if age >= self.settings.load().lifetime {
             Some(CloseReason::Lifetime)
@@ -138,6 +145,14 @@ impl Manager {
     /// connection (the upstream changed).
     pub fn forget_defaults(&self) {
         self.defaults.store(None);
+    }
+
+    /// True if a connection that connected at `connected_ns`
+    /// ([`crate::stats::now_ns`]) is older than the last `RECONNECT` (or
+    /// reload that moved the pool): it must close (`close_needed`).
+    pub fn retires(&self, connected_ns: u64) -> bool {
+        let retire = self.retire_before.load(Ordering::Relaxed);
+        retire != 0 && connected_ns <= retire
     }
 
     /// Closes every connection that exists now at its next checkout.
@@ -206,7 +221,7 @@ impl managed::Manager for Manager {
     ) -> RecycleResult<BackendError> {
         let settings = self.settings.load();
         let now = Instant::now();
-        let (reason, detail) = if let Some(why) = self.expiry(metrics, now) {
+        let (reason, detail) = if let Some(why) = self.expiry(conn, metrics, now) {
             (why, None)
         } else if !conn.is_reusable() {
             (CloseReason::Broken, None)

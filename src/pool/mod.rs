@@ -416,6 +416,13 @@ impl Pool {
         }
     }
 
+    /// True if a server of this pool that connected at `connected_ns`
+    /// must close (`close_needed`: older than a `RECONNECT` or a reload
+    /// that moved the pool).
+    pub fn retires(&self, connected_ns: u64) -> bool {
+        self.inner.manager().retires(connected_ns)
+    }
+
     /// Sends new connections to `target` (a reload). If it is another
     /// `upstream`, the existing connections are closed as with
     /// `RECONNECT`, and `true` is returned; new credentials alone are
@@ -561,7 +568,7 @@ impl Pool {
         let manager = self.inner.manager();
         // Closed connections are dropped with `retain`'s result.
         let _closed = self.inner.retain(|conn, m| {
-            let reason = if let Some(why) = manager.expiry(&m, Instant::now()) {
+            let reason = if let Some(why) = manager.expiry(conn, &m, Instant::now()) {
                 why
             } else if !conn.is_reusable() {
                 CloseReason::Broken

@@ -15,7 +15,7 @@ use crate::auth::scram_client::ScramKeys;
 use crate::backend::limit::DbLimit;
 use crate::backend::{Credential, Target, UpstreamTls};
 use crate::config::{Config, Database};
-use crate::stats::clients::ConnList;
+use crate::stats::clients::{ConnInfo, ConnList};
 use crate::stats::{Metrics, PoolStats};
 use crate::tls::TlsError;
 
@@ -45,6 +45,8 @@ pub struct Registry {
     upstream_tls: ArcSwap<TlsMap>,
     /// Paused databases; `None` in the set pauses all.
     paused: Mutex<BTreeSet<Option<String>>>,
+    /// Databases that take no new clients (`DISABLE`).
+    disabled: Mutex<BTreeSet<String>>,
     /// Each database's `max_db_connections` count, shared by its pools.
     limits: Mutex<HashMap<String, Arc<DbLimit>>>,
 }
@@ -80,6 +82,7 @@ impl Registry {
             pools: Mutex::new(HashMap::new()),
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
             paused: Mutex::default(),
+            disabled: Mutex::default(),
             limits: Mutex::default(),
         })
     }
@@ -297,10 +300,53 @@ impl Registry {
         was
     }
 
+    /// True if every database is paused (`PAUSE` without a name).
+    pub fn is_paused_all(&self) -> bool {
+        let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
+        paused.contains(&None)
+    }
+
     /// True if `db` is paused (by name or by a pause of everything).
     pub fn is_paused(&self, db: &str) -> bool {
         let paused = self.paused.lock().unwrap_or_else(|p| p.into_inner());
         paused.contains(&None) || paused.contains(&Some(db.to_owned()))
+    }
+
+    /// Refuses new clients of `db` (`DISABLE`), or admits them again
+    /// (`ENABLE`). Its clients stay.
+    pub fn set_disabled(&self, db: &str, disabled: bool) {
+        let mut set = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        if disabled {
+            set.insert(db.to_owned());
+        } else {
+            set.remove(db);
+        }
+    }
+
+    /// True if `db` takes no new clients.
+    pub fn is_disabled(&self, db: &str) -> bool {
+        let set = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        !set.is_empty() && set.contains(db)
+    }
+
+    /// True if server `s` must close: older than its pool's last
+    /// `RECONNECT` (or reload that moved the pool).
+    pub fn close_needed(&self, s: &ConnInfo) -> bool {
+        let pool = self.find(&s.facts.database, &s.facts.user);
+        pool.is_some_and(|p| p.retires(s.connected_ns()))
+    }
+
+    /// Waits until no server of `db` (or of any database) must close
+    /// (`WAIT_CLOSE`): each closes when it is next idle.
+    pub async fn wait_closed(&self, db: Option<&str>) {
+        loop {
+            let servers = self.servers.snapshot();
+            let mine = |s: &&Arc<ConnInfo>| db.is_none_or(|d| s.facts.database == d);
+            if !servers.iter().filter(mine).any(|s| self.close_needed(s)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Closes `db`'s (or every) server connection as soon as it is idle.

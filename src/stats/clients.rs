@@ -158,6 +158,11 @@ impl ConnInfo {
         unix_micros(self.connect_time) + after / 1000
     }
 
+    /// [`super::now_ns`] when it connected.
+    pub fn connected_ns(&self) -> u64 {
+        self.connected_ns
+    }
+
     /// The id of the linked peer (a client's server or a server's client); 0 if none.
     pub fn link(&self) -> u64 {
         self.link.load(Ordering::Relaxed)
