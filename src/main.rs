@@ -76,6 +76,7 @@ fn serve(config: Config, path: std::path::PathBuf) -> std::io::Result<()> {
         let ctx = server.context();
         *ctx.config_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
         tokio::spawn(reload_on_sighup(ctx.clone()));
+        tokio::spawn(pause_on_sigusr(ctx.clone()));
         tokio::spawn(async move {
             let Some(mut signals) = ShutdownSignals::new() else {
                 return;
@@ -103,6 +104,36 @@ async fn reload_on_sighup(ctx: std::sync::Arc<pgtarn::Context>) {
         tracing::info!("SIGHUP received: reloading the configuration");
         // `reload` logs the outcome.
         let _ = ctx.reload();
+    }
+}
+
+/// `SIGUSR1` pauses every database and `SIGUSR2` resumes them, as
+/// PgBouncer does (the console's `PAUSE` and `RESUME`).
+async fn pause_on_sigusr(ctx: std::sync::Arc<pgtarn::Context>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let usr1 = signal(SignalKind::user_defined1());
+    let usr2 = signal(SignalKind::user_defined2());
+    let (Ok(mut usr1), Ok(mut usr2)) = (usr1, usr2) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            Some(()) = usr1.recv() => {
+                tracing::info!("SIGUSR1 received: pausing every database");
+                ctx.registry.pause(None);
+                // As `PAUSE`: idle servers close once none is in use.
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let limit = std::time::Duration::from_secs(60);
+                    ctx.registry.wait_paused(None, limit).await
+                });
+            }
+            Some(()) = usr2.recv() => {
+                tracing::info!("SIGUSR2 received: resuming every database");
+                ctx.registry.resume(None);
+            }
+            else => return,
+        }
     }
 }
 

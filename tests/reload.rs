@@ -357,3 +357,46 @@ async fn a_changed_pool_mode_applies_to_new_clients() {
         "the new pool's labels"
     );
 }
+
+/// `SIGUSR1` pauses every database and `SIGUSR2` resumes them, as in
+/// PgBouncer: `SHOW STATE` follows, and a query sent while paused waits
+/// and runs once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_pauses_and_sigusr2_resumes() {
+    let pg = PgServer::shared();
+    let port = free_port();
+    let admin = "[pgtarn]\nadmin_users = [\"app\"]\n";
+    let text = config(pg, port, "").replacen("[pgtarn]\n", admin, 1);
+    let p = PgtarnProcess::start_logging(&text, port, "info");
+    let console = connect(port, "pgtarn").await.expect("console");
+    let client = connect(port, "app").await.expect("connect");
+    assert_eq!(one(&client, "SELECT 1").await, "1");
+    let paused = || async {
+        let rows = console.simple_query("SHOW STATE").await.expect("state");
+        rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                r.get(0) == Some("paused") && r.get(1) == Some("yes")
+            }
+            _ => false,
+        })
+    };
+    p.signal(libc::SIGUSR1);
+    wait_until("paused", DEADLINE, paused).await;
+    let waiting = tokio::spawn(async move { one(&client, "SELECT 2").await });
+    wait_until("the query waits", DEADLINE, || async {
+        let rows = console.simple_query("SHOW POOLS").await.expect("pools");
+        rows.iter().any(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                r.get("database") == Some("app") && r.get("cl_waiting") == Some("1")
+            }
+            _ => false,
+        })
+    })
+    .await;
+    p.signal(libc::SIGUSR2);
+    wait_until("resumed", DEADLINE, || async { !paused().await }).await;
+    let got = tokio::time::timeout(DEADLINE, waiting).await;
+    assert_eq!(got.expect("the query ran").expect("task"), "2");
+    let log = p.log();
+    assert!(log.contains("SIGUSR1 received") && log.contains("SIGUSR2 received"));
+}
