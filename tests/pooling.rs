@@ -626,3 +626,60 @@ async fn max_db_connections_is_shared_by_the_databases_users() {
         .batch_execute(&format!("drop role if exists {user}"))
         .await;
 }
+
+/// `reserve_pool_size`: a client that has waited `reserve_pool_timeout`
+/// for a full pool gets one of the reserve's extra servers, while the
+/// pool's own stay busy. As in PgBouncer the extra server then serves
+/// anyone until it closes like the others (here after
+/// `server_idle_timeout`), and the pool is back to `pool_size`. Without a
+/// reserve the same client waits for the holder.
+#[tokio::test]
+async fn a_client_waiting_reserve_pool_timeout_gets_a_reserve_server() {
+    let general = "query_wait_timeout = \"20s\"\nreserve_pool_timeout = \"300ms\"\n\
+                   server_idle_timeout = \"1s\"";
+    let p = pooler(general, "pool_size = 1\nreserve_pool_size = 1").await;
+    let holder = p.connect().await;
+    holder.batch_execute("begin").await.unwrap();
+    let pool = p.pool();
+    assert_eq!(pool.max_size(), 1);
+    let waiter = p.connect().await;
+    let started = Instant::now();
+    assert_eq!(one(&waiter, "select 'served'").await, "served");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "served from the reserve after reserve_pool_timeout: {waited:?}"
+    );
+    assert_eq!((pool.size(), pool.max_size()), (2, 2), "the reserve joined");
+    // While it is open, the reserve server serves without a wait.
+    let again = Instant::now();
+    assert_eq!(one(&waiter, "select 'again'").await, "again");
+    assert!(again.elapsed() < Duration::from_millis(250));
+    holder.batch_execute("commit").await.unwrap();
+    wait_until(
+        "idle servers closed, limit back to pool_size",
+        DEADLINE,
+        || {
+            let sizes = (pool.size(), pool.max_size());
+            async move { sizes == (0, 1) }
+        },
+    )
+    .await;
+    // Without a reserve the client waits for the holder, however long.
+    let p = pooler(general, "pool_size = 1").await;
+    let holder = p.connect().await;
+    holder.batch_execute("begin").await.unwrap();
+    let waiter = p.connect().await;
+    let query = tokio::spawn(async move { one(&waiter, "select 'late'").await });
+    let pool = p.pool();
+    wait_until("queued", DEADLINE, || {
+        let n = pool.waiting();
+        async move { n == 1 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(pool.size(), 1, "no reserve: the pool did not grow");
+    assert_eq!(pool.waiting(), 1, "still waiting");
+    holder.batch_execute("commit").await.unwrap();
+    assert_eq!(query.await.unwrap(), "late");
+}

@@ -408,7 +408,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             None,
             v(db.pool_size),
             v(db.min_pool_size),
-            v(0),
+            v(db.reserve_pool_size(&config.pgtarn)),
             v(db.pool_mode.as_str()),
             v(max),
             v(open),

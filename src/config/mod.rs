@@ -121,6 +121,15 @@ pub struct General {
     /// Most client connections at once; the next one gets 53300.
     /// Default 1000.
     pub max_client_conn: usize,
+    /// Extra server connections a pool may open, beyond `pool_size`, once
+    /// a client has waited `reserve_pool_timeout` for a server (PgBouncer's
+    /// reserve pool); they close again when nobody waits. 0 = none.
+    /// Default 0.
+    pub reserve_pool_size: usize,
+    /// How long a client waits for a server before the pool may use its
+    /// `reserve_pool_size`. Default `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub reserve_pool_timeout: Duration,
     /// How long a client may wait for a server before it gets the
     /// `query_wait_timeout` error. Default `"120s"`.
     #[serde(with = "humantime_serde")]
@@ -292,6 +301,8 @@ impl Default for General {
             unix_socket_dir: None,
             max_db_connections: 0,
             max_client_conn: 1000,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: Duration::from_secs(5),
             query_wait_timeout: Duration::from_secs(120),
             server_connect_timeout: Duration::from_secs(5),
             server_idle_timeout: Duration::from_secs(600),
@@ -356,6 +367,9 @@ pub struct Database {
     /// Overrides `[pgtarn] max_db_connections` for this database.
     /// Default: none.
     pub max_db_connections: Option<usize>,
+    /// Overrides `[pgtarn] reserve_pool_size` for this database's pools.
+    /// Default: none.
+    pub reserve_pool_size: Option<usize>,
 }
 
 impl Database {
@@ -438,6 +452,7 @@ impl Config {
             ("client_login_timeout", g.client_login_timeout),
             ("server_reset_timeout", g.server_reset_timeout),
             ("cancel_wait_timeout", g.cancel_wait_timeout),
+            ("reserve_pool_timeout", g.reserve_pool_timeout),
             ("stats_period", g.stats_period),
             ("shutdown_timeout", g.shutdown_timeout),
         ] {
@@ -520,6 +535,12 @@ impl Database {
     /// The client authentication method for this database.
     pub fn auth_type(&self, general: &General) -> AuthType {
         self.auth_type.unwrap_or(general.auth_type)
+    }
+
+    /// Extra connections each of this database's pools may open once a
+    /// client has waited `reserve_pool_timeout`, under `general`.
+    pub fn reserve_pool_size(&self, general: &General) -> usize {
+        self.reserve_pool_size.unwrap_or(general.reserve_pool_size)
     }
 
     /// The database name to use upstream for client-facing name `name`.

@@ -108,6 +108,10 @@ pub struct PoolSettings {
     pub mode: PoolMode,
     /// Most server connections.
     pub size: usize,
+    /// Extra connections once a client has waited `reserve_timeout`.
+    pub reserve: usize,
+    /// How long a client waits before the reserve may be used.
+    pub reserve_timeout: Duration,
     /// Server connections kept open.
     pub min_size: usize,
     /// Longest wait for a server.
@@ -475,13 +479,9 @@ impl Pool {
         let result = match poll_once(get.as_mut()).await {
             Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
                 let _waiting = self.stats.start_wait();
-                let queued = Timeouts {
-                    wait: Some(self.settings().wait_timeout),
-                    ..now
-                };
                 // Boxed: the queued path is the rare one, and keeping its
                 // state out of this future keeps every checkout's small.
-                Box::pin(self.inner.timeout_get(&queued)).await
+                Box::pin(self.queue(started)).await
             }
             Some(r) => r,
             None => {
@@ -505,6 +505,65 @@ impl Pool {
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
             Err(e) => Err(CheckoutError::Connect(BackendError::Auth(e.to_string()))),
         }
+    }
+
+    /// Waits in the FIFO queue for a server, for `query_wait_timeout`.
+    /// Once the client has waited `reserve_pool_timeout` (since `started`)
+    /// the pool may grow by `reserve_pool_size`; the client keeps its
+    /// place in the queue meanwhile.
+    async fn queue(
+        &self,
+        started: Instant,
+    ) -> Result<managed::Object<Manager>, PoolError<BackendError>> {
+        let settings = self.settings();
+        let queued = Timeouts {
+            wait: Some(settings.wait_timeout),
+            create: None,
+            recycle: None,
+        };
+        let get = self.inner.timeout_get(&queued);
+        if settings.reserve == 0 {
+            return get.await;
+        }
+        let mut get = std::pin::pin!(get);
+        let reserve_at = tokio::time::Instant::from_std(started + settings.reserve_timeout);
+        tokio::select! {
+            biased;
+            r = get.as_mut() => return r,
+            _ = tokio::time::sleep_until(reserve_at) => self.use_reserve(),
+        }
+        get.await
+    }
+
+    /// Lets the pool grow by its `reserve_pool_size` (a client waited
+    /// `reserve_pool_timeout`). As in PgBouncer, the extra connections
+    /// then serve anyone until they close like the others (after
+    /// `server_idle_timeout`, say); the limit goes back to `pool_size`
+    /// once they have and nobody waits.
+    fn use_reserve(&self) {
+        let settings = self.settings();
+        let grown = settings.size + settings.reserve;
+        if self.inner.status().max_size < grown {
+            self.inner.resize(grown);
+            info!(pool = ?self.key, reserve = settings.reserve, "a client waited reserve_pool_timeout: reserve pool in use");
+        }
+    }
+
+    /// The limit back to `pool_size` once the reserve's connections have
+    /// closed and nobody waits.
+    fn release_reserve(&self) {
+        let status = self.inner.status();
+        let size = self.settings().size;
+        if status.max_size > size && status.size <= size && status.waiting == 0 {
+            self.inner.resize(size);
+            info!(pool = ?self.key, "reserve pool connections closed: back to pool_size");
+        }
+    }
+
+    /// The most server connections the pool may have now: `pool_size`,
+    /// plus `reserve_pool_size` while the reserve is in use.
+    pub fn max_size(&self) -> usize {
+        self.inner.status().max_size
     }
 
     /// The ParameterStatus set a new client is told at login: the first
@@ -582,6 +641,7 @@ impl Pool {
             self.stats.server_closed(reason);
             false
         });
+        self.release_reserve();
         self.fill_to_min().await;
     }
 

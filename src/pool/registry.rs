@@ -399,6 +399,8 @@ fn settings(c: &Config, database: &str) -> Option<PoolSettings> {
     Some(PoolSettings {
         mode: db.pool_mode,
         size: db.pool_size,
+        reserve: db.reserve_pool_size(g),
+        reserve_timeout: g.reserve_pool_timeout,
         min_size: db.min_pool_size,
         wait_timeout: g.query_wait_timeout,
         connect_timeout: g.server_connect_timeout,
