@@ -1099,3 +1099,53 @@ async fn refused_set_statements_keep_no_memory() {
     c.query("show search_path").await;
     assert_eq!(first_columns(&c.read_until(b'Z').await), ["public"]);
 }
+
+/// A statement the client prepared (and got ParseComplete for) right after
+/// DDL changed its result type runs, even when a later Parse of the same
+/// pipeline evicted the server's copy before its row shape came back
+/// (`max_prepared_statements = 1`): on Postgres it just runs.
+#[tokio::test]
+async fn a_statement_prepared_after_ddl_runs_when_the_same_pipeline_evicted_it() {
+    let p = trust_pooler("pool_size = 1", "max_prepared_statements = 1").await;
+    let (direct, conn) =
+        tokio_postgres::connect(&PgServer::shared().app_conn_str(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    direct
+        .batch_execute(
+            "drop table if exists prep_evict_shape; create table prep_evict_shape (a int); \
+             insert into prep_evict_shape values (1)",
+        )
+        .await
+        .unwrap();
+    let mut c = Raw::login(p.addr, "app", "app").await;
+    let sql = "select * from prep_evict_shape";
+    let prep = [ext::parse("s1", sql), ext::describe("s1"), ext::sync()].concat();
+    assert_eq!(tags(&round(&mut c, &prep, 1).await), "1tTZ");
+    direct
+        .batch_execute("alter table prep_evict_shape add column b int default 2")
+        .await
+        .unwrap();
+    // The server's copy is dropped; the client's statements too.
+    round(&mut c, &queries(&["deallocate all"]), 1).await;
+    // The query keeps the server attached, so s1 is prepared on it, then
+    // s2 evicts it before s1's row shape is read.
+    let pipeline = [
+        queries(&["select 1"]),
+        ext::parse("s1", sql),
+        ext::parse("s2", "select 2"),
+        ext::sync(),
+    ]
+    .concat();
+    let got = round(&mut c, &pipeline, 2).await;
+    assert_eq!(tags(&got), "TDCZ11Z");
+    let got = round(&mut c, &ext::run("s1", &[]), 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "{}", tags(&got));
+    let row = got.iter().find(|(t, _)| *t == b'D').unwrap();
+    let cols = pgtarn::protocol::backend::data_row(&row.1).unwrap();
+    assert_eq!(cols, [Some(&b"1"[..]), Some(&b"2"[..])]);
+    let got = round(&mut c, &ext::run("s2", &[]), 1).await;
+    assert_eq!(errors(&got), Vec::<String>::new(), "{}", tags(&got));
+    assert_eq!(first_columns(&got), ["2"]);
+}

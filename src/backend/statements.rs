@@ -76,6 +76,18 @@ impl StatementCache {
         victim
     }
 
+    /// Moves `name`, if it is still the copy prepared at `from`, to
+    /// generation `to` (its row shape turned out to be `to`'s). A copy
+    /// evicted or outdated since is left alone: it is not on the server
+    /// as `from` any more.
+    pub fn restamp(&mut self, name: &str, from: u32, to: u32) {
+        if let Some(e) = self.entries.get_mut(name)
+            && e.generation == from
+        {
+            e.generation = to;
+        }
+    }
+
     /// Records that `name` still exists on the server in an unknown
     /// version (an eviction Close was skipped).
     pub fn keep_outdated(&mut self, name: Arc<str>) {
@@ -133,6 +145,27 @@ mod tests {
             "re-inserting evicts nothing"
         );
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn restamping_leaves_an_evicted_or_outdated_copy_alone() {
+        let mut c = StatementCache::default();
+        c.insert("a".into(), 0, 1);
+        c.restamp("a", 0, 1);
+        assert_eq!(c.lookup("a", 1), Cached::Fresh);
+        c.restamp("a", 0, 2);
+        assert_eq!(c.lookup("a", 1), Cached::Fresh, "not the copy of 0");
+        assert_eq!(c.insert("b".into(), 0, 1).as_deref(), Some("a"));
+        c.restamp("a", 1, 2);
+        assert_eq!(
+            c.lookup("a", 2),
+            Cached::Missing,
+            "evicted: not brought back"
+        );
+        assert_eq!(c.lookup("b", 0), Cached::Fresh, "and evicts nothing");
+        c.mark_all_outdated();
+        c.restamp("b", 0, 1);
+        assert_eq!(c.lookup("b", 1), Cached::Outdated);
     }
 
     #[test]

@@ -246,9 +246,10 @@ impl Translator {
                     else {
                         continue;
                     };
-                    // The copy has the new result type: current again.
-                    let capacity = self.max_server_statements;
-                    server.statements.insert(g.clone(), now, capacity);
+                    // The copy has the new result type: current again, if
+                    // it is still there (a later message of the pipeline
+                    // may have evicted it).
+                    server.statements.restamp(&g, generation, now);
                     if let Some(name) = client {
                         self.statements.restamp(&name, &g, generation, now);
                     }
