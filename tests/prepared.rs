@@ -984,7 +984,20 @@ async fn run_on_a_fresh_server_after(
     then: &[u8],
     syncs: usize,
 ) -> (Pooler, Raw, Vec<(u8, Bytes)>) {
-    let p = trust_pooler("pool_size = 2", "").await;
+    let (p, mut c, direct) = facing_a_fresh_server(table, "").await;
+    direct.batch_execute(ddl).await.unwrap();
+    let got = round(&mut c, then, syncs).await;
+    (p, c, got)
+}
+
+/// A pooler (two servers, `general` settings) whose client has `s1`
+/// (`select * from {table}`, a one-column table) prepared on one server
+/// and faces the other one, which never had it; with a direct connection.
+async fn facing_a_fresh_server(
+    table: &str,
+    general: &str,
+) -> (Pooler, Raw, tokio_postgres::Client) {
+    let p = trust_pooler("pool_size = 2", general).await;
     let (direct, conn) =
         tokio_postgres::connect(&PgServer::shared().app_conn_str(), tokio_postgres::NoTls)
             .await
@@ -1012,9 +1025,7 @@ async fn run_on_a_fresh_server_after(
     round(&mut c, &commit, 1).await;
     round(&mut e, &begin, 1).await;
     round(&mut d, &commit, 1).await;
-    direct.batch_execute(ddl).await.unwrap();
-    let got = round(&mut c, then, syncs).await;
-    (p, c, got)
+    (p, c, direct)
 }
 
 /// A statement parsed before DDL changed its result type, used on a server
@@ -1148,4 +1159,31 @@ async fn a_statement_prepared_after_ddl_runs_when_the_same_pipeline_evicted_it()
     let got = round(&mut c, &ext::run("s2", &[]), 1).await;
     assert_eq!(errors(&got), Vec::<String>::new(), "{}", tags(&got));
     assert_eq!(first_columns(&got), ["2"]);
+}
+
+/// `query_timeout` bounds a Bind that waits for its statement to be
+/// prepared afresh (here blocked on a lock) even when an earlier query
+/// of the same pipeline has already completed.
+#[tokio::test]
+async fn query_timeout_cancels_a_fresh_prepare_behind_a_finished_query() {
+    let table = "prep_fresh_timeout";
+    let (_p, mut c, direct) = facing_a_fresh_server(table, "query_timeout = \"500ms\"").await;
+    direct
+        .batch_execute(&format!(
+            "begin; lock table {table} in access exclusive mode"
+        ))
+        .await
+        .unwrap();
+    c.send(&[queries(&["select 1"]), ext::run("s1", &[])].concat())
+        .await;
+    let mut got = Vec::new();
+    let replies = async {
+        for _ in 0..2 {
+            got.extend(c.read_until(b'Z').await);
+        }
+    };
+    let timed = tokio::time::timeout(Duration::from_secs(5), replies).await;
+    direct.batch_execute("rollback").await.unwrap();
+    assert!(timed.is_ok(), "no reply within 5 s: {}", tags(&got));
+    assert_eq!(errors(&got), ["57014"], "{}", tags(&got));
 }

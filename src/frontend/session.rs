@@ -388,14 +388,10 @@ impl Session {
         let mut f = f;
         loop {
             self.attach().await?;
+            self.start_query();
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
             };
-            if self.query_start.is_none() {
-                let now = Instant::now();
-                self.query_start = Some(now);
-                self.xact_start.get_or_insert(now);
-            }
             let held = match self.translator.as_mut() {
                 Some(t) => t.client_frame(f, server, &mut self.to_server, &mut self.to_client)?,
                 None => {
@@ -412,6 +408,15 @@ impl Session {
         }
     }
 
+    /// Starts the query (and transaction) timers, unless running.
+    fn start_query(&mut self) {
+        if self.query_start.is_none() {
+            let now = Instant::now();
+            self.query_start = Some(now);
+            self.xact_start.get_or_insert(now);
+        }
+    }
+
     /// Sends what is queued for the server and relays its replies until
     /// the row-shape check that a held client message waits for is done
     /// (see [`Translator::client_frame`]). It is part of the client's
@@ -423,6 +428,9 @@ impl Session {
             .as_ref()
             .is_some_and(|t| t.replies.checking())
         {
+            // The ReadyForQuery of an earlier query of the pipeline ended
+            // the query's timer: the held message's own runs from then.
+            self.start_query();
             let timer = self.query_timer();
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
