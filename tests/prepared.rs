@@ -1187,3 +1187,29 @@ async fn query_timeout_cancels_a_fresh_prepare_behind_a_finished_query() {
     assert!(timed.is_ok(), "no reply within 5 s: {}", tags(&got));
     assert_eq!(errors(&got), ["57014"], "{}", tags(&got));
 }
+
+/// A client that leaves while its Bind waits for its statement's fresh
+/// prepare (blocked on a lock) gives its server up at once, as it does
+/// while any other message of its waits: the next client gets a server.
+#[tokio::test]
+async fn a_client_leaving_during_a_fresh_prepare_frees_its_server() {
+    let table = "prep_fresh_leave";
+    let (p, mut c, direct) = facing_a_fresh_server(table, "").await;
+    direct
+        .batch_execute(&format!(
+            "begin; lock table {table} in access exclusive mode"
+        ))
+        .await
+        .unwrap();
+    c.send(&ext::run("s1", &[])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(c);
+    // One client takes the other server and keeps it.
+    let mut e = Raw::login(p.addr, "app", "app").await;
+    round(&mut e, &queries(&["begin"]), 1).await;
+    let mut f = Raw::login(p.addr, "app", "app").await;
+    f.query("select 1").await;
+    let timed = tokio::time::timeout(Duration::from_secs(5), f.read_until(b'Z')).await;
+    direct.batch_execute("rollback").await.unwrap();
+    assert_eq!(first_columns(&timed.expect("a server within 5 s")), ["1"]);
+}

@@ -420,7 +420,8 @@ impl Session {
     /// Sends what is queued for the server and relays its replies until
     /// the row-shape check that a held client message waits for is done
     /// (see [`Translator::client_frame`]). It is part of the client's
-    /// query: bounded by `query_timeout` and `KILL`.
+    /// query: bounded by `query_timeout` and `KILL`, and by the client's
+    /// leaving (what it sends meanwhile is kept for later).
     async fn await_check(&mut self) -> Result<(), ClientError> {
         self.flush_to_server().await?;
         while self
@@ -437,6 +438,7 @@ impl Session {
             };
             let server = &mut **server;
             make_room(&mut server.rbuf);
+            let before = self.cbuf.len();
             let read = tokio::select! {
                 biased;
                 r = killed(&self.listed, KillReason::Admin) => return Err(r.into()),
@@ -445,7 +447,10 @@ impl Session {
                     continue;
                 }
                 r = server.stream.read_buf(&mut server.rbuf) => r,
+                e = client_gone(&mut self.client, &mut self.cbuf) => return Err(e),
             };
+            let read_ahead = self.cbuf.len() - before;
+            self.pool.stats.received.inc_by(read_ahead as u64);
             match read {
                 Ok(0) => return Err(ClientError::ServerLost(BackendError::Closed)),
                 Ok(n) => {
