@@ -443,3 +443,30 @@ async fn client_idle_timeout_ends_a_client_that_sends_syncs_and_never_reads() {
     assert_eq!(common::one(&next, "SELECT 4").await, "4");
     p.stop().await;
 }
+
+/// `query_timeout` applies to each query of a pipeline: a slow query sent
+/// in one write behind a quick one is cancelled too (the quick one's
+/// ReadyForQuery must not end the timer for the rest).
+#[tokio::test]
+async fn query_timeout_cancels_a_slow_query_pipelined_behind_a_quick_one() {
+    let p = pooler("query_timeout = \"300ms\"").await;
+    let mut raw = Raw::login(p.addr, "app", "app").await;
+    let mut both = bytes::BytesMut::new();
+    pgtarn::protocol::encode::query(&mut both, "SELECT 1");
+    pgtarn::protocol::encode::query(&mut both, "SELECT pg_sleep(10)");
+    let started = Instant::now();
+    raw.send(&both).await;
+    let first = raw.read_until(b'Z').await;
+    assert!(first.iter().all(|(t, _)| *t != b'E'), "the quick one ran");
+    let second = tokio::time::timeout(Duration::from_secs(5), raw.read_until(b'Z'))
+        .await
+        .expect("the slow one ended within 5 s");
+    let errors = common::raw::errors(&second);
+    assert_eq!(errors, ["57014"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    p.stop().await;
+}

@@ -612,6 +612,13 @@ impl Session {
                                 &mut self.xact_start,
                                 status,
                             );
+                            // The next query of a pipeline runs from now,
+                            // under its own `query_timeout`.
+                            if server.state.awaiting_server() {
+                                let now = Instant::now();
+                                self.query_start = Some(now);
+                                self.xact_start.get_or_insert(now);
+                            }
                         }
                         b'E' => {
                             server.state.on_error();
