@@ -209,11 +209,18 @@ impl KnownStatements {
             .is_some_and(|k| k.generation == generation && k.shape.is_some())
     }
 
-    /// Records that `name` parsed successfully.
+    /// Records that `name` parsed successfully. Past
+    /// [`MAX_KNOWN_STATEMENTS`] the record starts afresh, except for the
+    /// statements whose result type changed (generation above 0): their
+    /// clients' statements would otherwise look outdated, and fail with
+    /// 0A000 for nothing.
     pub fn insert(&self, name: Arc<str>) {
         let mut map = self.lock();
         if map.len() >= MAX_KNOWN_STATEMENTS && !map.contains_key(&name) {
-            map.clear();
+            map.retain(|_, k| k.generation != 0);
+            if map.len() >= MAX_KNOWN_STATEMENTS {
+                map.clear();
+            }
         }
         map.entry(name).or_default();
     }
@@ -770,5 +777,18 @@ mod tests {
             ShapeCheck::Outdated,
             "unknown"
         );
+    }
+
+    #[test]
+    fn starting_afresh_keeps_the_generations_of_changed_statements() {
+        let known = KnownStatements::default();
+        known.insert("changed".into());
+        known.invalidate("changed".into(), 0);
+        for i in 0..MAX_KNOWN_STATEMENTS {
+            known.insert(format!("s{i}").into());
+        }
+        assert_eq!(known.generation("changed"), 1, "kept");
+        assert!(!known.contains("s0"), "the others start afresh");
+        assert!(known.contains(&format!("s{}", MAX_KNOWN_STATEMENTS - 1)));
     }
 }
