@@ -683,3 +683,60 @@ async fn a_client_waiting_reserve_pool_timeout_gets_a_reserve_server() {
     holder.batch_execute("commit").await.unwrap();
     assert_eq!(query.await.unwrap(), "late");
 }
+
+/// `max_user_connections` counts a user's server connections across all
+/// its databases, as `max_db_connections` does for a database: a pool of
+/// the user that needs one while the user is at the limit closes an idle
+/// connection of the user's other pool, and while they are all busy it
+/// waits, ending in `query_wait_timeout` with a hint naming the setting.
+/// `[users.NAME]` `pool_size` and `pool_mode` override the database's.
+#[tokio::test]
+async fn max_user_connections_is_shared_by_the_users_databases() {
+    let pg = PgServer::shared();
+    let general = "auth_type = \"trust\"\nquery_wait_timeout = \"1s\"";
+    let text = pooler::config(pg, general, "pool_size = 5")
+        + "max_user_connections = 1\npool_size = 3\npool_mode = \"session\"\n"
+        + &format!(
+            "[databases.app_other]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"app\"\n",
+            pg.port
+        );
+    let p = Pooler::start(&text).await;
+    let a = p.connect().await;
+    assert_eq!(one(&a, "select 'a'").await, "a");
+    let a_pool = p.ctx.registry.find("app", "app").expect("a's pool");
+    let settings = a_pool.settings();
+    assert_eq!(settings.size, 3, "the user's pool_size");
+    assert_eq!(settings.mode.as_str(), "session", "the user's pool_mode");
+    drop(settings);
+    // In session mode a holds its server: a login to the other database
+    // (which needs a server to learn its parameters) waits.
+    let other = |p: &Pooler| {
+        let s = p.conn_str("").replace("dbname=app", "dbname=app_other");
+        async move {
+            let (c, conn) = tokio_postgres::connect(&s, NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(c)
+        }
+    };
+    let err = other(&p).await.expect_err("the login waited in vain");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("53300", "query_wait_timeout")
+    );
+    let hint = db.hint().unwrap_or_default();
+    assert!(hint.contains("max_user_connections"), "{hint}");
+    // a leaves: its server goes idle, and the other database's pool
+    // closes it to open its own.
+    drop(a);
+    wait_until("a's server idle", DEADLINE, || {
+        let idle = a_pool.idle();
+        async move { idle == 1 }
+    })
+    .await;
+    let c = other(&p).await.expect("login to app_other");
+    assert_eq!(one(&c, "select 'c'").await, "c");
+    assert_eq!(a_pool.size(), 0, "a's idle server was closed");
+    let open: usize = p.ctx.registry.pools().iter().map(|p| p.size()).sum();
+    assert_eq!(open, 1, "never more than max_user_connections");
+}

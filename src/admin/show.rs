@@ -453,11 +453,34 @@ pub fn config(ctx: &Context) -> ResultSet {
     rs
 }
 
-/// `SHOW USERS`: configured users and their pool mode override (none).
+/// `SHOW USERS`: configured users, their overrides of the databases' pool
+/// settings, their `max_user_connections` and their open server connections.
 pub fn users(ctx: &Context) -> ResultSet {
-    let mut rs = ResultSet::new(&[("name", Type::Text), ("pool_mode", Type::Text)]);
-    for name in ctx.config().users.keys() {
-        rs.row(vec![v(name), None]);
+    let mut rs = ResultSet::new(&[
+        ("name", Type::Text),
+        ("pool_size", Type::Int4),
+        ("reserve_pool_size", Type::Int4),
+        ("pool_mode", Type::Text),
+        ("max_user_connections", Type::Int4),
+        ("current_connections", Type::Int4),
+    ]);
+    let config = ctx.config();
+    let pools = ctx.registry.pools();
+    for (name, u) in &config.users {
+        let open: usize = pools
+            .iter()
+            .filter(|p| &p.key.user == name)
+            .map(|p| p.size())
+            .sum();
+        // Unset overrides are NULL: the database's settings apply.
+        rs.row(vec![
+            v(name),
+            u.pool_size.map(v).unwrap_or_default(),
+            u.reserve_pool_size.map(v).unwrap_or_default(),
+            u.pool_mode.map(|m| v(m.as_str())).unwrap_or_default(),
+            v(u.max_connections(&config.pgtarn)),
+            v(open),
+        ]);
     }
     rs
 }

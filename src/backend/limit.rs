@@ -1,5 +1,7 @@
-//! `max_db_connections`: one count of the server connections open to a
-//! database, across the pools of all its users.
+//! `max_db_connections` and `max_user_connections`: one count of the
+//! server connections open to a database, across the pools of all its
+//! users (or of a user, across its databases: the same count, kept per
+//! user; "database" below reads "user" then).
 //!
 //! A pool about to open a connection takes a [`DbSlot`], which the
 //! connection holds until it is closed. When the database is full, the

@@ -126,6 +126,9 @@ pub enum BackendError {
     /// The database stayed at `max_db_connections` for the whole wait.
     #[error("max_db_connections reached")]
     DatabaseFull,
+    /// The user stayed at `max_user_connections` for the whole wait.
+    #[error("max_user_connections reached")]
+    UserFull,
     /// TLS could not be set up as configured.
     #[error("{0}")]
     Tls(String),
@@ -209,6 +212,8 @@ pub struct ServerConn {
     /// Its place in its database's `max_db_connections` count, set by
     /// the pool.
     pub db_slot: Option<limit::DbSlot>,
+    /// Its place in its user's `max_user_connections` count.
+    pub user_slot: Option<limit::DbSlot>,
 }
 
 /// Opens the socket to `target`: its Unix-domain socket, or TCP with TLS
@@ -252,6 +257,7 @@ impl ServerConn {
             id,
             listed: None,
             db_slot: None,
+            user_slot: None,
             synced_params: None,
             cancel: None,
             in_flight: Arc::default(),

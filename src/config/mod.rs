@@ -118,6 +118,10 @@ pub struct General {
     /// closes an idle connection of another pool of it, or waits
     /// (`query_wait_timeout`). 0 = no limit. Default 0.
     pub max_db_connections: usize,
+    /// Most server connections of one user, across its pools (all
+    /// databases), as `max_db_connections` does for a database. 0 = no
+    /// limit. Default 0.
+    pub max_user_connections: usize,
     /// Most client connections at once; the next one gets 53300.
     /// Default 1000.
     pub max_client_conn: usize,
@@ -300,6 +304,7 @@ impl Default for General {
             so_reuseport: false,
             unix_socket_dir: None,
             max_db_connections: 0,
+            max_user_connections: 0,
             max_client_conn: 1000,
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),
@@ -402,11 +407,38 @@ pub struct User {
     /// upstream with the password, the md5 hash (md5 servers), or SCRAM
     /// passthrough (verifier).
     pub password: String,
+    /// Overrides the database's `pool_mode` for this user's pools.
+    /// Default: none.
+    pub pool_mode: Option<PoolMode>,
+    /// Overrides the database's `pool_size` for this user's pools.
+    /// Default: none.
+    pub pool_size: Option<usize>,
+    /// Overrides the database's `reserve_pool_size` for this user's
+    /// pools. Default: none.
+    pub reserve_pool_size: Option<usize>,
+    /// Overrides `[pgtarn] max_user_connections` for this user.
+    /// Default: none.
+    pub max_user_connections: Option<usize>,
+}
+
+impl User {
+    /// The most server connections of this user, across its pools, under
+    /// `general`; 0: no limit.
+    pub fn max_connections(&self, general: &General) -> usize {
+        self.max_user_connections
+            .unwrap_or(general.max_user_connections)
+    }
 }
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("User { password: <redacted> }")
+        f.debug_struct("User")
+            .field("password", &"<redacted>")
+            .field("pool_mode", &self.pool_mode)
+            .field("pool_size", &self.pool_size)
+            .field("reserve_pool_size", &self.reserve_pool_size)
+            .field("max_user_connections", &self.max_user_connections)
+            .finish()
     }
 }
 
@@ -482,6 +514,12 @@ impl Config {
         for (name, user) in &self.users {
             if let Err(reason) = crate::auth::Secret::parse(&user.password) {
                 return invalid(format!("users.{name}.password"), reason.to_string());
+            }
+            if user.pool_size == Some(0) {
+                return invalid(
+                    format!("users.{name}.pool_size"),
+                    "must be at least 1".into(),
+                );
             }
         }
         if let Some(name) = &g.auth_user {

@@ -190,6 +190,13 @@ fn checkout_reply(e: &CheckoutError) -> Option<Reply> {
                 "The database's max_db_connections server connections, shared by all its users, stayed busy for query_wait_timeout; raise max_db_connections or query_wait_timeout, or shorten transactions.",
             ),
         ),
+        CheckoutError::UserFull => reply(
+            code::TOO_MANY_CONNECTIONS,
+            "query_wait_timeout".into(),
+            Some(
+                "The user's max_user_connections server connections, shared by all its databases, stayed busy for query_wait_timeout; raise max_user_connections or query_wait_timeout, or shorten transactions.",
+            ),
+        ),
         CheckoutError::Connect(BackendError::Connect(f)) => {
             reply(&f.code, f.to_string(), f.cached.then_some(LOGIN_RETRY_HINT))
         }

@@ -120,11 +120,11 @@ fn release(mut obj: Object<Manager>) {
     if let Some(l) = &obj.listed {
         l.set_idle();
     }
-    let waiting = obj.db_slot.as_ref().and_then(|s| s.waiting());
-    // Back to the pool; then a pool waiting under max_db_connections may
-    // close it.
+    let waiting = [&obj.db_slot, &obj.user_slot].map(|s| s.as_ref().and_then(|s| s.waiting()));
+    // Back to the pool; then a pool waiting under max_db_connections or
+    // max_user_connections may close it.
     drop(obj);
-    if let Some(limit) = waiting {
+    for limit in waiting.into_iter().flatten() {
         limit.went_idle();
     }
 }

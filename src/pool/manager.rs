@@ -52,6 +52,8 @@ pub struct Manager {
     pub(super) database: String,
     /// The database's `max_db_connections` count, shared by its pools.
     pub(super) db_limit: Arc<DbLimit>,
+    /// The user's `max_user_connections` count, shared by its pools.
+    pub(super) user_limit: Arc<DbLimit>,
 }
 
 /// Server connection ids, unique in the process.
@@ -66,7 +68,7 @@ impl Manager {
         stats: Arc<PoolStats>,
         servers: Arc<ConnList>,
         database: String,
-        db_limit: Arc<DbLimit>,
+        (db_limit, user_limit): (Arc<DbLimit>, Arc<DbLimit>),
     ) -> Self {
         Manager {
             target: ArcSwap::from_pointee(target),
@@ -79,6 +81,7 @@ impl Manager {
             servers,
             database,
             db_limit,
+            user_limit,
         }
     }
 
@@ -192,6 +195,9 @@ impl managed::Manager for Manager {
         let Some(slot) = self.db_limit.take(wait).await else {
             return Err(BackendError::DatabaseFull);
         };
+        let Some(user_slot) = self.user_limit.take(wait).await else {
+            return Err(BackendError::UserFull);
+        };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let mut conn = match self.connect(id).await {
             Ok(conn) => conn,
@@ -207,6 +213,7 @@ impl managed::Manager for Manager {
         self.stats.opened.inc();
         self.list(&mut conn);
         conn.db_slot = Some(slot);
+        conn.user_slot = Some(user_slot);
         if self.defaults.load().is_none() {
             self.defaults
                 .store(Some(Arc::new(conn.login_params().to_vec())));

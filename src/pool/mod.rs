@@ -271,6 +271,10 @@ pub enum CheckoutError {
     /// `query_wait_timeout`.
     #[error("query_wait_timeout")]
     DatabaseFull,
+    /// The user's `max_user_connections` connections stayed busy for
+    /// `query_wait_timeout`.
+    #[error("query_wait_timeout")]
+    UserFull,
     /// A new server connection could not be made.
     #[error("{0}")]
     Connect(BackendError),
@@ -328,6 +332,8 @@ struct Shared {
     servers: Arc<ConnList>,
     /// Its database's `max_db_connections` count.
     db_limit: Arc<DbLimit>,
+    /// Its user's `max_user_connections` count.
+    user_limit: Arc<DbLimit>,
 }
 
 impl Pool {
@@ -344,6 +350,7 @@ impl Pool {
             stats,
             servers,
             db_limit,
+            user_limit,
         } = shared;
         let size = settings.size;
         let settings = Arc::new(ArcSwap::from_pointee(settings));
@@ -353,7 +360,7 @@ impl Pool {
             stats.clone(),
             servers,
             key.database.clone(),
-            db_limit.clone(),
+            (db_limit.clone(), user_limit.clone()),
         );
         let inner = managed::Pool::builder(manager)
             .max_size(size)
@@ -374,6 +381,7 @@ impl Pool {
         });
         let evict: Arc<dyn Evict> = pool.clone();
         db_limit.add_pool(Arc::downgrade(&evict));
+        user_limit.add_pool(Arc::downgrade(&evict));
         pool
     }
 
@@ -507,6 +515,10 @@ impl Pool {
             Err(PoolError::Backend(BackendError::DatabaseFull)) => {
                 self.stats.wait_timeouts.inc();
                 Err(CheckoutError::DatabaseFull)
+            }
+            Err(PoolError::Backend(BackendError::UserFull)) => {
+                self.stats.wait_timeouts.inc();
+                Err(CheckoutError::UserFull)
             }
             Err(PoolError::Backend(e)) => Err(CheckoutError::Connect(e)),
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
@@ -658,13 +670,15 @@ impl Pool {
         if status.size >= min_size || status.waiting > 0 {
             return;
         }
-        // Not beyond max_db_connections: filling up would close other
-        // pools' idle connections, which would fill up again in turn.
-        let limit = &self.inner.manager().db_limit;
-        let room = match limit.max() {
+        // Not beyond max_db_connections or max_user_connections: filling
+        // up would close other pools' idle connections, which would fill
+        // up again in turn.
+        let manager = self.inner.manager();
+        let room = |limit: &DbLimit| match limit.max() {
             0 => usize::MAX,
             max => max.saturating_sub(limit.open()),
         };
+        let room = room(&manager.db_limit).min(room(&manager.user_limit));
         let wanted = min_size.min(status.size.saturating_add(room));
         // Holding `wanted` connections at once makes the pool create
         // whatever is missing; dropping them returns all of them.

@@ -49,6 +49,8 @@ pub struct Registry {
     disabled: Mutex<BTreeSet<String>>,
     /// Each database's `max_db_connections` count, shared by its pools.
     limits: Mutex<HashMap<String, Arc<DbLimit>>>,
+    /// Each user's `max_user_connections` count, shared by its pools.
+    user_limits: Mutex<HashMap<String, Arc<DbLimit>>>,
 }
 
 /// How often pool maintenance runs.
@@ -84,6 +86,7 @@ impl Registry {
             paused: Mutex::default(),
             disabled: Mutex::default(),
             limits: Mutex::default(),
+            user_limits: Mutex::default(),
         })
     }
 
@@ -149,20 +152,23 @@ impl Registry {
         let credential = credential(secret, &passthrough);
         let target = self.target(&c, db, &key, credential);
         let upstream = upstream(&c, &key);
-        let settings = settings(&c, &key.database)
+        let settings = settings(&c, &key.database, &key.user)
             .ok_or_else(|| LookupError::UnknownDatabase(key.database.clone()))?;
         let stats = PoolStats::new(
             &self.metrics,
             &key.database,
             &key.user,
-            db.pool_mode.as_str(),
+            settings.mode.as_str(),
         );
         let servers = self.servers.clone();
-        let limit = self.db_limit(&key.database, db.max_connections(&c.pgtarn));
+        let limit = limit_of(&self.limits, &key.database, db.max_connections(&c.pgtarn));
+        let user_max = user_max_connections(&c, &key.user);
+        let user_limit = limit_of(&self.user_limits, &key.user, user_max);
         let shared = super::Shared {
             stats: Arc::new(stats),
             servers,
             db_limit: limit,
+            user_limit,
         };
         Ok(Pool::new(
             key,
@@ -172,16 +178,6 @@ impl Registry {
             upstream,
             shared,
         ))
-    }
-
-    /// `database`'s `max_db_connections` count, made with limit `max` if
-    /// it does not exist yet.
-    fn db_limit(&self, database: &str, max: usize) -> Arc<DbLimit> {
-        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        limits
-            .entry(database.to_owned())
-            .or_insert_with(|| DbLimit::new(max))
-            .clone()
     }
 
     /// Where `key`'s connections go under `c`, to `db`, logging in with
@@ -219,7 +215,7 @@ impl Registry {
         let mut pools = self.lock();
         pools.retain(|key, pool| {
             let db = config.databases.get(&key.database);
-            let Some((db, settings)) = db.zip(settings(&config, &key.database)) else {
+            let Some((db, settings)) = db.zip(settings(&config, &key.database, &key.user)) else {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: database removed");
                 pool.reconnect();
                 return false;
@@ -248,6 +244,10 @@ impl Registry {
             if let Some(db) = config.databases.get(name) {
                 limit.set_max(db.max_connections(&config.pgtarn));
             }
+        }
+        let user_limits = self.user_limits.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, limit) in user_limits.iter() {
+            limit.set_max(user_max_connections(&config, name));
         }
         Ok(())
     }
@@ -393,15 +393,40 @@ pub(super) fn credential(
     }
 }
 
-fn settings(c: &Config, database: &str) -> Option<PoolSettings> {
+/// The count `name` keeps in `limits` (a database's or a user's), made
+/// with limit `max` if it does not exist yet.
+fn limit_of(limits: &Mutex<HashMap<String, Arc<DbLimit>>>, name: &str, max: usize) -> Arc<DbLimit> {
+    let mut limits = limits.lock().unwrap_or_else(|e| e.into_inner());
+    limits
+        .entry(name.to_owned())
+        .or_insert_with(|| DbLimit::new(max))
+        .clone()
+}
+
+/// `user`'s `max_user_connections` under `c` (a user found by
+/// `auth_query` has the `[pgtarn]` default).
+fn user_max_connections(c: &Config, user: &str) -> usize {
+    match c.users.get(user) {
+        Some(u) => u.max_connections(&c.pgtarn),
+        None => c.pgtarn.max_user_connections,
+    }
+}
+
+/// The settings of `database`'s pool for `user`: a setting in
+/// `[users.USER]` overrides the database's, as in PgBouncer.
+fn settings(c: &Config, database: &str, user: &str) -> Option<PoolSettings> {
     let db = c.databases.get(database)?;
     let g = &c.pgtarn;
+    let u = c.users.get(user);
+    let size = u.and_then(|u| u.pool_size).unwrap_or(db.pool_size);
     Some(PoolSettings {
-        mode: db.pool_mode,
-        size: db.pool_size,
-        reserve: db.reserve_pool_size(g),
+        mode: u.and_then(|u| u.pool_mode).unwrap_or(db.pool_mode),
+        size,
+        reserve: u
+            .and_then(|u| u.reserve_pool_size)
+            .unwrap_or(db.reserve_pool_size(g)),
         reserve_timeout: g.reserve_pool_timeout,
-        min_size: db.min_pool_size,
+        min_size: db.min_pool_size.min(size),
         wait_timeout: g.query_wait_timeout,
         connect_timeout: g.server_connect_timeout,
         idle_timeout: g.server_idle_timeout,
