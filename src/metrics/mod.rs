@@ -56,7 +56,7 @@ pub fn refresh(ctx: &Context) {
         m.pool_size.with_label_values(&l).set(pool.size() as i64);
         m.pool_max_size
             .with_label_values(&l)
-            .set(pool.settings().size as i64);
+            .set(pool.max_size() as i64);
         m.pool_saturation
             .with_label_values(&l)
             .set(c.sv_active as f64 / size as f64);

@@ -63,7 +63,8 @@ pub struct Metrics {
     pub pool_servers: IntGaugeVec,
     /// `pgtarn_pool_size`: open server connections.
     pub pool_size: IntGaugeVec,
-    /// `pgtarn_pool_max_size`: the configured `pool_size`.
+    /// `pgtarn_pool_max_size`: the pool's limit, `pool_size` (plus
+    /// `reserve_pool_size` while the reserve is in use).
     pub pool_max_size: IntGaugeVec,
     /// `pgtarn_pool_saturation`: servers active / `pool_size`.
     pub pool_saturation: prometheus::GaugeVec,
@@ -169,7 +170,12 @@ impl Metrics {
                 &["state"],
             ),
             pool_size: gauge(&r, "pgtarn_pool_size", "Open server connections.", &[]),
-            pool_max_size: gauge(&r, "pgtarn_pool_max_size", "The configured pool_size.", &[]),
+            pool_max_size: gauge(
+                &r,
+                "pgtarn_pool_max_size",
+                "The pool's limit: pool_size, plus reserve_pool_size while the reserve is in use.",
+                &[],
+            ),
             pool_saturation: fgauge(
                 &r,
                 "pgtarn_pool_saturation",
