@@ -394,7 +394,7 @@ impl Translator {
         match Self::lookup(&stmt, sink) {
             Cached::Fresh => Use::Ready((stmt.name.clone(), generation)),
             cached => {
-                let check = self.known.has_shape(&stmt.name, generation);
+                let check = self.known.needs_check(&stmt.name, generation);
                 self.prepare(&stmt, cached, None, false, sink);
                 if !check {
                     return Use::Ready((stmt.name.clone(), generation));

@@ -201,12 +201,17 @@ impl KnownStatements {
         self.lock().get(name).map_or(0, |k| k.generation)
     }
 
-    /// True if `generation` is current for `name` and its row shape is
-    /// recorded: a copy prepared afresh can be checked against it.
-    pub fn has_shape(&self, name: &str, generation: u32) -> bool {
+    /// True if a copy of `name` prepared afresh at `generation` must be
+    /// checked before use: the generation is current and its row shape
+    /// recorded, and the statement returns rows. (One that returns none,
+    /// an INSERT without RETURNING say, cannot change its result type.)
+    pub fn needs_check(&self, name: &str, generation: u32) -> bool {
         let map = self.lock();
-        map.get(name)
-            .is_some_and(|k| k.generation == generation && k.shape.is_some())
+        map.get(name).is_some_and(|k| {
+            k.generation == generation
+                && k.shape
+                    .is_some_and(|s| s != crate::protocol::backend::NO_ROWS)
+        })
     }
 
     /// Records that `name` parsed successfully. Past
@@ -761,18 +766,18 @@ mod tests {
     fn a_fresh_copy_of_another_shape_moves_the_statement_on() {
         let known = KnownStatements::default();
         known.insert("g".into());
-        assert!(!known.has_shape("g", 0), "nothing described yet");
+        assert!(!known.needs_check("g", 0), "nothing described yet");
         assert_eq!(
             known.check_shape("g", 0, 7),
             ShapeCheck::Same,
             "first record"
         );
-        assert!(known.has_shape("g", 0));
+        assert!(known.needs_check("g", 0));
         assert_eq!(known.check_shape("g", 0, 7), ShapeCheck::Same);
         assert_eq!(known.check_shape("g", 0, 8), ShapeCheck::Changed(1));
         assert_eq!(known.generation("g"), 1);
         assert!(
-            known.has_shape("g", 1),
+            known.needs_check("g", 1),
             "the new copy's shape is the new generation's"
         );
         assert_eq!(
@@ -780,10 +785,14 @@ mod tests {
             ShapeCheck::Outdated,
             "a copy of an older generation says nothing"
         );
+        known.insert("w".into());
+        let no_rows = crate::protocol::backend::NO_ROWS;
+        assert_eq!(known.check_shape("w", 0, no_rows), ShapeCheck::Same);
+        assert!(!known.needs_check("w", 0), "no rows: nothing to check");
         known.invalidate("g".into(), 1);
         assert_eq!(known.generation("g"), 2);
         assert!(
-            !known.has_shape("g", 2),
+            !known.needs_check("g", 2),
             "reported by a server: shape unknown"
         );
         assert_eq!(
