@@ -740,3 +740,37 @@ async fn max_user_connections_is_shared_by_the_users_databases() {
     let open: usize = p.ctx.registry.pools().iter().map(|p| p.size()).sum();
     assert_eq!(open, 1, "never more than max_user_connections");
 }
+
+/// `pool_mode = "statement"`, as in PgBouncer: each statement may run on
+/// another server (prepared statements and settings follow the client),
+/// and a transaction block ends the client with PgBouncer's `FATAL
+/// transaction blocks not allowed in statement pooling mode` (08P01) and
+/// closes its server; other clients go on.
+#[tokio::test]
+async fn statement_mode_lends_servers_per_statement_and_refuses_transactions() {
+    let p = pooler("", "pool_mode = \"statement\"\npool_size = 1").await;
+    let a = p.connect().await;
+    let b = p.connect().await;
+    a.batch_execute("set application_name = 'a-stmt'")
+        .await
+        .unwrap();
+    let stmt = a.prepare("select $1::int + 1").await.unwrap();
+    for i in 0..3 {
+        // One server: the clients take turns on it.
+        assert_eq!(one(&b, "select 'b'").await, "b");
+        let row = a.query_one(&stmt, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+        assert_eq!(one(&a, "show application_name").await, "a-stmt");
+    }
+    let e = a.batch_execute("begin").await.unwrap_err();
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        (
+            "08P01",
+            "transaction blocks not allowed in statement pooling mode"
+        )
+    );
+    assert!(a.is_closed() || a.simple_query("select 1").await.is_err());
+    assert_eq!(one(&b, "select 'b goes on'").await, "b goes on");
+}

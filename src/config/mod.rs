@@ -69,6 +69,11 @@ pub enum PoolMode {
     Transaction,
     /// Assigned until the client disconnects, then reset and reused.
     Session,
+    /// Assigned for one statement (a simple query, or the extended
+    /// protocol up to Sync); a transaction block ends the client with
+    /// PgBouncer's `transaction blocks not allowed in statement pooling
+    /// mode` (08P01).
+    Statement,
 }
 
 impl PoolMode {
@@ -77,7 +82,14 @@ impl PoolMode {
         match self {
             PoolMode::Transaction => "transaction",
             PoolMode::Session => "session",
+            PoolMode::Statement => "statement",
         }
+    }
+
+    /// True for the modes that lend a server per transaction or statement
+    /// (prepared statements and settings follow the client).
+    pub fn shares_servers(self) -> bool {
+        self != PoolMode::Session
     }
 }
 
@@ -356,7 +368,8 @@ pub struct Database {
     pub port: u16,
     /// Database name upstream. Default: the section's name.
     pub dbname: Option<String>,
-    /// `"transaction"` or `"session"`. Default `"transaction"`.
+    /// `"transaction"`, `"session"` or `"statement"`. Default
+    /// `"transaction"`.
     #[serde(default)]
     pub pool_mode: PoolMode,
     /// Most server connections per (database, user) pool. Default 20.
@@ -630,7 +643,7 @@ mod tests {
         let e = err("[databases.a]\npool_size = 2\nmin_pool_size = 3");
         assert!(e.contains("databases.a.min_pool_size"), "{e}");
         assert!(err("[pgtarn]\nquery_wait_timeout = \"soon\"").contains("query_wait_timeout"));
-        assert!(err("[databases.a]\npool_mode = \"statement\"").contains("pool_mode"));
+        assert!(err("[databases.a]\npool_mode = \"banana\"").contains("pool_mode"));
         assert!(err("[users.u]\npasword = \"x\"").contains("pasword"));
     }
 

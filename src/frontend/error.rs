@@ -30,6 +30,9 @@ pub enum ClientError {
     /// Unknown database.
     #[error("no such database: {0}")]
     UnknownDatabase(String),
+    /// A transaction block in `statement` pool mode (PgBouncer's words).
+    #[error("transaction blocks not allowed in statement pooling mode")]
+    TransactionInStatementMode,
     /// The database takes no new clients (`DISABLE` on the console).
     #[error("database \"{0}\" is not currently accepting connections")]
     DatabaseDisabled(String),
@@ -143,6 +146,7 @@ impl ClientError {
             ClientError::Params(_) => reply(code::PROTOCOL_VIOLATION, msg, None),
             ClientError::NoUser => reply(code::INVALID_AUTHORIZATION, msg, None),
             ClientError::UnknownDatabase(_) => reply(code::INVALID_CATALOG_NAME, msg, None),
+            ClientError::TransactionInStatementMode => reply(code::PROTOCOL_VIOLATION, msg, None),
             ClientError::DatabaseDisabled(_) => reply(
                 code::OBJECT_NOT_IN_PREREQUISITE_STATE,
                 msg,

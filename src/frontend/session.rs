@@ -158,14 +158,13 @@ impl Session {
         cancel: Arc<CancelSlot>,
     ) -> Session {
         let s = pool.settings();
-        let translator =
-            (s.mode == PoolMode::Transaction && s.max_prepared_statements > 0).then(|| {
-                Translator::new(
-                    ClientStatements::new(s.client_statement_limits),
-                    s.max_prepared_statements,
-                    pool.known_statements.clone(),
-                )
-            });
+        let translator = (s.mode.shares_servers() && s.max_prepared_statements > 0).then(|| {
+            Translator::new(
+                ClientStatements::new(s.client_statement_limits),
+                s.max_prepared_statements,
+                pool.known_statements.clone(),
+            )
+        });
         let mode = s.mode;
         Session {
             mode,
@@ -376,7 +375,7 @@ impl Session {
         }
         // Noted whoever answers the frame: a Parse that pgtarn answers
         // itself defines a statement whose SET must be followed too.
-        if self.mode == PoolMode::Transaction {
+        if self.mode.shares_servers() {
             self.note_changes(&f);
         }
         if let Some(t) = self.translator.as_mut()
@@ -606,6 +605,9 @@ impl Session {
                             self.cancelled_at = None;
                             let status = msg::ready_for_query(f.body()).map_err(bad)?;
                             server.state.on_ready(status);
+                            if self.mode == PoolMode::Statement && status != msg::TxStatus::Idle {
+                                return Err(ClientError::TransactionInStatementMode);
+                            }
                             finish_timers(
                                 &self.pool,
                                 &mut self.query_start,
@@ -721,7 +723,7 @@ impl Session {
             && !server.splitter.in_stream()
             && !self.csplit.in_stream()
             && settled;
-        if idle && self.mode == PoolMode::Transaction {
+        if idle && self.mode.shares_servers() {
             if !self.changed.is_empty() {
                 self.track_settings().await?;
             }
