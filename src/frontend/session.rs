@@ -387,7 +387,7 @@ impl Session {
         let mut f = f;
         loop {
             self.attach().await?;
-            self.start_query();
+            start_timers(&mut self.query_start, &mut self.xact_start);
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
             };
@@ -407,15 +407,6 @@ impl Session {
         }
     }
 
-    /// Starts the query (and transaction) timers, unless running.
-    fn start_query(&mut self) {
-        if self.query_start.is_none() {
-            let now = Instant::now();
-            self.query_start = Some(now);
-            self.xact_start.get_or_insert(now);
-        }
-    }
-
     /// Sends what is queued for the server and relays its replies until
     /// the row-shape check that a held client message waits for is done
     /// (see [`Translator::client_frame`]). It is part of the client's
@@ -430,7 +421,7 @@ impl Session {
         {
             // The ReadyForQuery of an earlier query of the pipeline ended
             // the query's timer: the held message's own runs from then.
-            self.start_query();
+            start_timers(&mut self.query_start, &mut self.xact_start);
             let timer = self.query_timer();
             let Some(server) = self.server.as_mut() else {
                 return Ok(());
@@ -617,9 +608,7 @@ impl Session {
                             // The next query of a pipeline runs from now,
                             // under its own `query_timeout`.
                             if server.state.awaiting_server() {
-                                let now = Instant::now();
-                                self.query_start = Some(now);
-                                self.xact_start.get_or_insert(now);
+                                start_timers(&mut self.query_start, &mut self.xact_start);
                             }
                         }
                         b'E' => {
@@ -905,6 +894,15 @@ async fn killed(listed: &Option<Listed>, at_least: KillReason) -> KillReason {
 fn two_strings(body: &[u8]) -> Option<(&[u8], &[u8])> {
     let mut parts = body.splitn(3, |&b| b == 0);
     Some((parts.next()?, parts.next()?))
+}
+
+/// Starts the query (and transaction) timers, unless running.
+fn start_timers(query: &mut Option<Instant>, xact: &mut Option<Instant>) {
+    if query.is_none() {
+        let now = Instant::now();
+        *query = Some(now);
+        xact.get_or_insert(now);
+    }
 }
 
 /// Records the query (and, at idle, the transaction) that a
