@@ -960,3 +960,36 @@ async fn wait_close_returns_once_servers_older_than_reconnect_are_gone() {
     next.simple_query("SELECT 1").await.expect("new server");
     p.stop().await;
 }
+
+/// A reload that lowers `pool_size` while fewer servers are open than the
+/// new size holds: the pool lends no more servers at once than the new
+/// `pool_size` (before, the old size's room stayed, so a second client
+/// got a second server of a pool of 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_size_lowered_by_reload_holds_with_few_servers_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtarn.toml");
+    let text = config("query_wait_timeout = \"1s\"");
+    std::fs::write(&path, &text).expect("write config");
+    let p = Pooler::start(&text).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let holder = p.connect().await;
+    let waiter = p.connect().await;
+    holder.simple_query("SELECT 1").await.expect("query");
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    std::fs::write(&path, text.replace("pool_size = 2", "pool_size = 1")).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload");
+    let pool = p.pool();
+    assert_eq!((pool.size(), pool.max_size()), (1, 1));
+    holder.batch_execute("BEGIN").await.expect("begin");
+    let e = waiter
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("pool_size 1 is taken: query_wait_timeout");
+    assert_eq!(code(&e), "53300");
+    assert!(pool.size() <= 1, "servers: {}", pool.size());
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let next = p.connect().await;
+    next.simple_query("SELECT 1").await.expect("served now");
+    p.stop().await;
+}

@@ -774,3 +774,36 @@ async fn statement_mode_lends_servers_per_statement_and_refuses_transactions() {
     assert!(a.is_closed() || a.simple_query("select 1").await.is_err());
     assert_eq!(one(&b, "select 'b goes on'").await, "b goes on");
 }
+
+/// Once the reserve's servers have closed and the limit is back to
+/// `pool_size`, a full pool makes the next client wait
+/// `reserve_pool_timeout` again: the reserve's room is not left open
+/// (before, the pool kept `pool_size + reserve_pool_size` checkouts, so
+/// the second client got a second server at once).
+#[tokio::test]
+async fn after_the_reserve_closes_a_full_pool_waits_reserve_pool_timeout_again() {
+    let general = "query_wait_timeout = \"20s\"\nreserve_pool_timeout = \"1s\"\n\
+                   server_idle_timeout = \"1s\"";
+    let p = pooler(general, "pool_size = 1\nreserve_pool_size = 1").await;
+    let holder = p.connect().await;
+    let waiter = p.connect().await;
+    let pool = p.pool();
+    holder.batch_execute("begin").await.unwrap();
+    assert_eq!(one(&waiter, "select 'reserve'").await, "reserve");
+    assert_eq!((pool.size(), pool.max_size()), (2, 2), "the reserve joined");
+    holder.batch_execute("commit").await.unwrap();
+    wait_until("limit back to pool_size", DEADLINE, || {
+        let sizes = (pool.size(), pool.max_size());
+        async move { sizes == (0, 1) }
+    })
+    .await;
+    holder.batch_execute("begin").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(one(&waiter, "select 'waited'").await, "waited");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "a full pool of pool_size: the reserve again after reserve_pool_timeout: {waited:?}"
+    );
+    holder.batch_execute("commit").await.unwrap();
+}

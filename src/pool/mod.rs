@@ -487,26 +487,10 @@ impl Pool {
             let _waiting = self.stats.start_wait();
             self.wait_resumed().await;
         }
-        // First without waiting: a free server (the common case) costs no
-        // timer. With none free, queue (FIFO) for `query_wait_timeout`.
-        let now = Timeouts {
-            wait: Some(Duration::ZERO),
-            create: None,
-            recycle: None,
-        };
-        let get = self.inner.timeout_get(&now);
-        let mut get = std::pin::pin!(get);
-        let result = match poll_once(get.as_mut()).await {
-            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                let _waiting = self.stats.start_wait();
-                // Boxed: the queued path is the rare one, and keeping its
-                // state out of this future keeps every checkout's small.
-                Box::pin(self.queue(started)).await
-            }
-            Some(r) => r,
-            None => {
-                let _waiting = self.stats.start_wait();
-                get.await
+        let result = loop {
+            match self.get(started).await {
+                Ok(obj) if self.over_limit() => self.give_back_room(obj),
+                r => break r,
             }
         };
         let done = Instant::now();
@@ -529,6 +513,56 @@ impl Pool {
             Err(PoolError::Closed) => Err(CheckoutError::Closed),
             Err(e) => Err(CheckoutError::Connect(BackendError::Auth(e.to_string()))),
         }
+    }
+
+    /// One try at a server: first without waiting, as a free server (the
+    /// common case) costs no timer; with none free, queued (FIFO) for
+    /// `query_wait_timeout`.
+    async fn get(
+        &self,
+        started: Instant,
+    ) -> Result<managed::Object<Manager>, PoolError<BackendError>> {
+        let now = Timeouts {
+            wait: Some(Duration::ZERO),
+            create: None,
+            recycle: None,
+        };
+        let get = self.inner.timeout_get(&now);
+        let mut get = std::pin::pin!(get);
+        match poll_once(get.as_mut()).await {
+            Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
+                let _waiting = self.stats.start_wait();
+                // Boxed: the queued path is the rare one, and keeping its
+                // state out of this future keeps every checkout's small.
+                Box::pin(self.queue(started)).await
+            }
+            Some(r) => r,
+            None => {
+                let _waiting = self.stats.start_wait();
+                get.await
+            }
+        }
+    }
+
+    /// True if the pool holds more connections than its limit now. Right
+    /// after a checkout this means the checkout was let in by room left
+    /// over from a larger limit: deadpool's `resize` takes room back only
+    /// for connections it can close, so shrinking the limit (the reserve
+    /// released, `pool_size` reduced by a reload) while fewer connections
+    /// were open left the old room usable.
+    fn over_limit(&self) -> bool {
+        let status = self.inner.status();
+        status.size > status.max_size
+    }
+
+    /// Closes `obj`, checked out beyond the limit ([`Pool::over_limit`]):
+    /// taken out of the pool over its limit, its room is not given back,
+    /// so the leftover room is gone and the client queues again.
+    fn give_back_room(&self, obj: managed::Object<Manager>) {
+        let reason = CloseReason::Resize;
+        self.stats.server_closed(reason);
+        let conn = managed::Object::take(obj);
+        info!(server = conn.id(), %reason, "server connection closed: the pool was over its limit");
     }
 
     /// Waits in the FIFO queue for a server, for `query_wait_timeout`.
