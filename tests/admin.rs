@@ -993,3 +993,46 @@ async fn a_pool_size_lowered_by_reload_holds_with_few_servers_open() {
     next.simple_query("SELECT 1").await.expect("served now");
     p.stop().await;
 }
+
+/// A reload that retires a pool (its `pool_mode` changed) closes the old
+/// pool's servers when released: until then `SHOW SERVERS` lists a held
+/// one with `close_needed` = 1 and `WAIT_CLOSE` waits for it (before,
+/// the retired pool was no longer found by name, so its servers showed 0
+/// and `WAIT_CLOSE` returned at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_close_waits_for_the_servers_of_a_pool_retired_by_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtarn.toml");
+    let text = config("");
+    std::fs::write(&path, &text).expect("write config");
+    let p = Pooler::start(&text).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
+    let holder = p.connect().await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
+    std::fs::write(&path, session_mode).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload");
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["close_needed"], "1", "{servers:?}");
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (admin, done) = (admin.clone(), done.clone());
+        tokio::spawn(async move {
+            admin
+                .simple_query("WAIT_CLOSE app")
+                .await
+                .expect("wait_close");
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!done.load(Ordering::SeqCst), "WAIT_CLOSE ended early");
+    holder.simple_query("COMMIT").await.expect("commit");
+    tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .expect("WAIT_CLOSE ends once the server closed")
+        .expect("waiter");
+    p.stop().await;
+}

@@ -226,6 +226,7 @@ fn list_client(
         local: session.client.tcp().and_then(|s| s.local_addr().ok()),
         tls: session.client.is_tls(),
         application_name: startup.param("application_name").unwrap_or("").to_owned(),
+        retire_before: None,
     };
     session.listed = Some(ctx.clients.add(new, ConnState::Idle));
     pool.stats.logins.inc();

@@ -36,7 +36,9 @@ pub struct Manager {
     /// Connections created before this instant are closed at their next
     /// checkout (admin `RECONNECT`).
     /// ([`crate::stats::now_ns`]; 0 = none).
-    retire_before: AtomicU64,
+    /// Shared with the listed connections
+    /// ([`crate::stats::clients::ConnInfo::close_needed`]).
+    retire_before: Arc<AtomicU64>,
     login_retry: LoginRetry,
     /// Set while the pool holds more connections than a reduced
     /// `pool_size`: released connections are then closed (and counted).
@@ -73,7 +75,7 @@ impl Manager {
         Manager {
             target: ArcSwap::from_pointee(target),
             settings,
-            retire_before: AtomicU64::new(0),
+            retire_before: Arc::default(),
             login_retry: LoginRetry::default(),
             shrinking: Default::default(),
             defaults: Default::default(),
@@ -116,7 +118,7 @@ impl Manager {
         let age = now.saturating_duration_since(metrics.created);
         let retired = match &conn.listed {
             // As `SHOW SERVERS` and `WAIT_CLOSE` judge it.
-            Some(listed) => self.retires(listed.connected_ns()),
+            Some(listed) => listed.close_needed(),
             None => {
                 let retire = self.retire_before.load(Ordering::Relaxed);
                 let since = crate::stats::ns_at(now).saturating_sub(retire);
@@ -150,14 +152,6 @@ impl Manager {
         self.defaults.store(None);
     }
 
-    /// True if a connection that connected at `connected_ns`
-    /// ([`crate::stats::now_ns`]) is older than the last `RECONNECT` (or
-    /// reload that moved the pool): it must close (`close_needed`).
-    pub fn retires(&self, connected_ns: u64) -> bool {
-        let retire = self.retire_before.load(Ordering::Relaxed);
-        retire != 0 && connected_ns <= retire
-    }
-
     /// Closes every connection that exists now at its next checkout.
     pub fn retire_existing(&self) {
         self.retire_before
@@ -171,6 +165,7 @@ impl Manager {
                 database: self.database.clone(),
                 peer: conn.addr().tcp(),
                 tls: conn.is_tls(),
+                retire_before: Some(self.retire_before.clone()),
                 ..Default::default()
             },
             ConnState::Idle,

@@ -440,13 +440,6 @@ impl Pool {
         }
     }
 
-    /// True if a server of this pool that connected at `connected_ns`
-    /// must close (`close_needed`: older than a `RECONNECT` or a reload
-    /// that moved the pool).
-    pub fn retires(&self, connected_ns: u64) -> bool {
-        self.inner.manager().retires(connected_ns)
-    }
-
     /// Sends new connections to `target` (a reload). If it is another
     /// `upstream`, the existing connections are closed as with
     /// `RECONNECT`, and `true` is returned; new credentials alone are

@@ -329,11 +329,10 @@ impl Registry {
         !set.is_empty() && set.contains(db)
     }
 
-    /// True if server `s` must close: older than its pool's last
-    /// `RECONNECT` (or reload that moved the pool).
+    /// True if server `s` must close: older than its own pool's last
+    /// `RECONNECT` (or reload that moved or retired the pool).
     pub fn close_needed(&self, s: &ConnInfo) -> bool {
-        let pool = self.find(&s.facts.database, &s.facts.user);
-        pool.is_some_and(|p| p.retires(s.connected_ns()))
+        s.close_needed()
     }
 
     /// Waits until no server of `db` (or of any database) must close

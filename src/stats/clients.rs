@@ -101,6 +101,11 @@ pub struct NewConn {
     pub tls: bool,
     /// The client's `application_name`.
     pub application_name: String,
+    /// A server's: its pool's last `RECONNECT` (or reload that moved or
+    /// retired the pool), as [`super::now_ns`] (0: none). Shared with the
+    /// pool, so the server's own pool judges it even once a reload has
+    /// replaced that pool by name.
+    pub retire_before: Option<Arc<AtomicU64>>,
 }
 
 fn unix_micros(t: SystemTime) -> u64 {
@@ -161,6 +166,16 @@ impl ConnInfo {
     /// [`super::now_ns`] when it connected.
     pub fn connected_ns(&self) -> u64 {
         self.connected_ns
+    }
+
+    /// True if this server must close (`close_needed`): it connected no
+    /// later than its pool's last `RECONNECT` (or reload that moved or
+    /// retired the pool). Always false for a client.
+    pub fn close_needed(&self) -> bool {
+        self.facts.retire_before.as_ref().is_some_and(|r| {
+            let retire = r.load(Ordering::Relaxed);
+            retire != 0 && self.connected_ns <= retire
+        })
     }
 
     /// The id of the linked peer (a client's server or a server's client); 0 if none.
