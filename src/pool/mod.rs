@@ -306,6 +306,9 @@ pub struct Pool {
     /// Counters, histograms and live counts.
     pub stats: Arc<PoolStats>,
     paused: AtomicBool,
+    /// Its limit has gone down since it was made (see
+    /// [`Pool::set_limit`]).
+    lowered: AtomicBool,
     resumed: tokio::sync::Notify,
     inner: managed::Pool<Manager>,
 }
@@ -378,6 +381,7 @@ impl Pool {
             settings,
             upstream: Mutex::new(upstream),
             paused: AtomicBool::new(false),
+            lowered: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             known_statements: Arc::default(),
             passthrough,
@@ -406,7 +410,7 @@ impl Pool {
                     .shrinking
                     .store(true, Ordering::Relaxed);
             }
-            self.inner.resize(settings.size);
+            self.set_limit(settings.size);
             let closed = before.saturating_sub(self.inner.status().size);
             for _ in 0..closed {
                 self.stats.server_closed(CloseReason::Resize);
@@ -482,7 +486,9 @@ impl Pool {
         }
         let result = loop {
             match self.get(started).await {
-                Ok(obj) if self.over_limit() => self.give_back_room(obj),
+                Ok(obj) if self.lowered.load(Ordering::Relaxed) && self.over_limit() => {
+                    self.give_back_room(obj)
+                }
                 r => break r,
             }
         };
@@ -535,6 +541,17 @@ impl Pool {
                 get.await
             }
         }
+    }
+
+    /// Sets the limit to `max` (a reload's `pool_size`, or back from the
+    /// reserve). Once it has gone down, checkouts look for room left
+    /// over from the larger limit ([`Pool::over_limit`]); a pool whose
+    /// limit never went down does not pay for that look.
+    fn set_limit(&self, max: usize) {
+        if max < self.inner.status().max_size {
+            self.lowered.store(true, Ordering::Relaxed);
+        }
+        self.inner.resize(max);
     }
 
     /// True if the pool holds more connections than its limit now. Right
@@ -606,7 +623,7 @@ impl Pool {
         let status = self.inner.status();
         let size = self.settings().size;
         if status.max_size > size && status.size <= size && status.waiting == 0 {
-            self.inner.resize(size);
+            self.set_limit(size);
             info!(pool = ?self.key, "reserve pool connections closed: back to pool_size");
         }
     }
