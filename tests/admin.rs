@@ -1036,3 +1036,49 @@ async fn wait_close_waits_for_the_servers_of_a_pool_retired_by_reload() {
         .expect("waiter");
     p.stop().await;
 }
+
+/// A database removed by a reload forgets its `DISABLE`: added back by a
+/// later reload it takes clients again, as a new database would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_removed_and_added_back_is_no_longer_disabled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtarn.toml");
+    let pg = PgServer::shared();
+    let other = format!(
+        "[databases.app_other]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"app\"\n",
+        pg.port
+    );
+    let with = config("") + &other;
+    std::fs::write(&path, &with).expect("write config");
+    let p = Pooler::start(&with).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    admin
+        .simple_query("DISABLE app_other")
+        .await
+        .expect("disable");
+    let login = || {
+        let s = p.conn_str("").replace("dbname=app", "dbname=app_other");
+        async move {
+            tokio_postgres::connect(&s, NoTls).await.map(|(c, conn)| {
+                tokio::spawn(conn);
+                c
+            })
+        }
+    };
+    let e = login().await.expect_err("disabled");
+    assert_eq!(code(&e), "55000");
+    std::fs::write(&path, config("")).expect("write");
+    admin
+        .simple_query("RELOAD")
+        .await
+        .expect("reload without it");
+    std::fs::write(&path, &with).expect("write");
+    admin
+        .simple_query("RELOAD")
+        .await
+        .expect("reload with it again");
+    let c = login().await.expect("the re-added database takes clients");
+    c.simple_query("SELECT 1").await.expect("query");
+    p.stop().await;
+}

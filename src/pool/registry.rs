@@ -212,6 +212,11 @@ impl Registry {
         let tls = build_tls(&config)?;
         self.upstream_tls.store(Arc::new(tls));
         self.config.store(config.clone());
+        // A database removed by the reload forgets its `DISABLE`: added
+        // again later, it is a new database.
+        let mut disabled = self.disabled.lock().unwrap_or_else(|p| p.into_inner());
+        disabled.retain(|db| config.databases.contains_key(db));
+        drop(disabled);
         let mut pools = self.lock();
         pools.retain(|key, pool| {
             let db = config.databases.get(&key.database);
