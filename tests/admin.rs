@@ -1082,3 +1082,42 @@ async fn a_database_removed_and_added_back_is_no_longer_disabled() {
     c.simple_query("SELECT 1").await.expect("query");
     p.stop().await;
 }
+
+/// A console session waiting in `WAIT_CLOSE` (or `PAUSE`) ends when its
+/// client leaves: its `max_client_conn` slot comes back, instead of the
+/// wait holding it until the command could finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_client_leaving_a_waiting_command_frees_its_slot() {
+    let p = Pooler::start(&config("auth_type = \"trust\"")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let used = || async {
+        let lists = rows(&admin, "SHOW LISTS").await;
+        let row = lists.into_iter().find(|r| r["list"] == "used_clients");
+        row.expect("used_clients")["items"].parse::<u32>().unwrap()
+    };
+    let holder = p.connect().await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    holder
+        .simple_query("SELECT 1")
+        .await
+        .expect("hold a server");
+    admin
+        .simple_query("RECONNECT app")
+        .await
+        .expect("reconnect");
+    let before = used().await;
+    let mut waiter = common::raw::Raw::login(p.addr, "admin", "pgtarn").await;
+    wait_until("the waiter counted", DEADLINE, || async {
+        used().await == before + 1
+    })
+    .await;
+    // The held server must close first: WAIT_CLOSE waits.
+    waiter.query("WAIT_CLOSE app").await;
+    drop(waiter);
+    wait_until("the waiter's slot back", DEADLINE, || async {
+        used().await == before
+    })
+    .await;
+    holder.simple_query("COMMIT").await.expect("commit");
+    p.stop().await;
+}

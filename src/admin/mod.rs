@@ -19,6 +19,7 @@ use crate::Context;
 use crate::config::Config;
 use crate::frontend::auth::{self, Credentials};
 use crate::frontend::error::ClientError;
+use crate::frontend::session::client_gone;
 use crate::net::Stream;
 use crate::protocol::backend::TxStatus;
 use crate::protocol::encode::{self, Severity};
@@ -81,7 +82,14 @@ pub async fn serve(
                 b'Q' => {
                     let sql =
                         String::from_utf8_lossy(f.body().strip_suffix(b"\0").unwrap_or(f.body()));
-                    run(&sql, role, &ctx, &mut out).await;
+                    // A command may wait (PAUSE, WAIT_CLOSE): the session
+                    // ends if its client leaves or pgtarn shuts down.
+                    tokio::select! {
+                        biased;
+                        _ = run(&sql, role, &ctx, &mut out) => {}
+                        _ = shutdown.wait() => return Err((stream, ClientError::Shutdown)),
+                        _ = client_gone(&mut stream, &mut buf) => return Ok(()),
+                    }
                     encode::ready_for_query(&mut out, TxStatus::Idle);
                 }
                 _ => {

@@ -825,8 +825,6 @@ impl Session {
 /// leave; past them its socket is no longer watched until it has one.
 const WAITING_READ_AHEAD: usize = 64 * 1024;
 
-/// Completes when the client closes its connection (or it fails), keeping
-/// what it sends meanwhile in `buf` for later.
 /// pgtarn's own exchange with a server, bounded by `limit`
 /// (`query_timeout`; zero: none).
 async fn bounded<T>(
@@ -840,7 +838,9 @@ async fn bounded<T>(
     timed.unwrap_or(Err(BackendError::Timeout(limit)))
 }
 
-async fn client_gone(client: &mut Stream, buf: &mut BytesMut) -> ClientError {
+/// Completes when the client closes its connection (or it fails), keeping
+/// what it sends meanwhile in `buf` (up to 64 kB) for later.
+pub(crate) async fn client_gone(client: &mut Stream, buf: &mut BytesMut) -> ClientError {
     while buf.len() < WAITING_READ_AHEAD {
         make_room(buf);
         match client.read_buf(buf).await {
