@@ -836,3 +836,48 @@ async fn a_server_dead_while_settings_are_read_back_is_bounded_by_query_timeout(
     let c = connect(&p, "app").await.unwrap();
     assert_eq!(within("the pool recovers", one(&c, "select 3")).await, "3");
 }
+
+/// A server whose login was still under way when `RECONNECT` ran (it may
+/// be headed for the old upstream) is retired like the others: listed
+/// with `close_needed` once connected, and replaced after its use.
+#[tokio::test]
+async fn a_server_logging_in_during_reconnect_is_retired_too() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let p = Pooler::start(&config(
+        "",
+        &[("app", proxy.addr.port())],
+        "pool_size = 1",
+        "app-secret",
+    ))
+    .await;
+    // Each chunk through the proxy waits: the first server's login, which
+    // the client's login needs, takes a while.
+    proxy.set(Fault::Delay(Duration::from_millis(150)));
+    let pool_login = tokio::spawn({
+        let conn_str = p.conn_str("");
+        async move {
+            let (c, conn) = tokio_postgres::connect(&conn_str, NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(c)
+        }
+    });
+    wait_until("the server login began", DEADLINE, || async {
+        proxy.accepted() == 1
+    })
+    .await;
+    p.ctx.registry.reconnect(Some("app"));
+    let client = within("the client login", pool_login)
+        .await
+        .unwrap()
+        .unwrap();
+    let servers = p.ctx.registry.servers.snapshot();
+    assert_eq!(servers.len(), 1);
+    assert!(servers[0].close_needed(), "began before the RECONNECT");
+    proxy.set(Fault::Pass);
+    assert_eq!(within("a query", one(&client, "select 1")).await, "1");
+    wait_until("replaced", DEADLINE, || async {
+        let servers = p.ctx.registry.servers.snapshot();
+        servers.iter().all(|s| !s.close_needed())
+    })
+    .await;
+}

@@ -227,6 +227,7 @@ fn list_client(
         tls: session.client.is_tls(),
         application_name: startup.param("application_name").unwrap_or("").to_owned(),
         retire_before: None,
+        connect_began_ns: None,
     };
     session.listed = Some(ctx.clients.add(new, ConnState::Idle));
     pool.stats.logins.inc();

@@ -158,7 +158,7 @@ impl Manager {
             .store(crate::stats::now_ns().max(1), Ordering::Relaxed);
     }
 
-    fn list(&self, conn: &mut ServerConn) {
+    fn list(&self, conn: &mut ServerConn, connect_began_ns: u64) {
         let listed = self.servers.add(
             NewConn {
                 user: self.target.load().user.clone(),
@@ -166,6 +166,7 @@ impl Manager {
                 peer: conn.addr().tcp(),
                 tls: conn.is_tls(),
                 retire_before: Some(self.retire_before.clone()),
+                connect_began_ns: Some(connect_began_ns),
                 ..Default::default()
             },
             ConnState::Idle,
@@ -194,6 +195,7 @@ impl managed::Manager for Manager {
             return Err(BackendError::UserFull);
         };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let began = crate::stats::now_ns();
         let mut conn = match self.connect(id).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -206,7 +208,7 @@ impl managed::Manager for Manager {
         self.login_retry.succeeded();
         info!(server = id, target = ?**self.target.load(), "server connection opened");
         self.stats.opened.inc();
-        self.list(&mut conn);
+        self.list(&mut conn, began);
         conn.db_slot = Some(slot);
         conn.user_slot = Some(user_slot);
         if self.defaults.load().is_none() {

@@ -106,6 +106,10 @@ pub struct NewConn {
     /// pool, so the server's own pool judges it even once a reload has
     /// replaced that pool by name.
     pub retire_before: Option<Arc<AtomicU64>>,
+    /// A server's: when its connect began, as [`super::now_ns`]. A
+    /// `RECONNECT` while it was logging in retires it too (it may be
+    /// headed for the old upstream).
+    pub connect_began_ns: Option<u64>,
 }
 
 fn unix_micros(t: SystemTime) -> u64 {
@@ -168,13 +172,14 @@ impl ConnInfo {
         self.connected_ns
     }
 
-    /// True if this server must close (`close_needed`): it connected no
-    /// later than its pool's last `RECONNECT` (or reload that moved or
-    /// retired the pool). Always false for a client.
+    /// True if this server must close (`close_needed`): it began to
+    /// connect no later than its pool's last `RECONNECT` (or reload that
+    /// moved or retired the pool). Always false for a client.
     pub fn close_needed(&self) -> bool {
         self.facts.retire_before.as_ref().is_some_and(|r| {
             let retire = r.load(Ordering::Relaxed);
-            retire != 0 && self.connected_ns <= retire
+            let began = self.facts.connect_began_ns.unwrap_or(self.connected_ns);
+            retire != 0 && began <= retire
         })
     }
 
