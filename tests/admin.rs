@@ -901,6 +901,31 @@ async fn kill_client_disconnects_one_client_by_id() {
         .expect("the other client goes on");
     let e = admin.simple_query("KILL_CLIENT 999999").await.unwrap_err();
     assert_eq!(code(&e), "42704");
+    // Console sessions are listed too (as in PgBouncer), and can be ended.
+    let conn = format!(
+        "host=127.0.0.1 port={} user=admin password=admin-secret dbname=pgtarn application_name=doomed-console",
+        p.addr.port()
+    );
+    let (other, connection) = tokio_postgres::connect(&conn, NoTls)
+        .await
+        .expect("console");
+    tokio::spawn(connection);
+    let clients = rows(&admin, "SHOW CLIENTS").await;
+    let row = clients
+        .iter()
+        .find(|r| r["application_name"] == "doomed-console")
+        .expect("the console session is listed");
+    assert_eq!(
+        (row["user"].as_str(), row["database"].as_str()),
+        ("admin", "pgtarn")
+    );
+    let id = row["id"].clone();
+    admin
+        .simple_query(&format!("KILL_CLIENT {id}"))
+        .await
+        .expect("kill_client of a console session");
+    let e = other.simple_query("SHOW VERSION").await.unwrap_err();
+    assert!(e.is_closed() || code(&e) == "57P01", "{e}");
     p.stop().await;
 }
 

@@ -28,6 +28,7 @@ use crate::protocol::sqlstate as code;
 use crate::protocol::startup::StartupMessage;
 use crate::protocol::{Item, Splitter};
 use crate::shutdown::Shutdown;
+use crate::stats::clients::{KillReason, Listed};
 pub use command::Command;
 
 /// What a console user may do.
@@ -52,13 +53,15 @@ pub fn role(config: &Config, user: &str) -> Option<Role> {
 }
 
 /// Answers console commands for a user [`login`] let in, until the client
-/// leaves.
+/// leaves, pgtarn shuts down, or an admin ends the session with
+/// `KILL_CLIENT` (it is `listed` in `SHOW CLIENTS`).
 pub async fn serve(
     mut stream: Stream,
     mut buf: BytesMut,
     role: Role,
     ctx: Arc<Context>,
     mut shutdown: Shutdown,
+    listed: Listed,
 ) -> Result<(), (Stream, ClientError)> {
     let mut splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
     loop {
@@ -88,6 +91,7 @@ pub async fn serve(
                         biased;
                         _ = run(&sql, role, &ctx, &mut out) => {}
                         _ = shutdown.wait() => return Err((stream, ClientError::Shutdown)),
+                        _ = listed.killed(KillReason::Admin) => return Err((stream, ClientError::Killed)),
                         _ = client_gone(&mut stream, &mut buf) => return Ok(()),
                     }
                     encode::ready_for_query(&mut out, TxStatus::Idle);
@@ -113,6 +117,7 @@ pub async fn serve(
         buf.reserve(4096);
         let read = tokio::select! {
             _ = shutdown.wait() => return Err((stream, ClientError::Shutdown)),
+            _ = listed.killed(KillReason::Admin) => return Err((stream, ClientError::Killed)),
             r = stream.read_buf(&mut buf) => r,
         };
         match read {

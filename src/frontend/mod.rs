@@ -170,7 +170,19 @@ async fn console(
     };
     opening.deadline.set(None);
     drop(opening);
-    let served = crate::admin::serve(stream, buf, role, ctx.clone(), shutdown.clone());
+    // Listed in SHOW CLIENTS, as PgBouncer lists its console's clients.
+    let new = NewConn {
+        user: startup.user().unwrap_or("").to_owned(),
+        database: startup.database().unwrap_or("").to_owned(),
+        peer: peer.addr(),
+        local: stream.tcp().and_then(|s| s.local_addr().ok()),
+        tls: stream.is_tls(),
+        application_name: startup.param("application_name").unwrap_or("").to_owned(),
+        retire_before: None,
+        connect_began_ns: None,
+    };
+    let listed = ctx.clients.add(new, ConnState::Active);
+    let served = crate::admin::serve(stream, buf, role, ctx.clone(), shutdown.clone(), listed);
     if let Err((mut stream, e)) = served.await {
         fail::<()>(&mut stream, peer, &e).await;
     }
