@@ -807,3 +807,52 @@ async fn after_the_reserve_closes_a_full_pool_waits_reserve_pool_timeout_again()
     );
     holder.batch_execute("commit").await.unwrap();
 }
+
+/// A user waiting at its `max_user_connections` does not hold a place of
+/// `max_db_connections` meanwhile: another user of the database gets a
+/// server at once, as in PgBouncer (which checks both limits before
+/// opening a connection). Before, the waiting pool took the database's
+/// last slot first and kept it, empty, while it waited on its user, so
+/// the other user waited too (here the whole `query_wait_timeout`).
+#[tokio::test]
+async fn a_user_at_its_limit_does_not_block_other_users_of_a_full_database() {
+    let user = "ulimit_b";
+    let su = common::second_user(user).await;
+    let pg = PgServer::shared();
+    let general = "auth_type = \"trust\"\nmax_db_connections = 1\nquery_wait_timeout = \"4s\"";
+    let text = pooler::config(pg, general, "pool_size = 5")
+        + "max_user_connections = 1\n"
+        + &format!(
+            "[databases.app_other]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"app\"\n",
+            pg.port
+        )
+        + &format!("[users.{user}]\npassword = \"{user}-secret\"\n");
+    let p = Pooler::start(&text).await;
+    let b = p
+        .connect_with(&format!("user={user} application_name=ulimit"))
+        .await;
+    let a2 = p.connect_with("application_name=ulimit").await;
+    let other = p.conn_str("application_name=ulimit");
+    let other = other.replace("dbname=app", "dbname=app_other");
+    let (a, conn) = tokio_postgres::connect(&other, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // a holds the user's only server, on app_other; app has none open.
+    a.batch_execute("begin; select 1").await.unwrap();
+    // a2 waits for its user's limit...
+    let waiting = tokio::spawn(async move { a2.simple_query("select 'a2'").await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...which is no reason for b, another user of app, to wait.
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(2), one(&b, "select 'b'")).await;
+    assert_eq!(
+        got.ok().as_deref(),
+        Some("b"),
+        "b waited {:?} for a database with no server open",
+        started.elapsed()
+    );
+    a.batch_execute("commit").await.unwrap();
+    assert!(waiting.await.unwrap(), "a2 ran once a's server was idle");
+    let _ = su
+        .batch_execute(&format!("drop role if exists {user}"))
+        .await;
+}

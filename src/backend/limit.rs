@@ -141,6 +141,47 @@ impl DbLimit {
     }
 }
 
+/// Which of the two counts had no slot in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The database's (`max_db_connections`).
+    Database,
+    /// The user's (`max_user_connections`).
+    User,
+}
+
+/// A slot of the database's count and one of the user's, within `wait`.
+/// Neither is held while waiting for the other, as PgBouncer checks both
+/// before it opens a connection: a pool whose user is at its limit would
+/// otherwise keep one of the database's places, empty, while it waits,
+/// and the database's other users wait with it.
+pub async fn take_both(
+    db: &Arc<DbLimit>,
+    user: &Arc<DbLimit>,
+    wait: Duration,
+) -> Result<(DbSlot, DbSlot), Full> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let db_slot = db.take(left).await.ok_or(Full::Database)?;
+        if let Some(user_slot) = user.try_take() {
+            return Ok((db_slot, user_slot));
+        }
+        drop(db_slot);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let user_slot = user.take(left).await.ok_or(Full::User)?;
+        if let Some(db_slot) = db.try_take() {
+            return Ok((db_slot, user_slot));
+        }
+        // The database filled up meanwhile: wait for it again, holding
+        // nothing.
+        drop(user_slot);
+        if Instant::now() >= deadline {
+            return Err(Full::Database);
+        }
+    }
+}
+
 /// A pool counted as waiting for a slot until dropped.
 struct Waiting<'a>(&'a DbLimit);
 

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use super::PoolSettings;
 use super::health::{self, LoginRetry};
-use crate::backend::limit::DbLimit;
+use crate::backend::limit::{self, DbLimit};
 use crate::backend::{BackendError, ConnectFailure, ServerConn, Target};
 use crate::stats::clients::{ConnList, ConnState, NewConn};
 use crate::stats::{CloseReason, PoolStats};
@@ -188,11 +188,11 @@ impl managed::Manager for Manager {
             return Err(BackendError::Connect(failure));
         }
         let wait = self.settings.load().wait_timeout;
-        let Some(slot) = self.db_limit.take(wait).await else {
-            return Err(BackendError::DatabaseFull);
-        };
-        let Some(user_slot) = self.user_limit.take(wait).await else {
-            return Err(BackendError::UserFull);
+        let (slot, user_slot) = match limit::take_both(&self.db_limit, &self.user_limit, wait).await
+        {
+            Ok(slots) => slots,
+            Err(limit::Full::Database) => return Err(BackendError::DatabaseFull),
+            Err(limit::Full::User) => return Err(BackendError::UserFull),
         };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let began = crate::stats::now_ns();
