@@ -1146,3 +1146,31 @@ async fn a_console_client_leaving_a_waiting_command_frees_its_slot() {
     holder.simple_query("COMMIT").await.expect("commit");
     p.stop().await;
 }
+
+/// SHOW DATABASES and SHOW USERS `current_connections` count the servers
+/// of a pool retired by a reload (`pool_mode` changed) that a client still
+/// holds: they count against `max_db_connections` and
+/// `max_user_connections` until they close, and the console said 0.
+#[tokio::test]
+async fn current_connections_count_the_servers_of_a_pool_retired_by_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtarn.toml");
+    let text = config("");
+    std::fs::write(&path, &text).expect("write config");
+    let p = Pooler::start(&text).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let holder = p.connect().await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
+    std::fs::write(&path, session_mode).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload");
+    let dbs = rows(&admin, "SHOW DATABASES").await;
+    let app = dbs.iter().find(|r| r["name"] == "app").expect("app");
+    assert_eq!(app["current_connections"], "1", "{dbs:?}");
+    let users = rows(&admin, "SHOW USERS").await;
+    let user = users.iter().find(|r| r["name"] == "app").expect("app");
+    assert_eq!(user["current_connections"], "1", "{users:?}");
+    holder.simple_query("COMMIT").await.expect("commit");
+    p.stop().await;
+}

@@ -392,13 +392,10 @@ const DATABASES: [(&str, Type); 13] = [
 pub fn databases(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(&DATABASES);
     let config = ctx.config();
-    let pools = ctx.registry.pools();
     for (name, db) in &config.databases {
-        let open: usize = pools
-            .iter()
-            .filter(|p| &p.key.database == name)
-            .map(|p| p.size())
-            .sum();
+        // The database's count, which includes the servers of pools
+        // retired by a reload that clients still hold.
+        let open = ctx.registry.database_connections(name);
         let max = db.max_connections(&config.pgtarn);
         rs.row(vec![
             v(name),
@@ -465,13 +462,8 @@ pub fn users(ctx: &Context) -> ResultSet {
         ("current_connections", Type::Int4),
     ]);
     let config = ctx.config();
-    let pools = ctx.registry.pools();
     for (name, u) in &config.users {
-        let open: usize = pools
-            .iter()
-            .filter(|p| &p.key.user == name)
-            .map(|p| p.size())
-            .sum();
+        let open = ctx.registry.user_connections(name);
         // Unset overrides are NULL: the database's settings apply.
         rs.row(vec![
             v(name),

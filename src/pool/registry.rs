@@ -257,6 +257,18 @@ impl Registry {
         Ok(())
     }
 
+    /// The server connections open (or opening) to database `name`, as
+    /// `max_db_connections` counts them: retired pools' included.
+    pub fn database_connections(&self, name: &str) -> usize {
+        open_in(&self.limits, name)
+    }
+
+    /// The server connections open (or opening) for user `name` across
+    /// its databases, as `max_user_connections` counts them.
+    pub fn user_connections(&self, name: &str) -> usize {
+        open_in(&self.user_limits, name)
+    }
+
     /// Makes new checkouts of `db`'s pools (all pools if `None`) wait.
     pub fn pause(&self, db: Option<&str>) {
         self.paused
@@ -405,6 +417,12 @@ fn limit_of(limits: &Mutex<HashMap<String, Arc<DbLimit>>>, name: &str, max: usiz
         .entry(name.to_owned())
         .or_insert_with(|| DbLimit::new(max))
         .clone()
+}
+
+/// The connections `name`'s count in `limits` holds (0 if it has none).
+fn open_in(limits: &Mutex<HashMap<String, Arc<DbLimit>>>, name: &str) -> usize {
+    let limits = limits.lock().unwrap_or_else(|e| e.into_inner());
+    limits.get(name).map_or(0, |l| l.open())
 }
 
 /// `user`'s `max_user_connections` under `c` (a user found by
