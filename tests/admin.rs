@@ -956,26 +956,7 @@ async fn wait_close_returns_once_servers_older_than_reconnect_are_gone() {
         .find(|r| r["remote_pid"] == pid)
         .expect("the held server is listed");
     assert_eq!(held["close_needed"], "1");
-    let done = Arc::new(AtomicBool::new(false));
-    let waiter = {
-        let (admin, done) = (admin.clone(), done.clone());
-        tokio::spawn(async move {
-            admin
-                .simple_query("WAIT_CLOSE app")
-                .await
-                .expect("wait_close");
-            done.store(true, Ordering::SeqCst);
-        })
-    };
-    // WAIT_CLOSE cannot end while the server is held: its one way to end
-    // is the server closing, which needs the transaction to end.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!done.load(Ordering::SeqCst), "WAIT_CLOSE ended early");
-    holder.simple_query("COMMIT").await.expect("commit");
-    tokio::time::timeout(DEADLINE, waiter)
-        .await
-        .expect("WAIT_CLOSE ends once the server closed")
-        .expect("waiter");
+    wait_close_ends_with_the_transaction(&admin, &holder).await;
     let servers = rows(&admin, "SHOW SERVERS").await;
     assert!(
         servers.iter().all(|r| r["remote_pid"] != pid),
@@ -1041,24 +1022,7 @@ async fn wait_close_waits_for_the_servers_of_a_pool_retired_by_reload() {
     let servers = rows(&admin, "SHOW SERVERS").await;
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert_eq!(servers[0]["close_needed"], "1", "{servers:?}");
-    let done = Arc::new(AtomicBool::new(false));
-    let waiter = {
-        let (admin, done) = (admin.clone(), done.clone());
-        tokio::spawn(async move {
-            admin
-                .simple_query("WAIT_CLOSE app")
-                .await
-                .expect("wait_close");
-            done.store(true, Ordering::SeqCst);
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!done.load(Ordering::SeqCst), "WAIT_CLOSE ended early");
-    holder.simple_query("COMMIT").await.expect("commit");
-    tokio::time::timeout(DEADLINE, waiter)
-        .await
-        .expect("WAIT_CLOSE ends once the server closed")
-        .expect("waiter");
+    wait_close_ends_with_the_transaction(&admin, &holder).await;
     p.stop().await;
 }
 
@@ -1173,4 +1137,28 @@ async fn current_connections_count_the_servers_of_a_pool_retired_by_reload() {
     assert_eq!(user["current_connections"], "1", "{users:?}");
     holder.simple_query("COMMIT").await.expect("commit");
     p.stop().await;
+}
+
+/// `WAIT_CLOSE app` on `admin` while `holder` holds a retired server in a
+/// transaction: it cannot end before the holder commits (the server's one
+/// way to close), and ends once it has.
+async fn wait_close_ends_with_the_transaction(admin: &Arc<Client>, holder: &Client) {
+    let done = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let (admin, done) = (admin.clone(), done.clone());
+        tokio::spawn(async move {
+            admin
+                .simple_query("WAIT_CLOSE app")
+                .await
+                .expect("wait_close");
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!done.load(Ordering::SeqCst), "WAIT_CLOSE ended early");
+    holder.simple_query("COMMIT").await.expect("commit");
+    tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .expect("WAIT_CLOSE ends once the server closed")
+        .expect("waiter");
 }
