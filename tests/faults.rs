@@ -78,6 +78,15 @@ async fn wait_stats(p: &Pooler, db: &str, size: usize, idle: usize) {
     .await;
 }
 
+/// pgtarn (database `app`, the right password, `general` and `db_extra`
+/// settings) in front of a fault proxy to the shared Postgres.
+async fn behind_proxy(general: &str, db_extra: &str) -> (FaultProxy, Pooler) {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let dbs = [("app", proxy.addr.port())];
+    let p = Pooler::start(&config(general, &dbs, db_extra, "app-secret")).await;
+    (proxy, p)
+}
+
 fn pg_addr(pg: &PgServer) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], pg.port))
 }
@@ -376,15 +385,8 @@ async fn terminated_backend_passes_57p01_to_the_client() {
 /// error.
 #[tokio::test]
 async fn health_check_replaces_a_connection_that_stopped_answering() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
     let general = "server_check_delay = \"0s\"\nserver_connect_timeout = \"1s\"";
-    let p = Pooler::start(&config(
-        general,
-        &[("app", proxy.addr.port())],
-        "",
-        "app-secret",
-    ))
-    .await;
+    let (proxy, p) = behind_proxy(general, "").await;
     let c = connect(&p, "app").await.unwrap();
     assert_eq!(one(&c, "select 1").await, "1");
     wait_stats(&p, "app", 1, 1).await;
@@ -617,8 +619,7 @@ async fn an_abandoned_server_connect_is_no_longer_counted_as_logging_in() {
 /// the next query gets a new one and the whole result.
 #[tokio::test]
 async fn a_cut_mid_result_is_an_error_and_the_connection_is_discarded() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
-    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "app-secret")).await;
+    let (proxy, p) = behind_proxy("", "").await;
     let c = connect(&p, "app").await.unwrap();
     assert_eq!(one(&c, "select 1").await, "1");
     let sql = "select repeat('x', 1000) from generate_series(1, 5000)";
@@ -647,8 +648,7 @@ async fn a_cut_mid_result_is_an_error_and_the_connection_is_discarded() {
 /// (its connection ends mid-message), never a truncated success.
 #[tokio::test]
 async fn a_cut_inside_a_streamed_row_is_still_an_error() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
-    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "app-secret")).await;
+    let (proxy, p) = behind_proxy("", "").await;
     let c = connect(&p, "app").await.unwrap();
     assert_eq!(one(&c, "select 1").await, "1");
     let sql = "select repeat('y', 100000) from generate_series(1, 40)";
@@ -668,8 +668,7 @@ async fn a_cut_inside_a_streamed_row_is_still_an_error() {
 /// nothing, the dead connections are replaced at checkout.
 #[tokio::test]
 async fn connections_reset_while_idle_are_replaced_unseen() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
-    let p = Pooler::start(&config("", &[("app", proxy.addr.port())], "", "app-secret")).await;
+    let (proxy, p) = behind_proxy("", "").await;
     let a = connect(&p, "app").await.unwrap();
     let b = connect(&p, "app").await.unwrap();
     a.batch_execute("BEGIN").await.unwrap();
@@ -769,15 +768,8 @@ async fn keepalive_is_set_on_client_and_server_connections() {
 /// of hanging, the server is dropped, and the pool recovers.
 #[tokio::test]
 async fn a_server_dead_while_settings_are_synced_is_bounded_by_query_timeout() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
     let general = "query_timeout = \"500ms\"\ncancel_wait_timeout = \"500ms\"";
-    let p = Pooler::start(&config(
-        general,
-        &[("app", proxy.addr.port())],
-        "pool_size = 1",
-        "app-secret",
-    ))
-    .await;
+    let (proxy, p) = behind_proxy(general, "pool_size = 1").await;
     let named = |name: &str| format!("{} application_name={name}", conn_str(&p, "app"));
     let (a, conn) = tokio_postgres::connect(&named("first"), NoTls)
         .await
@@ -808,15 +800,8 @@ async fn a_server_dead_while_settings_are_synced_is_bounded_by_query_timeout() {
 /// hanging, and the pool recovers.
 #[tokio::test]
 async fn a_server_dead_while_settings_are_read_back_is_bounded_by_query_timeout() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
     let general = "query_timeout = \"500ms\"\ncancel_wait_timeout = \"500ms\"";
-    let p = Pooler::start(&config(
-        general,
-        &[("app", proxy.addr.port())],
-        "pool_size = 1",
-        "app-secret",
-    ))
-    .await;
+    let (proxy, p) = behind_proxy(general, "pool_size = 1").await;
     let a = connect(&p, "app").await.unwrap();
     assert_eq!(one(&a, "select 1").await, "1");
     wait_stats(&p, "app", 1, 1).await;
@@ -842,14 +827,7 @@ async fn a_server_dead_while_settings_are_read_back_is_bounded_by_query_timeout(
 /// with `close_needed` once connected, and replaced after its use.
 #[tokio::test]
 async fn a_server_logging_in_during_reconnect_is_retired_too() {
-    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
-    let p = Pooler::start(&config(
-        "",
-        &[("app", proxy.addr.port())],
-        "pool_size = 1",
-        "app-secret",
-    ))
-    .await;
+    let (proxy, p) = behind_proxy("", "pool_size = 1").await;
     // Each chunk through the proxy waits: the first server's login, which
     // the client's login needs, takes a while.
     proxy.set(Fault::Delay(Duration::from_millis(150)));
