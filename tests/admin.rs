@@ -382,12 +382,8 @@ async fn kill_disconnects_a_client_whose_server_is_not_reading() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_applies_a_new_pool_size_and_rejects_a_bad_file() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("pgtarn.toml");
     let text = config("");
-    std::fs::write(&path, &text).expect("write config");
-    let p = Pooler::start(&text).await;
-    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let (p, _dir, path) = reloadable(&text).await;
     let client = p.connect().await;
     client.simple_query("SELECT 1").await.expect("query");
     let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
@@ -973,12 +969,8 @@ async fn wait_close_returns_once_servers_older_than_reconnect_are_gone() {
 /// got a second server of a pool of 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_size_lowered_by_reload_holds_with_few_servers_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("pgtarn.toml");
     let text = config("query_wait_timeout = \"1s\"");
-    std::fs::write(&path, &text).expect("write config");
-    let p = Pooler::start(&text).await;
-    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let (p, _dir, path) = reloadable(&text).await;
     let holder = p.connect().await;
     let waiter = p.connect().await;
     holder.simple_query("SELECT 1").await.expect("query");
@@ -1007,12 +999,8 @@ async fn a_pool_size_lowered_by_reload_holds_with_few_servers_open() {
 /// and `WAIT_CLOSE` returned at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_close_waits_for_the_servers_of_a_pool_retired_by_reload() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("pgtarn.toml");
     let text = config("");
-    std::fs::write(&path, &text).expect("write config");
-    let p = Pooler::start(&text).await;
-    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let (p, _dir, path) = reloadable(&text).await;
     let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
     let holder = p.connect().await;
     holder.simple_query("BEGIN").await.expect("begin");
@@ -1030,17 +1018,13 @@ async fn wait_close_waits_for_the_servers_of_a_pool_retired_by_reload() {
 /// later reload it takes clients again, as a new database would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_removed_and_added_back_is_no_longer_disabled() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("pgtarn.toml");
     let pg = PgServer::shared();
     let other = format!(
         "[databases.app_other]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"app\"\n",
         pg.port
     );
     let with = config("") + &other;
-    std::fs::write(&path, &with).expect("write config");
-    let p = Pooler::start(&with).await;
-    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let (p, _dir, path) = reloadable(&with).await;
     let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
     admin
         .simple_query("DISABLE app_other")
@@ -1117,12 +1101,8 @@ async fn a_console_client_leaving_a_waiting_command_frees_its_slot() {
 /// `max_user_connections` until they close, and the console said 0.
 #[tokio::test]
 async fn current_connections_count_the_servers_of_a_pool_retired_by_reload() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("pgtarn.toml");
     let text = config("");
-    std::fs::write(&path, &text).expect("write config");
-    let p = Pooler::start(&text).await;
-    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    let (p, _dir, path) = reloadable(&text).await;
     let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
     let holder = p.connect().await;
     holder.simple_query("BEGIN").await.expect("begin");
@@ -1161,4 +1141,15 @@ async fn wait_close_ends_with_the_transaction(admin: &Arc<Client>, holder: &Clie
         .await
         .expect("WAIT_CLOSE ends once the server closed")
         .expect("waiter");
+}
+
+/// pgtarn started from `text`, which is also written to the file `RELOAD`
+/// reads (in the returned directory, which must live as long).
+async fn reloadable(text: &str) -> (Pooler, tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgtarn.toml");
+    std::fs::write(&path, text).expect("write config");
+    let p = Pooler::start(text).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
+    (p, dir, path)
 }
