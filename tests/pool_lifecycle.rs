@@ -46,6 +46,33 @@ async fn min_pool_size_is_filled_after_the_first_login() {
     .await;
 }
 
+/// Filling up to `min_pool_size` counts the servers already open, busy
+/// ones too: with one server in a transaction, a `min_pool_size` of 2
+/// opens one more, not two (before, the fill held `min_pool_size` servers
+/// at once, so a busy one made it open one too many).
+#[tokio::test]
+async fn min_pool_size_counts_a_busy_server() {
+    let text = |min: u32| {
+        let database = format!("pool_size = 4\nmin_pool_size = {min}");
+        pooler::config(PgServer::shared(), "", &database)
+    };
+    let p = Pooler::start(&text(0)).await;
+    let c = p.connect().await;
+    c.batch_execute("begin").await.unwrap();
+    let pool = p.pool();
+    assert_eq!((pool.size(), pool.idle()), (1, 0), "one server, busy");
+    let config = pgtarn::config::Config::from_toml(&text(2)).expect("config");
+    p.ctx.apply(config).expect("reload");
+    wait_until("the fill leaves a server idle", DEADLINE, || {
+        let idle = pool.idle();
+        async move { idle >= 1 }
+    })
+    .await;
+    assert_eq!((pool.size(), pool.idle()), (2, 1), "one busy, one idle");
+    c.batch_execute("commit").await.unwrap();
+    assert_eq!((pool.size(), pool.idle()), (2, 2));
+}
+
 #[tokio::test]
 async fn idle_servers_close_down_to_min_pool_size() {
     let pg = PgServer::start(PgOptions::default());

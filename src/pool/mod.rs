@@ -729,11 +729,16 @@ impl Pool {
         };
         let room = room(&manager.db_limit).min(room(&manager.user_limit));
         let wanted = min_size.min(status.size.saturating_add(room));
-        // Holding `wanted` connections at once makes the pool create
-        // whatever is missing; dropping them returns all of them.
+        // Holding connections makes the pool create new ones once none is
+        // idle; dropping them returns all of them. Counting the pool's
+        // size (busy connections included) rather than those held keeps
+        // a busy connection from making the fill open one too many.
         let timeouts = Timeouts::wait_millis(0);
         let mut held = Vec::new();
         for _ in 0..wanted {
+            if self.inner.status().size >= wanted {
+                break;
+            }
             match self.inner.timeout_get(&timeouts).await {
                 Ok(obj) => held.push(obj),
                 Err(e) => {
