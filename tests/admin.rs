@@ -1153,3 +1153,73 @@ async fn reloadable(text: &str) -> (Pooler, tempfile::TempDir, std::path::PathBu
     *p.ctx.config_path.lock().expect("lock") = Some(path.clone());
     (p, dir, path)
 }
+
+/// `max_db_client_connections` counts a database's clients (all users)
+/// and `max_user_client_connections` a user's (all databases), as in
+/// PgBouncer 1.24: the login past either gets 53300 with PgBouncer's
+/// words, and gets in again once a client leaves. SHOW DATABASES and
+/// SHOW USERS show each limit and count; console sessions do not count.
+#[tokio::test]
+async fn client_connection_limits_per_database_and_per_user() {
+    let pg = PgServer::shared();
+    let text = config("max_user_client_connections = 3").replace(
+        "pool_size = 2",
+        "pool_size = 2\nmax_db_client_connections = 2",
+    ) + &format!(
+        "[databases.app_other]\nhost = \"127.0.0.1\"\nport = {}\ndbname = \"app\"\n",
+        pg.port
+    );
+    let p = Pooler::start(&text).await;
+    let connect = |db: &str| {
+        let s = p
+            .conn_str("")
+            .replace("dbname=app", &format!("dbname={db}"));
+        async move {
+            let (c, conn) = tokio_postgres::connect(&s, NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(c)
+        }
+    };
+    let refused = |e: tokio_postgres::Error| {
+        let db = e.as_db_error().expect("an ErrorResponse");
+        (db.code().code().to_owned(), db.message().to_owned())
+    };
+    let a1 = connect("app").await.expect("a1");
+    let _a2 = connect("app").await.expect("a2");
+    let e = connect("app").await.expect_err("app is full");
+    let db_full = "client connections exceeded (max_db_client_connections)";
+    assert_eq!(refused(e), ("53300".into(), db_full.into()));
+    let _b1 = connect("app_other").await.expect("app_other has no limit");
+    let e = connect("app_other").await.expect_err("user app is full");
+    let user_full = "client connections exceeded (max_user_client_connections)";
+    assert_eq!(refused(e), ("53300".into(), user_full.into()));
+    let admin = console(&p, "admin", "pgtarn")
+        .await
+        .expect("console logins do not count");
+    let dbs = rows(&admin, "SHOW DATABASES").await;
+    let db = |name: &str| dbs.iter().find(|r| r["name"] == name).expect("row").clone();
+    let counts = |r: HashMap<String, String>| {
+        (
+            r["max_client_connections"].clone(),
+            r["current_client_connections"].clone(),
+        )
+    };
+    assert_eq!(counts(db("app")), ("2".into(), "2".into()));
+    assert_eq!(counts(db("app_other")), ("0".into(), "1".into()));
+    let users = rows(&admin, "SHOW USERS").await;
+    let app = users.iter().find(|r| r["name"] == "app").expect("app row");
+    let user_counts = (
+        app["max_user_client_connections"].as_str(),
+        app["current_client_connections"].as_str(),
+    );
+    assert_eq!(user_counts, ("3", "3"));
+    drop(a1);
+    wait_until("a1's seat is given back", DEADLINE, || {
+        let used = p.ctx.db_clients.used("app");
+        async move { used == 1 }
+    })
+    .await;
+    let again = connect("app").await.expect("room again");
+    assert_eq!(common::one(&again, "select 'in'").await, "in");
+    p.stop().await;
+}

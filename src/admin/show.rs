@@ -372,7 +372,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-const DATABASES: [(&str, Type); 13] = [
+const DATABASES: [(&str, Type); 15] = [
     ("name", Type::Text),
     ("host", Type::Text),
     ("port", Type::Int4),
@@ -384,6 +384,8 @@ const DATABASES: [(&str, Type); 13] = [
     ("pool_mode", Type::Text),
     ("max_connections", Type::Int4),
     ("current_connections", Type::Int4),
+    ("max_client_connections", Type::Int4),
+    ("current_client_connections", Type::Int4),
     ("paused", Type::Int4),
     ("disabled", Type::Int4),
 ];
@@ -409,6 +411,8 @@ pub fn databases(ctx: &Context) -> ResultSet {
             v(db.pool_mode.as_str()),
             v(max),
             v(open),
+            v(db.max_client_connections(&config.pgtarn)),
+            v(ctx.db_clients.used(name)),
             v(i32::from(ctx.registry.is_paused(name))),
             v(i32::from(ctx.registry.is_disabled(name))),
         ]);
@@ -451,7 +455,8 @@ pub fn config(ctx: &Context) -> ResultSet {
 }
 
 /// `SHOW USERS`: configured users, their overrides of the databases' pool
-/// settings, their `max_user_connections` and their open server connections.
+/// settings, their `max_user_connections` and their open server
+/// connections, their `max_user_client_connections` and their clients.
 pub fn users(ctx: &Context) -> ResultSet {
     let mut rs = ResultSet::new(&[
         ("name", Type::Text),
@@ -460,6 +465,8 @@ pub fn users(ctx: &Context) -> ResultSet {
         ("pool_mode", Type::Text),
         ("max_user_connections", Type::Int4),
         ("current_connections", Type::Int4),
+        ("max_user_client_connections", Type::Int4),
+        ("current_client_connections", Type::Int4),
     ]);
     let config = ctx.config();
     for (name, u) in &config.users {
@@ -472,6 +479,8 @@ pub fn users(ctx: &Context) -> ResultSet {
             u.pool_mode.map(|m| v(m.as_str())).unwrap_or_default(),
             v(u.max_connections(&config.pgtarn)),
             v(open),
+            v(u.max_client_connections(&config.pgtarn)),
+            v(ctx.user_clients.used(name)),
         ]);
     }
     rs

@@ -137,6 +137,15 @@ pub struct General {
     /// Most client connections at once; the next one gets 53300.
     /// Default 1000.
     pub max_client_conn: usize,
+    /// Most client connections to one database, across all its users;
+    /// the next login gets 53300 `client connections exceeded
+    /// (max_db_client_connections)` (PgBouncer's words). Console sessions
+    /// do not count. 0 = no limit. Default 0.
+    pub max_db_client_connections: usize,
+    /// Most client connections of one user, across all databases, as
+    /// `max_db_client_connections` does for a database. 0 = no limit.
+    /// Default 0.
+    pub max_user_client_connections: usize,
     /// Extra server connections a pool may open, beyond `pool_size`, once
     /// a client has waited `reserve_pool_timeout` for a server (PgBouncer's
     /// reserve pool); they close again when nobody waits. 0 = none.
@@ -318,6 +327,8 @@ impl Default for General {
             max_db_connections: 0,
             max_user_connections: 0,
             max_client_conn: 1000,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),
             query_wait_timeout: Duration::from_secs(120),
@@ -385,6 +396,9 @@ pub struct Database {
     /// Overrides `[pgtarn] max_db_connections` for this database.
     /// Default: none.
     pub max_db_connections: Option<usize>,
+    /// Overrides `[pgtarn] max_db_client_connections` for this database.
+    /// Default: none.
+    pub max_db_client_connections: Option<usize>,
     /// Overrides `[pgtarn] reserve_pool_size` for this database's pools.
     /// Default: none.
     pub reserve_pool_size: Option<usize>,
@@ -396,6 +410,13 @@ impl Database {
     pub fn max_connections(&self, general: &General) -> usize {
         self.max_db_connections
             .unwrap_or(general.max_db_connections)
+    }
+
+    /// The most client connections to this database, across its users,
+    /// under `general`; 0: no limit.
+    pub fn max_client_connections(&self, general: &General) -> usize {
+        self.max_db_client_connections
+            .unwrap_or(general.max_db_client_connections)
     }
 }
 
@@ -432,6 +453,9 @@ pub struct User {
     /// Overrides `[pgtarn] max_user_connections` for this user.
     /// Default: none.
     pub max_user_connections: Option<usize>,
+    /// Overrides `[pgtarn] max_user_client_connections` for this user.
+    /// Default: none.
+    pub max_user_client_connections: Option<usize>,
 }
 
 impl User {
@@ -440,6 +464,13 @@ impl User {
     pub fn max_connections(&self, general: &General) -> usize {
         self.max_user_connections
             .unwrap_or(general.max_user_connections)
+    }
+
+    /// The most client connections of this user, across databases, under
+    /// `general`; 0: no limit.
+    pub fn max_client_connections(&self, general: &General) -> usize {
+        self.max_user_client_connections
+            .unwrap_or(general.max_user_client_connections)
     }
 }
 
@@ -451,6 +482,10 @@ impl std::fmt::Debug for User {
             .field("pool_size", &self.pool_size)
             .field("reserve_pool_size", &self.reserve_pool_size)
             .field("max_user_connections", &self.max_user_connections)
+            .field(
+                "max_user_client_connections",
+                &self.max_user_client_connections,
+            )
             .finish()
     }
 }

@@ -50,6 +50,12 @@ pub enum ClientError {
     /// Over `max_client_conn`.
     #[error("no more connections allowed (max_client_conn)")]
     TooManyClients,
+    /// Over the database's `max_db_client_connections`.
+    #[error("client connections exceeded (max_db_client_connections)")]
+    DatabaseClientsFull,
+    /// Over the user's `max_user_client_connections`.
+    #[error("client connections exceeded (max_user_client_connections)")]
+    UserClientsFull,
     /// Startup and authentication took longer than `client_login_timeout`.
     #[error("client_login_timeout")]
     LoginTimeout,
@@ -153,7 +159,9 @@ impl ClientError {
                 Some("An admin ran DISABLE on pgtarn's console; ENABLE admits new clients again."),
             ),
             ClientError::AuthFailed(_) => reply(code::INVALID_PASSWORD, msg, None),
-            ClientError::TooManyClients => reply(code::TOO_MANY_CONNECTIONS, msg, None),
+            ClientError::TooManyClients
+            | ClientError::DatabaseClientsFull
+            | ClientError::UserClientsFull => reply(code::TOO_MANY_CONNECTIONS, msg, None),
             ClientError::LoginTimeout => reply(code::PROTOCOL_VIOLATION, msg, None),
             ClientError::Checkout(e) => checkout_reply(e),
             ClientError::SettingRejected(f) => reply(&f.code, f.message.clone(), None),

@@ -55,6 +55,7 @@ struct Opened {
     _member: PoolMember,
     peer: Peer,
     _slot: slots::ClientSlot,
+    _seats: Seats,
 }
 
 /// Reads the client's first packets and logs it in. Answers cancel requests
@@ -116,7 +117,7 @@ async fn open(
         return None;
     }
     let login = before(deadline.as_mut(), login(stream, buf, &startup, ctx)).await;
-    let (mut session, registration) = match login {
+    let (mut session, registration, seats) = match login {
         Some(Ok(s)) => s,
         Some(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
         None => {
@@ -133,6 +134,7 @@ async fn open(
         _member: member,
         peer,
         _slot: slot,
+        _seats: seats,
     })
 }
 
@@ -290,14 +292,14 @@ async fn login(
     mut buf: BytesMut,
     startup: &StartupMessage,
     ctx: &Arc<Context>,
-) -> Result<(Session, cancel::Registration), (Stream, ClientError)> {
+) -> Result<(Session, cancel::Registration, Seats), (Stream, ClientError)> {
     match login_steps(&mut stream, &mut buf, startup, ctx).await {
-        Ok((pool, params, defaults, registration)) => {
+        Ok((pool, params, defaults, registration, seats)) => {
             let splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
             let slot = registration.slot.clone();
             let mut session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
             session.timeouts = session::SessionTimeouts::from_config(&ctx.config().pgtarn);
-            Ok((session, registration))
+            Ok((session, registration, seats))
         }
         Err(e) => Err((stream, e)),
     }
@@ -308,7 +310,40 @@ type LoggedIn = (
     ClientParams,
     Arc<Vec<(String, String)>>,
     cancel::Registration,
+    Seats,
 );
+
+/// A client's places in the counts of its database's and its user's
+/// clients (`max_db_client_connections`, `max_user_client_connections`).
+struct Seats {
+    _db: slots::ClientSlot,
+    _user: slots::ClientSlot,
+}
+
+impl Seats {
+    /// Takes both places, or says which limit is reached.
+    fn take(ctx: &Context, database: &str, user: &str) -> Result<Seats, ClientError> {
+        let config = ctx.config();
+        let db_limit = config
+            .databases
+            .get(database)
+            .map_or(0, |db| db.max_client_connections(&config.pgtarn));
+        let user_limit = config
+            .users
+            .get(user)
+            .map_or(config.pgtarn.max_user_client_connections, |u| {
+                u.max_client_connections(&config.pgtarn)
+            });
+        let db = ctx.db_clients.try_take(database, db_limit);
+        let db = db.ok_or(ClientError::DatabaseClientsFull)?;
+        let user = ctx.user_clients.try_take(user, user_limit);
+        let user = user.ok_or(ClientError::UserClientsFull)?;
+        Ok(Seats {
+            _db: db,
+            _user: user,
+        })
+    }
+}
 
 async fn login_steps(
     stream: &mut Stream,
@@ -351,6 +386,7 @@ async fn login_steps(
     // AuthenticationOk and the rest of the login answer go in one write.
     let mut out = BytesMut::with_capacity(512);
     let keys = auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
+    let seats = Seats::take(ctx, database, user)?;
     let secret = found.as_ref().map(|u| &u.secret);
     let pool = ctx.registry.get(database, user, secret)?;
     if let Some(keys) = keys {
@@ -362,7 +398,7 @@ async fn login_steps(
     encode::backend_key_data(&mut out, registration.key);
     encode::ready_for_query(&mut out, TxStatus::Idle);
     stream.send(&out).await?;
-    Ok((pool, params, defaults, registration))
+    Ok((pool, params, defaults, registration, seats))
 }
 
 /// Answers a request for a newer minor protocol version or for protocol
