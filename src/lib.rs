@@ -72,6 +72,10 @@ pub struct Context {
     fast_shutdown: std::sync::atomic::AtomicBool,
     /// Wakes a graceful drain in progress when a fast shutdown is asked.
     fast_wake: tokio::sync::Notify,
+    /// Set by `SHUTDOWN WAIT_FOR_CLIENTS`.
+    close_listener: std::sync::atomic::AtomicBool,
+    /// Wakes the accept loop for `close_listener`.
+    close_wake: tokio::sync::Notify,
 }
 
 /// Configured users by name.
@@ -172,6 +176,22 @@ impl Context {
         self.shutdown.trigger();
     }
 
+    /// Starts a shutdown that waits for the clients (admin `SHUTDOWN
+    /// WAIT_FOR_CLIENTS`, as in PgBouncer): pgtarn stops accepting,
+    /// serves its connected clients as before and exits once the last has
+    /// left. A graceful or fast shutdown asked for meanwhile takes over.
+    pub fn request_shutdown_after_clients(&self) {
+        self.close_listener.store(true, Ordering::SeqCst);
+        self.close_wake.notify_one();
+    }
+
+    /// Completes once `SHUTDOWN WAIT_FOR_CLIENTS` has been asked for.
+    async fn close_requested(&self) {
+        if !self.close_listener.load(Ordering::SeqCst) {
+            self.close_wake.notified().await;
+        }
+    }
+
     /// Starts a fast shutdown (`SIGINT`): every client is disconnected
     /// with 57P01 at once.
     pub fn request_fast_shutdown(&self) {
@@ -259,6 +279,8 @@ impl Pgtarn {
             shutdown: trigger,
             fast_shutdown: Default::default(),
             fast_wake: Default::default(),
+            close_listener: Default::default(),
+            close_wake: Default::default(),
             cancels: Arc::default(),
             client_slots: frontend::slots::ClientSlots::new(config.pgtarn.max_client_conn),
             db_clients: Default::default(),
@@ -320,10 +342,12 @@ impl Pgtarn {
         // Made once: building the shutdown futures at every accept cost
         // ~1,800 instructions per login.
         let mut stop = shutdown.clone();
+        let (mut outside, ctx) = (external.clone(), self.ctx.clone());
         let stopped = async move {
             tokio::select! {
                 _ = stop.wait() => {}
-                _ = external.wait() => {}
+                _ = outside.wait() => {}
+                () = ctx.close_requested() => {}
             }
         };
         let mut stopped = std::pin::pin!(stopped);
@@ -346,6 +370,19 @@ impl Pgtarn {
             clients.spawn(Box::pin(client));
         }
         drop(self.listener);
+        if !shutdown.is_triggered() && !external.is_triggered() {
+            info!(
+                clients = clients.len(),
+                "SHUTDOWN WAIT_FOR_CLIENTS: no new clients; exiting once every client has left"
+            );
+            clients.close();
+            let mut stop = shutdown.clone();
+            tokio::select! {
+                () = clients.wait() => {}
+                _ = stop.wait() => {}
+                _ = external.wait() => {}
+            }
+        }
         self.ctx.shutdown.trigger();
         info!(clients = clients.len(), "shutting down");
         // Idle clients end now, the others at the end of their transaction.

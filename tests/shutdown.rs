@@ -206,3 +206,49 @@ async fn sigint_during_a_graceful_drain_makes_it_fast() {
     );
     assert_eq!(ended_with(conn).await, "57P01 pgtarn is shutting down");
 }
+
+/// `SHUTDOWN WAIT_FOR_CLIENTS` (PgBouncer's command for rolling restarts):
+/// no new client gets in, the connected ones go on as before (an idle one
+/// is not disconnected, new transactions run) and pgtarn exits once the
+/// last has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_wait_for_clients_exits_when_the_last_client_leaves() {
+    let p = pooler("admin_users = [\"app\"]").await;
+    let (a, _a_conn) = connect(&p).await;
+    a.simple_query("BEGIN; SELECT 1").await.expect("begin");
+    let (b, _b_conn) = connect(&p).await;
+    let console = p.conn_str("").replace("dbname=app", "dbname=pgtarn");
+    let (admin, admin_conn) = tokio_postgres::connect(&console, NoTls)
+        .await
+        .expect("console login");
+    let admin_conn = tokio::spawn(admin_conn);
+    admin
+        .simple_query("SHUTDOWN WAIT_FOR_CLIENTS")
+        .await
+        .expect("SHUTDOWN WAIT_FOR_CLIENTS");
+    drop(admin);
+    let _ = admin_conn.await;
+    let conn_str = p.conn_str("");
+    common::wait_until("new logins are refused", DEADLINE, || {
+        let s = conn_str.clone();
+        async move { tokio_postgres::connect(&s, NoTls).await.is_err() }
+    })
+    .await;
+    a.simple_query("COMMIT")
+        .await
+        .expect("the transaction commits");
+    assert_eq!(common::one(&b, "select 'b goes on'").await, "b goes on");
+    let again = "BEGIN; SELECT 2; COMMIT";
+    a.batch_execute(again)
+        .await
+        .expect("a new transaction runs");
+    assert!(p.is_running(), "two clients are still connected");
+    drop(a);
+    assert!(p.is_running(), "one client is still connected");
+    drop(b);
+    common::wait_until("pgtarn exits", DEADLINE, || {
+        let running = p.is_running();
+        async move { !running }
+    })
+    .await;
+}

@@ -33,8 +33,11 @@ pub enum Command {
     WaitClose(Option<String>),
     /// `RELOAD`.
     Reload,
-    /// `SHUTDOWN`.
+    /// `SHUTDOWN` or `SHUTDOWN WAIT_FOR_SERVERS`: the graceful drain.
     Shutdown,
+    /// `SHUTDOWN WAIT_FOR_CLIENTS`: stop accepting, exit once every
+    /// client has left.
+    ShutdownWaitForClients,
 }
 
 /// Why a command was refused: the ErrorResponse to send.
@@ -60,9 +63,9 @@ impl Refusal {
 }
 
 /// The commands, as `SHOW HELP` lists them.
-pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN";
+pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]";
 
-const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE|STATS; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; RECONNECT [db]; KILL db; KILL_CLIENT id; WAIT_CLOSE [db]; SHUTDOWN.";
+const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE|STATS; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; RECONNECT [db]; KILL db; KILL_CLIENT id; WAIT_CLOSE [db]; SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS].";
 
 /// How long `PAUSE` waits for running transactions before giving up.
 const PAUSE_LIMIT: Duration = Duration::from_secs(60);
@@ -99,6 +102,11 @@ impl Command {
             ("WAIT_CLOSE", 1 | 2) => Command::WaitClose(arg(1)),
             ("RELOAD", 1) => Command::Reload,
             ("SHUTDOWN", 1) => Command::Shutdown,
+            ("SHUTDOWN", 2) => match words[1].to_ascii_uppercase().as_str() {
+                "WAIT_FOR_SERVERS" => Command::Shutdown,
+                "WAIT_FOR_CLIENTS" => Command::ShutdownWaitForClients,
+                _ => return Err(invalid(text)),
+            },
             _ => return Err(invalid(text)),
         };
         if let Command::Show(what) = &cmd
@@ -127,7 +135,7 @@ impl Command {
             Command::Enable(_) => "ENABLE",
             Command::WaitClose(_) => "WAIT_CLOSE",
             Command::Reload => "RELOAD",
-            Command::Shutdown => "SHUTDOWN",
+            Command::Shutdown | Command::ShutdownWaitForClients => "SHUTDOWN",
         }
     }
 
@@ -194,6 +202,7 @@ impl Command {
                 }
             }
             Command::Shutdown => ctx.request_shutdown(),
+            Command::ShutdownWaitForClients => ctx.request_shutdown_after_clients(),
         }
         command_complete(out, self.tag());
         Ok(())
@@ -291,6 +300,11 @@ mod tests {
         assert!(e.message.contains("SHOW HELP"));
         assert!(Command::parse("DROP TABLE x").is_err());
         assert!(Command::parse("KILL").is_err());
+        let wait = Command::parse("shutdown wait_for_clients");
+        assert_eq!(wait, Ok(Command::ShutdownWaitForClients));
+        let drain = Command::parse("SHUTDOWN WAIT_FOR_SERVERS");
+        assert_eq!(drain, Ok(Command::Shutdown));
+        assert!(Command::parse("SHUTDOWN NOW").is_err());
         assert_eq!(
             Command::parse("kill_client 12"),
             Ok(Command::KillClient(12))

@@ -108,6 +108,12 @@ impl Pooler {
             .expect("pool app/app exists once a client logged in")
     }
 
+    /// True until pgtarn's `run` has returned.
+    #[allow(dead_code)]
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Signals shutdown and waits for pgtarn to stop.
     #[allow(dead_code)]
     pub async fn stop(mut self) {
