@@ -1223,3 +1223,52 @@ async fn client_connection_limits_per_database_and_per_user() {
     assert_eq!(common::one(&again, "select 'in'").await, "in");
     p.stop().await;
 }
+
+/// `SET key = value` on the console changes a `[pgtarn]` setting of the
+/// running pgtarn, as in PgBouncer, with the checks of a reload; `RELOAD`
+/// goes back to the file. Settings that need a restart, unknown ones and
+/// bad values are refused with Postgres' SQLSTATEs, and stats users may
+/// not change anything.
+#[tokio::test]
+async fn set_changes_a_setting_until_reload() {
+    let text = config("");
+    let (p, _dir, _path) = reloadable(&text).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    admin
+        .simple_query("SET max_client_conn = 2")
+        .await
+        .expect("SET");
+    let setting = |rows: Vec<HashMap<String, String>>, key: &str| {
+        let row = rows.into_iter().find(|r| r["key"] == key).expect("row");
+        row["value"].clone()
+    };
+    let shown = setting(rows(&admin, "SHOW CONFIG").await, "max_client_conn");
+    assert_eq!(shown, "2");
+    let _client = p.connect().await;
+    let e = tokio_postgres::connect(&p.conn_str(""), NoTls).await.err();
+    let e = e.expect("the console and one client fill max_client_conn = 2");
+    assert_eq!(code(&e), "53300");
+    let refused = |sql: &'static str| {
+        let admin = &admin;
+        async move { code(&admin.simple_query(sql).await.expect_err(sql)) }
+    };
+    assert_eq!(refused("SET listen_addr = '127.0.0.1:1'").await, "55P02");
+    assert_eq!(refused("SET max_client_conn = 'many'").await, "22023");
+    assert_eq!(refused("SET no_such_setting = 1").await, "42704");
+    let watcher = console(&p, "watcher", "pgtarn").await;
+    let e = watcher
+        .expect_err("max_client_conn is full")
+        .as_db_error()
+        .map(|d| d.code().code().to_owned());
+    assert_eq!(e.as_deref(), Some("53300"));
+    admin.simple_query("RELOAD").await.expect("reload");
+    let shown = setting(rows(&admin, "SHOW CONFIG").await, "max_client_conn");
+    assert_eq!(shown, "1000", "RELOAD goes back to the file");
+    let watcher = console(&p, "watcher", "pgtarn").await.expect("room again");
+    let e = watcher
+        .simple_query("SET max_client_conn = 5")
+        .await
+        .expect_err("stats users only SHOW");
+    assert_eq!(code(&e), "42501");
+    p.stop().await;
+}

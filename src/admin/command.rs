@@ -38,6 +38,8 @@ pub enum Command {
     /// `SHUTDOWN WAIT_FOR_CLIENTS`: stop accepting, exit once every
     /// client has left.
     ShutdownWaitForClients,
+    /// `SET key = value`: change one `[pgtarn]` setting.
+    Set(String, String),
 }
 
 /// Why a command was refused: the ErrorResponse to send.
@@ -63,9 +65,9 @@ impl Refusal {
 }
 
 /// The commands, as `SHOW HELP` lists them.
-pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]";
+pub const HELP: &str = "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE\n\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|TOTALS\n\tRELOAD\n\tPAUSE [<db>]\n\tRESUME [<db>]\n\tDISABLE <db>\n\tENABLE <db>\n\tRECONNECT [<db>]\n\tKILL <db>\n\tKILL_CLIENT <id>\n\tWAIT_CLOSE [<db>]\n\tSHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]\n\tSET <key> = <value>";
 
-const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE|STATS; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; RECONNECT [db]; KILL db; KILL_CLIENT id; WAIT_CLOSE [db]; SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS].";
+const HINT: &str = "Commands: SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|LISTS|VERSION|STATE|STATS; RELOAD; PAUSE [db]; RESUME [db]; DISABLE db; ENABLE db; RECONNECT [db]; KILL db; KILL_CLIENT id; WAIT_CLOSE [db]; SHUTDOWN [WAIT_FOR_SERVERS|WAIT_FOR_CLIENTS]; SET key = value.";
 
 /// How long `PAUSE` waits for running transactions before giving up.
 const PAUSE_LIMIT: Duration = Duration::from_secs(60);
@@ -82,6 +84,13 @@ impl Command {
     /// Parses one command (case-insensitive keywords; database names as
     /// written, optionally double-quoted).
     pub fn parse(text: &str) -> Result<Command, Refusal> {
+        let trimmed = text.trim_start();
+        if let Some(verb) = trimmed.get(..4)
+            && verb.eq_ignore_ascii_case("SET ")
+        {
+            let (key, value) = super::set::split(&trimmed[4..]).ok_or_else(|| invalid(text))?;
+            return Ok(Command::Set(key, value));
+        }
         let words: Vec<&str> = text.split_whitespace().collect();
         let arg = |i: usize| words.get(i).map(|w| w.trim_matches('"').to_owned());
         let verb = words
@@ -136,6 +145,7 @@ impl Command {
             Command::WaitClose(_) => "WAIT_CLOSE",
             Command::Reload => "RELOAD",
             Command::Shutdown | Command::ShutdownWaitForClients => "SHUTDOWN",
+            Command::Set(..) => "SET",
         }
     }
 
@@ -203,6 +213,7 @@ impl Command {
             }
             Command::Shutdown => ctx.request_shutdown(),
             Command::ShutdownWaitForClients => ctx.request_shutdown_after_clients(),
+            Command::Set(key, value) => super::set::apply(ctx, key, value)?,
         }
         command_complete(out, self.tag());
         Ok(())

@@ -3,10 +3,11 @@
 //! with psql, speaking the simple query protocol.
 //!
 //! `stats_users` may run the `SHOW` commands; `admin_users` may also run
-//! `PAUSE`, `RESUME`, `RECONNECT`, `KILL`, `RELOAD` and `SHUTDOWN`.
+//! `PAUSE`, `RESUME`, `RECONNECT`, `KILL`, `RELOAD`, `SET` and `SHUTDOWN`.
 
 mod command;
 pub mod result;
+mod set;
 mod show;
 
 use std::sync::Arc;

@@ -421,7 +421,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
 }
 
 /// Settings only read at start: a reload cannot change them.
-const RESTART_ONLY: [&str; 5] = [
+pub(super) const RESTART_ONLY: [&str; 5] = [
     "listen_addr",
     "so_reuseport",
     "unix_socket_dir",
