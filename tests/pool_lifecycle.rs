@@ -326,3 +326,38 @@ async fn a_directory_host_is_postgres_unix_socket() {
     .await;
     assert_eq!(one(&c, "select 'again'").await, "again");
 }
+
+/// `connect_query` runs on each new server connection before a client
+/// uses it; in session mode it runs again after `server_reset_query`
+/// (`DISCARD ALL` would otherwise undo it for the next client).
+#[tokio::test]
+async fn connect_query_prepares_each_server_connection() {
+    let database = "pool_size = 1\npool_mode = \"session\"\n\
+                    connect_query = \"SET statement_timeout = '4321ms'\"";
+    let p = Pooler::start(&pooler::config(PgServer::shared(), "", database)).await;
+    for round in ["first client", "next client after the reset"] {
+        let c = p.connect().await;
+        assert_eq!(one(&c, "show statement_timeout").await, "4321ms", "{round}");
+        drop(c);
+        let pool = p.pool();
+        wait_until("the server is back in the pool", DEADLINE, || {
+            let idle = pool.idle();
+            async move { idle == 1 }
+        })
+        .await;
+    }
+    assert_eq!(p.pool().size(), 1, "one server served both");
+}
+
+/// A failing `connect_query` fails the connection as a failed login does:
+/// the client gets the server's SQLSTATE and a message naming
+/// `connect_query`, and no server connection is left open.
+#[tokio::test]
+async fn a_failing_connect_query_is_a_failed_login() {
+    let database = "connect_query = \"SELECT * FROM no_such_table_for_connect_query\"";
+    let p = Pooler::start(&pooler::config(PgServer::shared(), "", database)).await;
+    let (code, message) = login_error(&p.conn_str("")).await;
+    assert_eq!(code, "42P01", "{message}");
+    assert!(message.contains("connect_query failed"), "{message}");
+    assert_eq!(p.pool().size(), 0);
+}

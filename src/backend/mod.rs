@@ -342,6 +342,51 @@ impl ServerConn {
         }
     }
 
+    /// Runs `connect_query` on a fresh (or freshly reset) connection. The
+    /// settings it reports (ParameterStatus) count as the connection's
+    /// login values, which is what clients are told. An error, or a
+    /// transaction left open, fails the connection.
+    pub async fn run_connect_query(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut buf = BytesMut::new();
+        encode::query(&mut buf, sql);
+        self.stream.send(&buf).await?;
+        self.state.on_client_message(b'Q');
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag() {
+                b'Z' => {
+                    self.state.on_ready(msg::ready_for_query(f.body())?);
+                    break;
+                }
+                b'E' if error.is_none() => error = Some(msg::error_fields(f.body())?),
+                b'S' => {
+                    let (k, v) = msg::parameter_status(f.body())?;
+                    self.note_login_param(k, v);
+                }
+                _ => {}
+            }
+        }
+        if let Some(mut e) = error {
+            e.message = format!("connect_query failed: {}", e.message);
+            return Err(BackendError::Server(e));
+        }
+        if !self.state.is_idle() {
+            let why = "connect_query left the connection inside a transaction";
+            return Err(std::io::Error::other(why).into());
+        }
+        Ok(())
+    }
+
+    fn note_login_param(&mut self, name: &str, value: &str) {
+        self.settings
+            .insert(name.to_ascii_lowercase(), value.to_owned());
+        match self.login_params.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = value.to_owned(),
+            None => self.login_params.push((name.to_owned(), value.to_owned())),
+        }
+    }
+
     /// Runs `sql` as a simple query whose results nobody sees, waiting for
     /// its ReadyForQuery. Returns the first error the server reported.
     pub async fn run_internal(&mut self, sql: &str) -> Result<Option<ErrorFields>, BackendError> {

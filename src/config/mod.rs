@@ -389,6 +389,13 @@ pub struct Database {
     /// Server connections kept open per pool once it exists. Default 0.
     #[serde(default)]
     pub min_pool_size: usize,
+    /// SQL run on each new server connection of this database after its
+    /// login, before any client uses it (PgBouncer's `connect_query`),
+    /// within `server_connect_timeout`; in session mode again after
+    /// `server_reset_query`. If it fails, the connection is closed and
+    /// clients get its error, as for a failed login. A reload applies it
+    /// to new connections. Default: none.
+    pub connect_query: Option<String>,
     /// Overrides `[pgtarn] auth_type` for this database. Default: none.
     pub auth_type: Option<AuthType>,
     /// Overrides `[tls.server] mode` for this database. Default: none.

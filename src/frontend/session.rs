@@ -814,6 +814,15 @@ impl Session {
                 server.discard(CloseReason::ResetFailed);
                 return;
             }
+            // The reset undid it: the next client expects it again.
+            if let Some(sql) = &s.connect_query {
+                let again = tokio::time::timeout(s.reset_timeout, server.run_connect_query(sql));
+                if !matches!(again.await, Ok(Ok(()))) {
+                    debug!(server = server.id(), "connect_query failed after the reset");
+                    server.discard(CloseReason::ResetFailed);
+                    return;
+                }
+            }
             server.settings = lowercase_map(&self.defaults);
             server.synced_params = None;
         }

@@ -96,7 +96,14 @@ impl Manager {
         // otherwise be part of every client task's state (checkout awaits
         // this), costing memory for every idle client.
         let target = self.target.load_full();
-        let connect = Box::pin(async move { ServerConn::connect(&target, id).await });
+        let query = self.settings.load().connect_query.clone();
+        let connect = Box::pin(async move {
+            let mut conn = ServerConn::connect(&target, id).await?;
+            if let Some(sql) = query {
+                conn.run_connect_query(&sql).await?;
+            }
+            Ok(conn)
+        });
         let limit = self.settings.load().connect_timeout;
         let result = tokio::time::timeout(limit, connect).await;
         let result = result.map_err(|_| BackendError::Timeout(limit))?;

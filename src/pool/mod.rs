@@ -124,6 +124,9 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     /// SQL that resets a session-mode connection.
     pub reset_query: String,
+    /// `connect_query`: run on each new connection (and after
+    /// `reset_query`), if any.
+    pub connect_query: Option<Arc<str>>,
     /// Time limit for `reset_query`.
     pub reset_timeout: Duration,
     /// Named prepared statements kept per server in transaction mode; 0

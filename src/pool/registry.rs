@@ -454,6 +454,7 @@ fn settings(c: &Config, database: &str, user: &str) -> Option<PoolSettings> {
         idle_timeout: g.server_idle_timeout,
         lifetime: g.server_lifetime,
         reset_query: g.server_reset_query.clone(),
+        connect_query: db.connect_query.as_deref().map(Arc::from),
         reset_timeout: g.server_reset_timeout,
         max_prepared_statements: g.max_prepared_statements,
         client_statement_limits: super::StatementLimits {
