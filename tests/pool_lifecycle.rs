@@ -147,19 +147,26 @@ async fn server_idle_timeout_counts_from_release() {
 
 #[tokio::test]
 async fn servers_are_replaced_after_server_lifetime() {
-    let config = pooler::config(
-        PgServer::shared(),
-        "server_lifetime = \"1s\"",
-        "pool_size = 1",
-    );
-    let p = Pooler::start(&config).await;
-    let c = p.connect().await;
-    let first = one(&c, "select pg_backend_pid()").await;
-    wait_until("a new server serves the client", DEADLINE, || {
-        let (c, first) = (&c, &first);
-        async move { one(c, "select pg_backend_pid()").await != *first }
-    })
-    .await;
+    // `[pgtarn]`'s, then a database's own (PgBouncer's per-database
+    // server_lifetime) over a general one that would not expire.
+    let cases = [
+        ("server_lifetime = \"1s\"", "pool_size = 1"),
+        (
+            "server_lifetime = \"1h\"",
+            "pool_size = 1\nserver_lifetime = \"1s\"",
+        ),
+    ];
+    for (general, database) in cases {
+        let config = pooler::config(PgServer::shared(), general, database);
+        let p = Pooler::start(&config).await;
+        let c = p.connect().await;
+        let first = one(&c, "select pg_backend_pid()").await;
+        wait_until("a new server serves the client", DEADLINE, || {
+            let (c, first) = (&c, &first);
+            async move { one(c, "select pg_backend_pid()").await != *first }
+        })
+        .await;
+    }
 }
 
 #[tokio::test]

@@ -470,3 +470,27 @@ async fn query_timeout_cancels_a_slow_query_pipelined_behind_a_quick_one() {
     );
     p.stop().await;
 }
+
+/// A user's own `query_timeout` (`[users.NAME]`, as in PgBouncer 1.24)
+/// overrides the `[pgtarn]` one for that user's clients only.
+#[tokio::test]
+async fn a_users_query_timeout_overrides_the_general_one() {
+    let text = pooler::config(PgServer::shared(), "query_timeout = \"20s\"", "")
+        + "query_timeout = \"300ms\"\n";
+    let p = Pooler::start(&text).await;
+    let (client, _conn) = connect(&p).await;
+    let started = Instant::now();
+    let e = client
+        .simple_query("SELECT pg_sleep(10)")
+        .await
+        .expect_err("the user's 300ms apply");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "57014");
+    assert_eq!(db.message(), "canceling statement due to query_timeout");
+    p.stop().await;
+}

@@ -372,7 +372,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-const DATABASES: [(&str, Type); 15] = [
+const DATABASES: [(&str, Type); 16] = [
     ("name", Type::Text),
     ("host", Type::Text),
     ("port", Type::Int4),
@@ -381,6 +381,7 @@ const DATABASES: [(&str, Type); 15] = [
     ("pool_size", Type::Int4),
     ("min_pool_size", Type::Int4),
     ("reserve_pool", Type::Int4),
+    ("server_lifetime", Type::Int4),
     ("pool_mode", Type::Text),
     ("max_connections", Type::Int4),
     ("current_connections", Type::Int4),
@@ -408,6 +409,9 @@ pub fn databases(ctx: &Context) -> ResultSet {
             v(db.pool_size),
             v(db.min_pool_size),
             v(db.reserve_pool_size(&config.pgtarn)),
+            v(db.server_lifetime
+                .unwrap_or(config.pgtarn.server_lifetime)
+                .as_secs()),
             v(db.pool_mode.as_str()),
             v(max),
             v(open),

@@ -396,6 +396,10 @@ pub struct Database {
     /// clients get its error, as for a failed login. A reload applies it
     /// to new connections. Default: none.
     pub connect_query: Option<String>,
+    /// Overrides `[pgtarn] server_lifetime` for this database's server
+    /// connections. Default: none.
+    #[serde(default, with = "humantime_serde")]
+    pub server_lifetime: Option<Duration>,
     /// Overrides `[pgtarn] auth_type` for this database. Default: none.
     pub auth_type: Option<AuthType>,
     /// Overrides `[tls.server] mode` for this database. Default: none.
@@ -463,6 +467,10 @@ pub struct User {
     /// Overrides `[pgtarn] max_user_client_connections` for this user.
     /// Default: none.
     pub max_user_client_connections: Option<usize>,
+    /// Overrides `[pgtarn] query_timeout` for this user's clients.
+    /// Default: none.
+    #[serde(default, with = "humantime_serde")]
+    pub query_timeout: Option<Duration>,
 }
 
 impl User {
@@ -493,6 +501,7 @@ impl std::fmt::Debug for User {
                 "max_user_client_connections",
                 &self.max_user_client_connections,
             )
+            .field("query_timeout", &self.query_timeout)
             .finish()
     }
 }

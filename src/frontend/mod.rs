@@ -298,7 +298,12 @@ async fn login(
             let splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
             let slot = registration.slot.clone();
             let mut session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
-            session.timeouts = session::SessionTimeouts::from_config(&ctx.config().pgtarn);
+            let config = ctx.config();
+            session.timeouts = session::SessionTimeouts::from_config(&config.pgtarn);
+            let user = config.users.get(&session.pool.key.user);
+            if let Some(limit) = user.and_then(|u| u.query_timeout) {
+                session.timeouts.query = limit;
+            }
             Ok((session, registration, seats))
         }
         Err(e) => Err((stream, e)),

@@ -452,7 +452,7 @@ fn settings(c: &Config, database: &str, user: &str) -> Option<PoolSettings> {
         wait_timeout: g.query_wait_timeout,
         connect_timeout: g.server_connect_timeout,
         idle_timeout: g.server_idle_timeout,
-        lifetime: g.server_lifetime,
+        lifetime: db.server_lifetime.unwrap_or(g.server_lifetime),
         reset_query: g.server_reset_query.clone(),
         connect_query: db.connect_query.as_deref().map(Arc::from),
         reset_timeout: g.server_reset_timeout,
