@@ -1272,3 +1272,51 @@ async fn set_changes_a_setting_until_reload() {
     assert_eq!(code(&e), "42501");
     p.stop().await;
 }
+
+/// A database's `user` (PgBouncer's forced user): clients authenticate as
+/// themselves — bob needs no Postgres role — and all of them share one
+/// pool that logs in upstream as the forced user. SHOW DATABASES shows it
+/// as `force_user`, SHOW CLIENTS the login users, SHOW POOLS the one pool.
+/// A forced user missing from `[users]` is a configuration error.
+#[tokio::test]
+async fn a_databases_user_is_forced_upstream_for_every_client() {
+    let text = config("").replace("pool_size = 2", "pool_size = 2\nuser = \"app\"")
+        + "[users.bob]\npassword = \"bob-secret\"\n";
+    let p = Pooler::start(&text).await;
+    let bob_str = p.conn_str("").replace(
+        "user=app password=app-secret",
+        "user=bob password=bob-secret",
+    );
+    let (bob, conn) = tokio_postgres::connect(&bob_str, NoTls)
+        .await
+        .expect("bob logs in with his own password");
+    tokio::spawn(conn);
+    assert_eq!(common::one(&bob, "select current_user").await, "app");
+    let app = p.connect().await;
+    assert_eq!(common::one(&app, "select current_user").await, "app");
+    let pools = p.ctx.registry.pools();
+    let keys: Vec<_> = pools.iter().map(|p| p.key.user.as_str()).collect();
+    assert_eq!(keys, ["app"], "one shared pool");
+    let wrong = bob_str.replace("bob-secret", "not-bobs");
+    let e = tokio_postgres::connect(&wrong, NoTls).await.err();
+    assert_eq!(code(&e.expect("a wrong password fails")), "28P01");
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let dbs = rows(&admin, "SHOW DATABASES").await;
+    let db = dbs.iter().find(|r| r["name"] == "app").expect("app row");
+    assert_eq!(db["force_user"], "app");
+    let clients = rows(&admin, "SHOW CLIENTS").await;
+    let mut users: Vec<_> = clients
+        .iter()
+        .filter(|r| r["database"] == "app")
+        .map(|r| r["user"].as_str())
+        .collect();
+    users.sort_unstable();
+    assert_eq!(users, ["app", "bob"]);
+    assert_eq!(rows(&admin, "SHOW POOLS").await.len(), 1);
+    let ghost = text.replace("user = \"app\"", "user = \"ghost\"");
+    let err = pgtarn::config::Config::from_toml(&ghost)
+        .and_then(|c| c.validate().map(|()| c))
+        .expect_err("an unknown forced user is refused");
+    assert!(err.to_string().contains("databases.app.user"), "{err}");
+    p.stop().await;
+}

@@ -405,7 +405,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             v(&db.host),
             v(db.port),
             v(db.upstream_name(name)),
-            None,
+            db.user.as_deref().map(v).unwrap_or_default(),
             v(db.pool_size),
             v(db.min_pool_size),
             v(db.reserve_pool_size(&config.pgtarn)),

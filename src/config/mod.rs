@@ -379,6 +379,13 @@ pub struct Database {
     pub port: u16,
     /// Database name upstream. Default: the section's name.
     pub dbname: Option<String>,
+    /// Log in upstream as this user whatever user the client logged in
+    /// as (PgBouncer's `user=` in a database entry, `force_user`): the
+    /// database's clients share one pool, whose settings and
+    /// `max_user_connections` are this user's. It must be in `[users]`,
+    /// whose password pgtarn uses upstream. Clients still authenticate as
+    /// themselves. Default: none.
+    pub user: Option<String>,
     /// `"transaction"`, `"session"` or `"statement"`. Default
     /// `"transaction"`.
     #[serde(default)]
@@ -573,6 +580,12 @@ impl Config {
             }
             if db.host.is_empty() {
                 return invalid(key("host"), "must not be empty".into());
+            }
+            if let Some(user) = &db.user
+                && !self.users.contains_key(user)
+            {
+                let reason = format!("user \"{user}\" is not in [users]");
+                return invalid(key("user"), reason);
             }
         }
         for (name, user) in &self.users {

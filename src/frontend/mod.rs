@@ -234,7 +234,8 @@ fn list_client(
 ) -> PoolMember {
     let pool = session.pool.clone();
     let new = NewConn {
-        user: pool.key.user.clone(),
+        // The login user (the pool's may be the database's forced user).
+        user: startup.user().unwrap_or(&pool.key.user).to_owned(),
         database: pool.key.database.clone(),
         peer: peer.addr(),
         local: session.client.tcp().and_then(|s| s.local_addr().ok()),
@@ -300,7 +301,7 @@ async fn login(
             let mut session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
             let config = ctx.config();
             session.timeouts = session::SessionTimeouts::from_config(&config.pgtarn);
-            let user = config.users.get(&session.pool.key.user);
+            let user = startup.user().and_then(|u| config.users.get(u));
             if let Some(limit) = user.and_then(|u| u.query_timeout) {
                 session.timeouts.query = limit;
             }
@@ -393,10 +394,21 @@ async fn login_steps(
     let keys = auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
     let seats = Seats::take(ctx, database, user)?;
     let secret = found.as_ref().map(|u| &u.secret);
-    let pool = ctx.registry.get(database, user, secret)?;
-    if let Some(keys) = keys {
-        pool.learn_scram_keys(keys);
-    }
+    let pool = match db.user.as_deref() {
+        // The forced user's secret logs the pool in upstream.
+        Some(forced) if forced != user => {
+            let users = ctx.users();
+            let secret = users.get(forced).map(|u| &u.secret);
+            ctx.registry.get(database, forced, secret)?
+        }
+        _ => {
+            let pool = ctx.registry.get(database, user, secret)?;
+            if let Some(keys) = keys {
+                pool.learn_scram_keys(keys);
+            }
+            pool
+        }
+    };
     let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
     params.encode_login_report(&defaults, &mut out);

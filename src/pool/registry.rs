@@ -233,6 +233,13 @@ impl Registry {
                 pool.reconnect();
                 return false;
             }
+            // Clients of a database whose forced user changed get the new
+            // user's pool; connected ones finish on this one.
+            if db.user.as_ref().is_some_and(|forced| *forced != key.user) {
+                info!(database = %key.database, user = %key.user, "pool retired by reload: the database's user changed");
+                pool.reconnect();
+                return false;
+            }
             pool.update(settings);
             // A user found by auth_query has no secret in the file: its
             // pool keeps logging in as it did.
