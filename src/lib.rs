@@ -49,10 +49,6 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// Client connections against `max_client_conn`.
     pub client_slots: Arc<frontend::slots::ClientSlots>,
-    /// Client connections per database (`max_db_client_connections`).
-    pub db_clients: frontend::slots::NamedSlots,
-    /// Client connections per user (`max_user_client_connections`).
-    pub user_clients: frontend::slots::NamedSlots,
     /// pgtarn's TLS identity for clients, unless `tls.client.mode` is
     /// `disable`.
     client_tls: ArcSwapOption<tls::ServerTls>,
@@ -283,8 +279,6 @@ impl Pgtarn {
             close_wake: Default::default(),
             cancels: Arc::default(),
             client_slots: frontend::slots::ClientSlots::new(config.pgtarn.max_client_conn),
-            db_clients: Default::default(),
-            user_clients: Default::default(),
             users: ArcSwap::from_pointee(users),
             auth_query: Default::default(),
             mock_nonce: rand::random(),

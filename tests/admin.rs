@@ -1215,7 +1215,7 @@ async fn client_connection_limits_per_database_and_per_user() {
     assert_eq!(user_counts, ("3", "3"));
     drop(a1);
     wait_until("a1's seat is given back", DEADLINE, || {
-        let used = p.ctx.db_clients.used("app");
+        let used = p.ctx.registry.database_clients("app");
         async move { used == 1 }
     })
     .await;
@@ -1313,6 +1313,17 @@ async fn a_databases_user_is_forced_upstream_for_every_client() {
     users.sort_unstable();
     assert_eq!(users, ["app", "bob"]);
     assert_eq!(rows(&admin, "SHOW POOLS").await.len(), 1);
+    // Client counts are the login users', the server count the pool's.
+    let users = rows(&admin, "SHOW USERS").await;
+    let count = |name: &str| {
+        let row = users.iter().find(|r| r["name"] == name).expect("user row");
+        (
+            row["current_client_connections"].clone(),
+            row["current_connections"].clone(),
+        )
+    };
+    assert_eq!(count("bob"), ("1".into(), "0".into()));
+    assert_eq!(count("app").0, "1");
     let ghost = text.replace("user = \"app\"", "user = \"ghost\"");
     let err = pgtarn::config::Config::from_toml(&ghost)
         .and_then(|c| c.validate().map(|()| c))

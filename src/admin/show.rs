@@ -416,7 +416,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             v(max),
             v(open),
             v(db.max_client_connections(&config.pgtarn)),
-            v(ctx.db_clients.used(name)),
+            v(ctx.registry.database_clients(name)),
             v(i32::from(ctx.registry.is_paused(name))),
             v(i32::from(ctx.registry.is_disabled(name))),
         ]);
@@ -484,7 +484,7 @@ pub fn users(ctx: &Context) -> ResultSet {
             v(u.max_connections(&config.pgtarn)),
             v(open),
             v(u.max_client_connections(&config.pgtarn)),
-            v(ctx.user_clients.used(name)),
+            v(ctx.registry.user_clients(name)),
         ]);
     }
     rs

@@ -10,6 +10,10 @@
 //! starve another user until `server_idle_timeout`), then waits, first
 //! come first served, for a slot to free up, or for a connection to go
 //! idle (see [`DbSlot::waiting`]), which it closes in turn.
+//!
+//! The same record counts the database's (or user's) clients, for
+//! `max_db_client_connections` and `max_user_client_connections`: a
+//! logged-in client holds a [`ClientSeat`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -37,6 +41,19 @@ pub struct DbLimit {
     freed: Notify,
     /// The database's pools, asked for an idle connection to close.
     pools: Mutex<Vec<Weak<dyn Evict>>>,
+    /// Clients logged in.
+    clients: AtomicUsize,
+}
+
+/// One client's place in its database's (or user's) client count; freed
+/// on drop.
+#[derive(Debug)]
+pub struct ClientSeat(Arc<DbLimit>);
+
+impl Drop for ClientSeat {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One connection's place in its database's count; freed on drop.
@@ -76,6 +93,21 @@ impl DbLimit {
     /// The limit (0: none).
     pub fn max(&self) -> usize {
         self.max.load(Ordering::Relaxed)
+    }
+
+    /// A client's seat, unless `limit` clients (0: no limit) are in.
+    pub fn take_client(self: &Arc<Self>, limit: usize) -> Option<ClientSeat> {
+        let before = self.clients.fetch_add(1, Ordering::AcqRel);
+        if limit != 0 && before >= limit {
+            self.clients.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ClientSeat(self.clone()))
+    }
+
+    /// Clients logged in now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
     }
 
     /// Connections open or opening.
@@ -194,6 +226,23 @@ impl Drop for Waiting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_seats_count_against_the_limit_given() {
+        let count = DbLimit::new(0);
+        let a = count.take_client(2).expect("first");
+        let _b = count.take_client(2).expect("second");
+        assert!(count.take_client(2).is_none(), "full at 2");
+        assert!(count.take_client(3).is_some(), "a raised limit lets one in");
+        assert_eq!(
+            count.clients(),
+            2,
+            "a refused or dropped seat is given back"
+        );
+        drop(a);
+        let _c = count.take_client(0).expect("0 means no limit");
+        assert_eq!(count.clients(), 2);
+    }
 
     #[derive(Debug, Default)]
     struct Idle(Mutex<Vec<DbSlot>>);

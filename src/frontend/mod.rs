@@ -22,6 +22,7 @@ use tokio::time::Sleep;
 use tracing::{Instrument, info};
 
 use crate::Context;
+use crate::backend::limit::ClientSeat;
 use crate::config::ClientTlsMode;
 use crate::net::{Peer, Stream};
 use crate::protocol::Splitter;
@@ -322,27 +323,35 @@ type LoggedIn = (
 /// A client's places in the counts of its database's and its user's
 /// clients (`max_db_client_connections`, `max_user_client_connections`).
 struct Seats {
-    _db: slots::ClientSlot,
-    _user: slots::ClientSlot,
+    _db: ClientSeat,
+    _user: ClientSeat,
 }
 
 impl Seats {
-    /// Takes both places, or says which limit is reached.
-    fn take(ctx: &Context, database: &str, user: &str) -> Result<Seats, ClientError> {
+    /// Takes both places in the counts `pool` shares with its database
+    /// and user (no lookup; a forced user's pool has another user's, so
+    /// the login user's is looked up), or says which limit is reached.
+    fn take(
+        ctx: &Context,
+        pool: &crate::pool::Pool,
+        db: &crate::config::Database,
+        user: &str,
+    ) -> Result<Seats, ClientError> {
         let config = ctx.config();
-        let db_limit = config
-            .databases
-            .get(database)
-            .map_or(0, |db| db.max_client_connections(&config.pgtarn));
+        let db_limit = db.max_client_connections(&config.pgtarn);
         let user_limit = config
             .users
             .get(user)
             .map_or(config.pgtarn.max_user_client_connections, |u| {
                 u.max_client_connections(&config.pgtarn)
             });
-        let db = ctx.db_clients.try_take(database, db_limit);
+        let (db_count, user_count) = pool.limits();
+        let db = db_count.take_client(db_limit);
         let db = db.ok_or(ClientError::DatabaseClientsFull)?;
-        let user = ctx.user_clients.try_take(user, user_limit);
+        let user = match pool.key.user == user {
+            true => user_count.take_client(user_limit),
+            false => ctx.registry.user_limit(user).take_client(user_limit),
+        };
         let user = user.ok_or(ClientError::UserClientsFull)?;
         Ok(Seats {
             _db: db,
@@ -392,7 +401,6 @@ async fn login_steps(
     // AuthenticationOk and the rest of the login answer go in one write.
     let mut out = BytesMut::with_capacity(512);
     let keys = auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
-    let seats = Seats::take(ctx, database, user)?;
     let secret = found.as_ref().map(|u| &u.secret);
     let pool = match db.user.as_deref() {
         // The forced user's secret logs the pool in upstream.
@@ -409,6 +417,7 @@ async fn login_steps(
             pool
         }
     };
+    let seats = Seats::take(ctx, &pool, db, user)?;
     let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
     params.encode_login_report(&defaults, &mut out);

@@ -1,11 +1,8 @@
 //! `max_client_conn`: client connections counted against a limit that a
-//! reload may lower or raise at any time, clients connected or not; and
-//! the same counts per database and per user (`max_db_client_connections`,
-//! `max_user_client_connections`).
+//! reload may lower or raise at any time, clients connected or not.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// Client connections in use, and the limit in force.
 #[derive(Debug)]
@@ -32,11 +29,7 @@ impl ClientSlots {
     /// A slot, held until the returned guard drops; `None` when the
     /// limit is reached.
     pub fn try_take(self: &Arc<Self>) -> Option<ClientSlot> {
-        self.try_take_within(self.limit.load(Ordering::Acquire))
-    }
-
-    /// A slot if fewer than `limit` are taken, whatever the stored limit.
-    fn try_take_within(self: &Arc<Self>, limit: usize) -> Option<ClientSlot> {
+        let limit = self.limit.load(Ordering::Acquire);
         let before = self.used.fetch_add(1, Ordering::AcqRel);
         if before >= limit {
             self.used.fetch_sub(1, Ordering::AcqRel);
@@ -68,36 +61,6 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Client connections counted per name (a database's or a user's), each
-/// against the limit the configuration gives at the time of the login.
-#[derive(Debug, Default)]
-pub struct NamedSlots(Mutex<HashMap<String, Arc<ClientSlots>>>);
-
-impl NamedSlots {
-    fn of(&self, name: &str) -> Arc<ClientSlots> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slots) = map.get(name) {
-            return slots.clone();
-        }
-        let slots = ClientSlots::new(usize::MAX);
-        map.insert(name.to_owned(), slots.clone());
-        slots
-    }
-
-    /// A slot for one client of `name`, held until the guard drops;
-    /// `None` when `limit` clients of `name` are in (0: no limit).
-    pub fn try_take(&self, name: &str, limit: usize) -> Option<ClientSlot> {
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        self.of(name).try_take_within(limit)
-    }
-
-    /// Clients of `name` now.
-    pub fn used(&self, name: &str) -> usize {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(name).map_or(0, |s| s.used())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,25 +80,5 @@ mod tests {
         assert!(slots.try_take().is_none());
         drop((one, two));
         assert_eq!(slots.used(), 0);
-    }
-
-    #[test]
-    fn named_slots_count_each_name_against_the_limit_given() {
-        let named = NamedSlots::default();
-        let a = named.try_take("a", 2).expect("first a");
-        let _a2 = named.try_take("a", 2).expect("second a");
-        assert!(named.try_take("a", 2).is_none(), "a is full at 2");
-        let _b = named.try_take("b", 2).expect("b has its own count");
-        assert!(
-            named.try_take("a", 3).is_some(),
-            "a raised limit lets one in"
-        );
-        assert_eq!(
-            (named.used("a"), named.used("b"), named.used("c")),
-            (2, 1, 0)
-        );
-        drop(a);
-        assert!(named.try_take("a", 0).is_some(), "0 means no limit");
-        assert_eq!(named.used("a"), 1);
     }
 }

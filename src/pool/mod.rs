@@ -685,6 +685,13 @@ impl Pool {
         self.inner.status().available
     }
 
+    /// The counts of the pool's database and of its user, which also
+    /// count their clients.
+    pub fn limits(&self) -> (&Arc<DbLimit>, &Arc<DbLimit>) {
+        let manager = self.inner.manager();
+        (&manager.db_limit, &manager.user_limit)
+    }
+
     /// Clients waiting for a server.
     pub fn waiting(&self) -> usize {
         self.inner.status().waiting

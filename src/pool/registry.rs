@@ -276,6 +276,23 @@ impl Registry {
         open_in(&self.user_limits, name)
     }
 
+    /// The clients logged in to database `name` (0 before its first).
+    pub fn database_clients(&self, name: &str) -> usize {
+        clients_in(&self.limits, name)
+    }
+
+    /// The clients logged in as user `name`, across databases.
+    pub fn user_clients(&self, name: &str) -> usize {
+        clients_in(&self.user_limits, name)
+    }
+
+    /// User `name`'s count (server connections and clients), made if
+    /// need be.
+    pub fn user_limit(&self, name: &str) -> Arc<DbLimit> {
+        let max = user_max_connections(&self.config.load(), name);
+        limit_of(&self.user_limits, name, max)
+    }
+
     /// Makes new checkouts of `db`'s pools (all pools if `None`) wait.
     pub fn pause(&self, db: Option<&str>) {
         self.paused
@@ -430,6 +447,12 @@ fn limit_of(limits: &Mutex<HashMap<String, Arc<DbLimit>>>, name: &str, max: usiz
 fn open_in(limits: &Mutex<HashMap<String, Arc<DbLimit>>>, name: &str) -> usize {
     let limits = limits.lock().unwrap_or_else(|e| e.into_inner());
     limits.get(name).map_or(0, |l| l.open())
+}
+
+/// The clients `name`'s count in `limits` holds (0 if it has none).
+fn clients_in(limits: &Mutex<HashMap<String, Arc<DbLimit>>>, name: &str) -> usize {
+    let limits = limits.lock().unwrap_or_else(|e| e.into_inner());
+    limits.get(name).map_or(0, |l| l.clients())
 }
 
 /// `user`'s `max_user_connections` under `c` (a user found by
