@@ -181,6 +181,12 @@ impl Context {
         self.close_wake.notify_one();
     }
 
+    /// True once `SHUTDOWN WAIT_FOR_CLIENTS` has been asked for: new
+    /// clients are refused (`/readyz` says not ready).
+    pub fn is_closing_listener(&self) -> bool {
+        self.close_listener.load(Ordering::SeqCst)
+    }
+
     /// Completes once `SHUTDOWN WAIT_FOR_CLIENTS` has been asked for.
     async fn close_requested(&self) {
         if !self.close_listener.load(Ordering::SeqCst) {

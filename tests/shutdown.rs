@@ -252,3 +252,54 @@ async fn shutdown_wait_for_clients_exits_when_the_last_client_leaves() {
     })
     .await;
 }
+
+/// A plain HTTP GET to the metrics endpoint; its status code.
+async fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp).await;
+    resp.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Once `SHUTDOWN WAIT_FOR_CLIENTS` has closed the listener, `/readyz`
+/// says pgtarn is not ready: a load balancer (Kubernetes' readiness
+/// probe) must stop sending clients that would be refused. `/healthz`
+/// still says it is alive, as it keeps serving its clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_once_shutdown_wait_for_clients_stops_accepting() {
+    let p = pooler("metrics_addr = \"127.0.0.1:0\"").await;
+    let metrics = p.metrics_addr.expect("metrics endpoint");
+    let (client, _conn) = connect(&p).await;
+    assert_eq!(http_status(metrics, "/readyz").await, 200, "ready at first");
+    p.ctx.request_shutdown_after_clients();
+    let conn_str = p.conn_str("");
+    common::wait_until("new logins are refused", DEADLINE, || {
+        let s = conn_str.clone();
+        async move { tokio_postgres::connect(&s, NoTls).await.is_err() }
+    })
+    .await;
+    assert_eq!(
+        common::one(&client, "select 'still served'").await,
+        "still served"
+    );
+    assert_eq!(http_status(metrics, "/healthz").await, 200, "alive");
+    assert_eq!(
+        http_status(metrics, "/readyz").await,
+        503,
+        "not ready: new clients are refused"
+    );
+    drop(client);
+    common::wait_until("pgtarn exits", DEADLINE, || {
+        let running = p.is_running();
+        async move { !running }
+    })
+    .await;
+}

@@ -104,10 +104,16 @@ pub fn render(ctx: &Context) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Whether every configured upstream accepts a connection (TCP, or its
+/// Whether pgtarn accepts clients (not after `SHUTDOWN WAIT_FOR_CLIENTS`)
+/// and every configured upstream accepts a connection (TCP, or its
 /// Unix-domain socket) within `limit`; the error names the first one that
 /// does not.
 pub async fn ready(ctx: &Arc<Context>, limit: Duration) -> Result<(), String> {
+    // After `SHUTDOWN WAIT_FOR_CLIENTS` the listener is closed: a load
+    // balancer must stop sending clients, which would be refused.
+    if ctx.is_closing_listener() {
+        return Err("shutting down (SHUTDOWN WAIT_FOR_CLIENTS): new clients are refused".into());
+    }
     let config = ctx.config();
     for (name, db) in &config.databases {
         let connect = async {
