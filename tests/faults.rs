@@ -859,3 +859,39 @@ async fn a_server_logging_in_during_reconnect_is_retired_too() {
     })
     .await;
 }
+
+/// The min_pool_size fill makes the pool open a connection by holding its
+/// idle ones; while that connection is slow to log in (here: an upstream
+/// that accepts and never answers, until server_connect_timeout), a
+/// client that needs a server gets one of the idle ones at once instead
+/// of waiting behind the fill for the whole connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_fill_does_not_keep_idle_servers_from_clients() {
+    let proxy = FaultProxy::start(pg_addr(PgServer::shared())).await;
+    let text = |min: u32| {
+        let db = format!("pool_size = 2\nmin_pool_size = {min}\npool_mode = \"transaction\"");
+        let general = "server_connect_timeout = \"5s\"";
+        config(general, &[("app", proxy.addr.port())], &db, "app-secret")
+    };
+    let p = Pooler::start(&text(0)).await;
+    let c = connect(&p, "app").await.expect("login");
+    assert_eq!(one(&c, "select 'first'").await, "first");
+    wait_stats(&p, "app", 1, 1).await;
+    // The next upstream connection hangs; the open one keeps passing.
+    proxy.set(Fault::Blackhole);
+    let config = pgtarn::config::Config::from_toml(&text(2)).expect("config");
+    p.ctx.apply(config).expect("reload");
+    wait_until("the fill connects upstream", DEADLINE, || {
+        let accepted = proxy.accepted();
+        async move { accepted >= 2 }
+    })
+    .await;
+    proxy.set(Fault::Pass);
+    let started = Instant::now();
+    assert_eq!(one(&c, "select 'served'").await, "served");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the idle server was held by the fill for {took:?}"
+    );
+}

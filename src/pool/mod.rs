@@ -180,6 +180,10 @@ pub enum ShapeCheck {
     Outdated,
 }
 
+/// How often the min_pool_size fill, while the pool opens a connection,
+/// looks for clients waiting for the idle connections it holds.
+const FILL_CLIENT_CHECK: Duration = Duration::from_millis(5);
+
 /// Entries after which [`KnownStatements`] starts afresh (it is a cache).
 const MAX_KNOWN_STATEMENTS: usize = 10_000;
 
@@ -743,13 +747,29 @@ impl Pool {
         // idle; dropping them returns all of them. Counting the pool's
         // size (busy connections included) rather than those held keeps
         // a busy connection from making the fill open one too many.
+        // A new connection may take up to `server_connect_timeout`: the
+        // idle ones held meanwhile go back as soon as a client waits for
+        // a server, and the fill stops there (it goes on at a later tick).
         let timeouts = Timeouts::wait_millis(0);
         let mut held = Vec::new();
         for _ in 0..wanted {
-            if self.inner.status().size >= wanted {
+            if self.inner.status().size >= wanted || self.stats.waiting() > 0 {
                 break;
             }
-            match self.inner.timeout_get(&timeouts).await {
+            let get = self.inner.timeout_get(&timeouts);
+            let mut get = std::pin::pin!(get);
+            let got = loop {
+                tokio::select! {
+                    biased;
+                    r = get.as_mut() => break r,
+                    () = tokio::time::sleep(FILL_CLIENT_CHECK), if !held.is_empty() => {
+                        if self.stats.waiting() > 0 {
+                            held.clear();
+                        }
+                    }
+                }
+            };
+            match got {
                 Ok(obj) => held.push(obj),
                 Err(e) => {
                     warn!(pool = ?self.key, error = %e, "cannot open min_pool_size connections");
