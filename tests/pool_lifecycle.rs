@@ -368,3 +368,36 @@ async fn a_failing_connect_query_is_a_failed_login() {
     assert!(message.contains("connect_query failed"), "{message}");
     assert_eq!(p.pool().size(), 0);
 }
+
+/// A pool retired by a reload (here its `pool_mode` changed; a removed
+/// database is retired alike) keeps serving its connected clients, but
+/// no longer fills up to `min_pool_size`: its idle servers were closed
+/// by the reload, and opening new ones that only the leaving clients
+/// could use would hold upstream connections for nothing.
+#[tokio::test]
+async fn a_pool_retired_by_reload_is_not_filled_to_min_pool_size() {
+    let text = |mode: &str| {
+        let database = format!("pool_size = 4\nmin_pool_size = 2\npool_mode = \"{mode}\"");
+        pooler::config(PgServer::shared(), "", &database)
+    };
+    let p = Pooler::start(&text("session")).await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select 'holds one'").await, "holds one");
+    let old = p.pool();
+    wait_until("the fill opens a second server", DEADLINE, || {
+        let (size, idle) = (old.size(), old.idle());
+        async move { size == 2 && idle == 1 }
+    })
+    .await;
+    let config = pgtarn::config::Config::from_toml(&text("transaction")).expect("config");
+    p.ctx.apply(config).expect("reload");
+    assert_eq!(old.size(), 1, "the reload closed the idle server");
+    // A few maintenance ticks.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        (old.size(), old.idle()),
+        (1, 0),
+        "only the client's server is left"
+    );
+    assert_eq!(one(&c, "select 'still served'").await, "still served");
+}

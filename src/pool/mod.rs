@@ -316,6 +316,9 @@ pub struct Pool {
     /// Its limit has gone down since it was made (see
     /// [`Pool::set_limit`]).
     lowered: AtomicBool,
+    /// Retired by a reload ([`Pool::retire`]): it serves the clients it
+    /// has, without filling up to `min_pool_size`.
+    retired: AtomicBool,
     resumed: tokio::sync::Notify,
     inner: managed::Pool<Manager>,
 }
@@ -389,6 +392,7 @@ impl Pool {
             upstream: Mutex::new(upstream),
             paused: AtomicBool::new(false),
             lowered: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             known_statements: Arc::default(),
             passthrough,
@@ -440,6 +444,15 @@ impl Pool {
         if !closed.removed.is_empty() {
             info!(pool = ?self.key, closed = closed.removed.len(), "idle server connections closed (RECONNECT or reload)");
         }
+    }
+
+    /// Retires the pool (a reload removed its database or changed its
+    /// `pool_mode`): its idle connections close as with `RECONNECT`, and
+    /// it no longer opens connections up to `min_pool_size`, which only
+    /// the clients it still has could use.
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.reconnect();
     }
 
     /// What the pool logs in upstream with for `secret`; with none known
@@ -730,7 +743,7 @@ impl Pool {
     async fn fill_to_min(&self) {
         let status = self.inner.status();
         let min_size = self.settings().min_size;
-        if status.size >= min_size || status.waiting > 0 {
+        if status.size >= min_size || status.waiting > 0 || self.retired.load(Ordering::Relaxed) {
             return;
         }
         // Not beyond max_db_connections or max_user_connections: filling

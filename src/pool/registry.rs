@@ -222,7 +222,7 @@ impl Registry {
             let db = config.databases.get(&key.database);
             let Some((db, settings)) = db.zip(settings(&config, &key.database, &key.user)) else {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: database removed");
-                pool.reconnect();
+                pool.retire();
                 return false;
             };
             // The pool mode is part of a pool's identity (its metric
@@ -230,7 +230,7 @@ impl Registry {
             // the mode they logged in with on the old one.
             if settings.mode != pool.settings().mode {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: pool_mode changed");
-                pool.reconnect();
+                pool.retire();
                 return false;
             }
             // Clients of a database whose forced user changed get the new
