@@ -68,10 +68,8 @@ pub struct Context {
     fast_shutdown: std::sync::atomic::AtomicBool,
     /// Wakes a graceful drain in progress when a fast shutdown is asked.
     fast_wake: tokio::sync::Notify,
-    /// Set by `SHUTDOWN WAIT_FOR_CLIENTS`.
-    close_listener: std::sync::atomic::AtomicBool,
-    /// Wakes the accept loop for `close_listener`.
-    close_wake: tokio::sync::Notify,
+    /// The shutdown state as the accept loop and sessions see it.
+    shutdown_state: Shutdown,
 }
 
 /// Configured users by name.
@@ -177,21 +175,13 @@ impl Context {
     /// serves its connected clients as before and exits once the last has
     /// left. A graceful or fast shutdown asked for meanwhile takes over.
     pub fn request_shutdown_after_clients(&self) {
-        self.close_listener.store(true, Ordering::SeqCst);
-        self.close_wake.notify_one();
+        self.shutdown.close_listener();
     }
 
-    /// True once `SHUTDOWN WAIT_FOR_CLIENTS` has been asked for: new
-    /// clients are refused (`/readyz` says not ready).
+    /// True once `SHUTDOWN WAIT_FOR_CLIENTS` (or a shutdown) has been
+    /// asked for: new clients are refused (`/readyz` says not ready).
     pub fn is_closing_listener(&self) -> bool {
-        self.close_listener.load(Ordering::SeqCst)
-    }
-
-    /// Completes once `SHUTDOWN WAIT_FOR_CLIENTS` has been asked for.
-    async fn close_requested(&self) {
-        if !self.close_listener.load(Ordering::SeqCst) {
-            self.close_wake.notified().await;
-        }
+        self.shutdown_state.is_closing()
     }
 
     /// Starts a fast shutdown (`SIGINT`): every client is disconnected
@@ -281,8 +271,7 @@ impl Pgtarn {
             shutdown: trigger,
             fast_shutdown: Default::default(),
             fast_wake: Default::default(),
-            close_listener: Default::default(),
-            close_wake: Default::default(),
+            shutdown_state: internal.clone(),
             cancels: Arc::default(),
             client_slots: frontend::slots::ClientSlots::new(config.pgtarn.max_client_conn),
             users: ArcSwap::from_pointee(users),
@@ -341,13 +330,14 @@ impl Pgtarn {
         let clients = TaskTracker::new();
         // Made once: building the shutdown futures at every accept cost
         // ~1,800 instructions per login.
+        // `SHUTDOWN WAIT_FOR_CLIENTS` comes on the same channel: one
+        // future fewer to poll at every accept than a separate signal.
         let mut stop = shutdown.clone();
-        let (mut outside, ctx) = (external.clone(), self.ctx.clone());
+        let mut outside = external.clone();
         let stopped = async move {
             tokio::select! {
-                _ = stop.wait() => {}
+                _ = stop.wait_closing() => {}
                 _ = outside.wait() => {}
-                () = ctx.close_requested() => {}
             }
         };
         let mut stopped = std::pin::pin!(stopped);

@@ -296,29 +296,32 @@ async fn login(
     ctx: &Arc<Context>,
 ) -> Result<(Session, cancel::Registration, Seats), (Stream, ClientError)> {
     match login_steps(&mut stream, &mut buf, startup, ctx).await {
-        Ok((pool, params, defaults, registration, seats)) => {
-            let splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
-            let slot = registration.slot.clone();
-            let mut session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
+        Ok(l) => {
             let config = ctx.config();
+            let splitter = Splitter::new(config.pgtarn.max_message_len, client_streamable);
+            let slot = l.registration.slot.clone();
+            let (pool, params, defaults) = (l.pool, l.params, l.defaults);
+            let mut session = Session::new(stream, buf, splitter, pool, params, defaults, slot);
             session.timeouts = session::SessionTimeouts::from_config(&config.pgtarn);
-            let user = startup.user().and_then(|u| config.users.get(u));
-            if let Some(limit) = user.and_then(|u| u.query_timeout) {
+            if let Some(limit) = l.query_timeout {
                 session.timeouts.query = limit;
             }
-            Ok((session, registration, seats))
+            Ok((session, l.registration, l.seats))
         }
         Err(e) => Err((stream, e)),
     }
 }
 
-type LoggedIn = (
-    Arc<crate::pool::Pool>,
-    ClientParams,
-    Arc<Vec<(String, String)>>,
-    cancel::Registration,
-    Seats,
-);
+/// A client logged in, before its session is made.
+struct LoggedIn {
+    pool: Arc<crate::pool::Pool>,
+    params: ClientParams,
+    defaults: Arc<Vec<(String, String)>>,
+    registration: cancel::Registration,
+    seats: Seats,
+    /// The user's own `query_timeout`, if it has one.
+    query_timeout: Option<std::time::Duration>,
+}
 
 /// A client's places in the counts of its database's and its user's
 /// clients (`max_db_client_connections`, `max_user_client_connections`).
@@ -334,17 +337,9 @@ impl Seats {
     fn take(
         ctx: &Context,
         pool: &crate::pool::Pool,
-        db: &crate::config::Database,
         user: &str,
+        (db_limit, user_limit): (usize, usize),
     ) -> Result<Seats, ClientError> {
-        let config = ctx.config();
-        let db_limit = db.max_client_connections(&config.pgtarn);
-        let user_limit = config
-            .users
-            .get(user)
-            .map_or(config.pgtarn.max_user_client_connections, |u| {
-                u.max_client_connections(&config.pgtarn)
-            });
         let (db_count, user_count) = pool.limits();
         let db = db_count.take_client(db_limit);
         let db = db.ok_or(ClientError::DatabaseClientsFull)?;
@@ -417,14 +412,26 @@ async fn login_steps(
             pool
         }
     };
-    let seats = Seats::take(ctx, &pool, db, user)?;
+    let user_conf = config.users.get(user);
+    let user_limit = user_conf.map_or(config.pgtarn.max_user_client_connections, |u| {
+        u.max_client_connections(&config.pgtarn)
+    });
+    let limits = (db.max_client_connections(&config.pgtarn), user_limit);
+    let seats = Seats::take(ctx, &pool, user, limits)?;
     let defaults = pool.login_params().await?;
     let registration = ctx.cancels.register();
     params.encode_login_report(&defaults, &mut out);
     encode::backend_key_data(&mut out, registration.key);
     encode::ready_for_query(&mut out, TxStatus::Idle);
     stream.send(&out).await?;
-    Ok((pool, params, defaults, registration, seats))
+    Ok(LoggedIn {
+        pool,
+        params,
+        defaults,
+        registration,
+        seats,
+        query_timeout: user_conf.and_then(|u| u.query_timeout),
+    })
 }
 
 /// Answers a request for a newer minor protocol version or for protocol
