@@ -856,3 +856,26 @@ async fn a_user_at_its_limit_does_not_block_other_users_of_a_full_database() {
         .batch_execute(&format!("drop role if exists {user}"))
         .await;
 }
+
+/// `application_name_add_host` (PgBouncer's): the client's address follows
+/// its application name (`app` when it sent none), so the server's
+/// `pg_stat_activity` shows where a query came from; a later SET stands.
+#[tokio::test]
+async fn application_name_add_host_appends_the_clients_address() {
+    let p = pooler("application_name_add_host = true", "").await;
+    let named = p.connect_with("application_name=reports").await;
+    let sql = "select application_name from pg_stat_activity where pid = pg_backend_pid()";
+    let shown = one(&named, sql).await;
+    let port = shown
+        .strip_prefix("reports - 127.0.0.1:")
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(port.parse::<u16>().is_ok(), "{shown}");
+    let unnamed = p.connect().await;
+    let shown = one(&unnamed, "show application_name").await;
+    assert!(shown.starts_with("app - 127.0.0.1:"), "{shown}");
+    unnamed
+        .batch_execute("set application_name = 'renamed'")
+        .await
+        .unwrap();
+    assert_eq!(one(&unnamed, "show application_name").await, "renamed");
+}

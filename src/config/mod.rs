@@ -146,6 +146,12 @@ pub struct General {
     /// `max_db_client_connections` does for a database. 0 = no limit.
     /// Default 0.
     pub max_user_client_connections: usize,
+    /// Append the client's address to the `application_name` it logged in
+    /// with (`app` if none), as PgBouncer's setting of the same name does:
+    /// `psql - 10.0.0.7:52114`, so that `pg_stat_activity` shows where a
+    /// query came from. A later `SET application_name` is left as is.
+    /// Default false.
+    pub application_name_add_host: bool,
     /// Extra server connections a pool may open, beyond `pool_size`, once
     /// a client has waited `reserve_pool_timeout` for a server (PgBouncer's
     /// reserve pool); they close again when nobody waits. 0 = none.
@@ -329,6 +335,7 @@ impl Default for General {
             max_client_conn: 1000,
             max_db_client_connections: 0,
             max_user_client_connections: 0,
+            application_name_add_host: false,
             reserve_pool_size: 0,
             reserve_pool_timeout: Duration::from_secs(5),
             query_wait_timeout: Duration::from_secs(120),

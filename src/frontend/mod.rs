@@ -117,7 +117,7 @@ async fn open(
         drop(slot);
         return None;
     }
-    let login = before(deadline.as_mut(), login(stream, buf, &startup, ctx)).await;
+    let login = before(deadline.as_mut(), login(stream, buf, &startup, ctx, peer)).await;
     let (mut session, registration, seats) = match login {
         Some(Ok(s)) => s,
         Some(Err((mut stream, e))) => return fail(&mut stream, peer, &e).await,
@@ -294,8 +294,9 @@ async fn login(
     mut buf: BytesMut,
     startup: &StartupMessage,
     ctx: &Arc<Context>,
+    peer: Peer,
 ) -> Result<(Session, cancel::Registration, Seats), (Stream, ClientError)> {
-    match login_steps(&mut stream, &mut buf, startup, ctx).await {
+    match login_steps(&mut stream, &mut buf, startup, ctx, peer).await {
         Ok(l) => {
             let config = ctx.config();
             let splitter = Splitter::new(config.pgtarn.max_message_len, client_streamable);
@@ -309,6 +310,16 @@ async fn login(
             Ok((session, l.registration, l.seats))
         }
         Err(e) => Err((stream, e)),
+    }
+}
+
+/// `application_name_add_host`: the client's application name (`app`
+/// if it sent none) followed by its address, as PgBouncer writes it.
+fn app_name_with_host(name: Option<&str>, peer: Peer) -> String {
+    let name = name.unwrap_or("app");
+    match peer.addr() {
+        Some(addr) => format!("{name} - {addr}"),
+        None => format!("{name} - unix"),
     }
 }
 
@@ -360,6 +371,7 @@ async fn login_steps(
     buf: &mut BytesMut,
     startup: &StartupMessage,
     ctx: &Arc<Context>,
+    peer: Peer,
 ) -> Result<LoggedIn, ClientError> {
     negotiate_version(stream, startup).await?;
     let user = startup.user().ok_or(ClientError::NoUser)?;
@@ -371,7 +383,15 @@ async fn login_steps(
     if ctx.registry.is_disabled(database) {
         return Err(ClientError::DatabaseDisabled(database.to_owned()));
     }
-    let params = ClientParams::from_startup(startup.params())?;
+    let params = match config.pgtarn.application_name_add_host {
+        false => ClientParams::from_startup(startup.params())?,
+        true => {
+            let name = app_name_with_host(startup.param("application_name"), peer);
+            let others = startup.params().filter(|(k, _)| *k != "application_name");
+            let all = others.chain(std::iter::once(("application_name", name.as_str())));
+            ClientParams::from_startup(all)?
+        }
+    };
     let found = match ctx.users().get(user) {
         Some(u) => Some(u.clone()),
         None => {
