@@ -88,8 +88,10 @@ async fn fetch(
         return Err("auth_user has no plaintext password".into());
     };
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&db.host)
-        .port(db.port)
+    for host in crate::backend::hosts(&db.host) {
+        pg.host(host);
+    }
+    pg.port(db.port)
         .dbname(db.upstream_name(database))
         .user(auth_user)
         .password(password)

@@ -401,3 +401,41 @@ async fn a_pool_retired_by_reload_is_not_filled_to_min_pool_size() {
     );
     assert_eq!(one(&c, "select 'still served'").await, "still served");
 }
+
+/// Several hosts (PgBouncer's comma-separated `host`): one that does not
+/// answer is skipped; with `load_balance_hosts = "round-robin"` (the
+/// default) new server connections start at the next host in turn, with
+/// `"disable"` always at the first.
+#[tokio::test]
+async fn several_hosts_are_taken_in_turn_and_a_dead_one_is_skipped() {
+    let pg = PgServer::start(PgOptions {
+        extra_conf: vec!["listen_addresses = '127.0.0.1,127.0.0.2'".into()],
+        hba: Some("local all all trust\nhost all all 127.0.0.0/8 scram-sha-256\n".into()),
+    });
+    // Nothing listens on 127.0.0.3.
+    let both: &[&str] = &["127.0.0.1", "127.0.0.2"];
+    let cases = [
+        ("127.0.0.1, 127.0.0.3, 127.0.0.2", "", both),
+        (
+            "127.0.0.3,127.0.0.2,127.0.0.1",
+            "load_balance_hosts = \"disable\"",
+            &["127.0.0.2"],
+        ),
+    ];
+    for (hosts, balance, want) in cases {
+        let text = pooler::config(&pg, "", &format!("pool_size = 3\n{balance}"))
+            .replace("host = \"127.0.0.1\"", &format!("host = \"{hosts}\""));
+        let p = Pooler::start(&text).await;
+        let mut clients = Vec::new();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let c = p.connect().await;
+            c.batch_execute("begin").await.unwrap();
+            seen.push(one(&c, "select host(inet_server_addr())").await);
+            clients.push(c);
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, want, "{hosts} {balance}");
+    }
+}

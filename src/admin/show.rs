@@ -372,7 +372,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-const DATABASES: [(&str, Type); 16] = [
+const DATABASES: [(&str, Type); 17] = [
     ("name", Type::Text),
     ("host", Type::Text),
     ("port", Type::Int4),
@@ -383,6 +383,7 @@ const DATABASES: [(&str, Type); 16] = [
     ("reserve_pool", Type::Int4),
     ("server_lifetime", Type::Int4),
     ("pool_mode", Type::Text),
+    ("load_balance_hosts", Type::Text),
     ("max_connections", Type::Int4),
     ("current_connections", Type::Int4),
     ("max_client_connections", Type::Int4),
@@ -413,6 +414,11 @@ pub fn databases(ctx: &Context) -> ResultSet {
                 .unwrap_or(config.pgtarn.server_lifetime)
                 .as_secs()),
             v(db.pool_mode.as_str()),
+            // As in PgBouncer: only for a list of hosts.
+            match crate::backend::hosts(&db.host).nth(1) {
+                Some(_) => v(db.load_balance_hosts.as_str()),
+                None => None,
+            },
             v(max),
             v(open),
             v(db.max_client_connections(&config.pgtarn)),

@@ -18,6 +18,7 @@ pub mod tls;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -73,8 +74,13 @@ pub fn unix_socket(host: &str, port: u16) -> Option<std::path::PathBuf> {
 /// Where and as whom to connect upstream.
 #[derive(Clone)]
 pub struct Target {
-    /// Host name or address.
+    /// Host name or address, or several separated by commas (tried in
+    /// turn, see [`Target::hosts`]).
     pub host: String,
+    /// With several hosts: start each connect at the next one (round
+    /// robin) rather than always at the first. Shared by the target's
+    /// clones.
+    pub round_robin: Option<Arc<std::sync::atomic::AtomicUsize>>,
     /// TCP port.
     pub port: u16,
     /// Database name upstream.
@@ -216,21 +222,60 @@ pub struct ServerConn {
     pub user_slot: Option<limit::DbSlot>,
 }
 
-/// Opens the socket to `target`: its Unix-domain socket, or TCP with TLS
+impl Target {
+    /// The hosts of a comma-separated `host`, in the order to try them
+    /// this time: from the next one in turn under round robin, else from
+    /// the first.
+    pub fn hosts(&self) -> Vec<&str> {
+        let mut hosts: Vec<&str> = hosts(&self.host).collect();
+        if let Some(next) = &self.round_robin
+            && hosts.len() > 1
+        {
+            let first = next.fetch_add(1, Ordering::Relaxed) % hosts.len();
+            hosts.rotate_left(first);
+        }
+        hosts
+    }
+}
+
+/// The hosts of a `host` setting: comma-separated, blanks trimmed.
+pub fn hosts(host: &str) -> impl Iterator<Item = &str> {
+    host.split(',').map(str::trim).filter(|h| !h.is_empty())
+}
+
+/// Opens the socket to the first of `target`'s hosts that answers (each
+/// is tried once); returns the host too.
+async fn open(target: &Target) -> Result<(Stream, ServerAddr, String), BackendError> {
+    let hosts = target.hosts();
+    let mut failed = None;
+    for host in &hosts {
+        match open_host(target, host).await {
+            Ok((stream, addr)) => return Ok((stream, addr, (*host).to_owned())),
+            Err(e) if hosts.len() > 1 => {
+                tracing::info!(%host, error = %e, "cannot connect to this host, trying the next");
+                failed = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(failed.unwrap_or_else(|| std::io::Error::other("no host configured").into()))
+}
+
+/// Opens the socket to `host`: its Unix-domain socket, or TCP with TLS
 /// as configured.
-async fn open(target: &Target) -> Result<(Stream, ServerAddr), BackendError> {
-    if let Some(path) = unix_socket(&target.host, target.port) {
+async fn open_host(target: &Target, host: &str) -> Result<(Stream, ServerAddr), BackendError> {
+    if let Some(path) = unix_socket(host, target.port) {
         let unix = tokio::net::UnixStream::connect(&path)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         return Ok((Stream::Unix(unix), ServerAddr::Unix(path)));
     }
-    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+    let tcp = tokio::net::TcpStream::connect((host, target.port)).await?;
     tcp.set_nodelay(true)?;
     target.keepalive.apply(&tcp)?;
     let addr = ServerAddr::Tcp(tcp.peer_addr()?);
     let stream = match &target.tls {
-        Some(tls) => tls::negotiate(tcp, &target.host, tls).await?,
+        Some(tls) => tls::negotiate(tcp, host, tls).await?,
         None => Stream::Plain(tcp),
     };
     Ok((stream, addr))
@@ -239,7 +284,7 @@ async fn open(target: &Target) -> Result<(Stream, ServerAddr), BackendError> {
 impl ServerConn {
     /// Connects and logs in to `target`; `id` names it in logs.
     pub async fn connect(target: &Target, id: u64) -> Result<ServerConn, BackendError> {
-        let (stream, addr) = open(target).await?;
+        let (stream, addr, host) = open(target).await?;
         let tls = target.tls.clone().filter(|_| addr.tcp().is_some());
         let mut conn = ServerConn {
             stream,
@@ -252,7 +297,7 @@ impl ServerConn {
             login_params: Vec::new(),
             key: CancelKey { pid: 0, secret: 0 },
             addr,
-            host: target.host.clone(),
+            host,
             tls,
             id,
             listed: None,

@@ -110,6 +110,28 @@ pub enum AuthType {
     Trust,
 }
 
+/// How a database with several hosts spreads its server connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum LoadBalanceHosts {
+    /// Each new connection starts at the next host in turn.
+    #[default]
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    /// Each new connection starts at the first host.
+    #[serde(rename = "disable")]
+    Disable,
+}
+
+impl LoadBalanceHosts {
+    /// The setting's value as written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalanceHosts::RoundRobin => "round-robin",
+            LoadBalanceHosts::Disable => "disable",
+        }
+    }
+}
+
 /// `[pgtarn]`: process-wide settings.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -378,7 +400,8 @@ impl Default for General {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Database {
-    /// Postgres host name or address. Default `"127.0.0.1"`.
+    /// Postgres host name or address; several, comma-separated, are tried
+    /// in turn (see `load_balance_hosts`). Default `"127.0.0.1"`.
     #[serde(default = "default_host")]
     pub host: String,
     /// Postgres port. Default 5432.
@@ -386,6 +409,13 @@ pub struct Database {
     pub port: u16,
     /// Database name upstream. Default: the section's name.
     pub dbname: Option<String>,
+    /// With several hosts in `host` (comma-separated, as in PgBouncer):
+    /// `"round-robin"` starts each new server connection at the next
+    /// host in turn, `"disable"` always at the first; either way the
+    /// others are tried in order when one does not answer. Default
+    /// `"round-robin"`.
+    #[serde(default)]
+    pub load_balance_hosts: LoadBalanceHosts,
     /// Log in upstream as this user whatever user the client logged in
     /// as (PgBouncer's `user=` in a database entry, `force_user`): the
     /// database's clients share one pool, whose settings and

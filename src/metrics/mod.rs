@@ -116,14 +116,21 @@ pub async fn ready(ctx: &Arc<Context>, limit: Duration) -> Result<(), String> {
     }
     let config = ctx.config();
     for (name, db) in &config.databases {
+        // One host of several that answers is enough.
         let connect = async {
-            match crate::backend::unix_socket(&db.host, db.port) {
-                Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
-                None => {
-                    let addr = (db.host.as_str(), db.port);
-                    tokio::net::TcpStream::connect(addr).await.map(drop)
+            let mut result = Ok(());
+            for host in crate::backend::hosts(&db.host) {
+                result = match crate::backend::unix_socket(host, db.port) {
+                    Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
+                    None => tokio::net::TcpStream::connect((host, db.port))
+                        .await
+                        .map(drop),
+                };
+                if result.is_ok() {
+                    break;
                 }
             }
+            result
         };
         match tokio::time::timeout(limit, connect).await {
             Ok(Ok(_)) => {}

@@ -14,7 +14,7 @@ use crate::auth::Secret;
 use crate::auth::scram_client::ScramKeys;
 use crate::backend::limit::DbLimit;
 use crate::backend::{Credential, Target, UpstreamTls};
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, LoadBalanceHosts};
 use crate::stats::clients::{ConnInfo, ConnList};
 use crate::stats::{Metrics, PoolStats};
 use crate::tls::TlsError;
@@ -183,8 +183,11 @@ impl Registry {
     /// Where `key`'s connections go under `c`, to `db`, logging in with
     /// `credential`.
     fn target(&self, c: &Config, db: &Database, key: &PoolKey, credential: Credential) -> Target {
+        let several = crate::backend::hosts(&db.host).nth(1).is_some();
         Target {
             host: db.host.clone(),
+            round_robin: (several && db.load_balance_hosts == LoadBalanceHosts::RoundRobin)
+                .then(Arc::default),
             port: db.port,
             dbname: db.upstream_name(&key.database).to_owned(),
             user: key.user.clone(),
