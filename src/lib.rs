@@ -49,6 +49,8 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// Client connections against `max_client_conn`.
     pub client_slots: Arc<frontend::slots::ClientSlots>,
+    /// The rules of `auth_hba_file`, if one is configured.
+    hba: ArcSwapOption<auth::hba::Hba>,
     /// pgtarn's TLS identity for clients, unless `tls.client.mode` is
     /// `disable`.
     client_tls: ArcSwapOption<tls::ServerTls>,
@@ -151,6 +153,7 @@ impl Context {
     pub fn apply(&self, new: Config) -> Result<(), String> {
         new.validate().map_err(|e| e.to_string())?;
         let client_tls = client_tls(&new.tls.client).map_err(|e| e.to_string())?;
+        let hba = load_hba(&new.pgtarn)?;
         let new = Arc::new(new);
         let users = users_of(&new, Some((&self.config(), &self.users())));
         let secret_of = |user: &str| users.get(user).map(|u| u.secret.clone());
@@ -159,9 +162,35 @@ impl Context {
             .map_err(|e| e.to_string())?;
         self.client_slots.set_limit(new.pgtarn.max_client_conn);
         self.client_tls.store(client_tls.map(Arc::new));
+        self.hba.store(hba.map(Arc::new));
         self.users.store(Arc::new(users));
         self.config.store(new);
         Ok(())
+    }
+
+    /// How to authenticate a client: `configured` (the database's or
+    /// `[pgtarn]`'s `auth_type`), or with `hba` the method of the first
+    /// `auth_hba_file` rule that matches; an error when the file refuses
+    /// the connection.
+    pub fn auth_method(
+        &self,
+        configured: config::AuthType,
+        c: &auth::hba::Connection<'_>,
+    ) -> Result<config::AuthType, frontend::error::ClientError> {
+        if configured != config::AuthType::Hba {
+            return Ok(configured);
+        }
+        let rule = self.hba.load().as_ref().and_then(|h| h.method(c));
+        match rule {
+            Some(auth::hba::Method::Auth(method)) => Ok(method),
+            refused => Err(frontend::error::ClientError::HbaRefused {
+                rejected: refused.is_some(),
+                host: c.addr.map_or("[local]".into(), |a| a.to_string()),
+                user: c.user.to_owned(),
+                database: c.database.to_owned(),
+                tls: c.tls,
+            }),
+        }
     }
 
     /// Starts a graceful shutdown (admin `SHUTDOWN`, `SIGTERM`): running
@@ -252,6 +281,7 @@ impl Pgtarn {
         tls::install_crypto_provider();
         let config = Arc::new(config);
         let client_tls = client_tls(&config.tls.client).map_err(std::io::Error::other)?;
+        let hba = load_hba(&config.pgtarn).map_err(std::io::Error::other)?;
         let metrics = stats::Metrics::new();
         let registry = Registry::new(config.clone(), metrics).map_err(std::io::Error::other)?;
         let g = &config.pgtarn;
@@ -267,6 +297,7 @@ impl Pgtarn {
         let ctx = Context {
             registry,
             client_tls: ArcSwapOption::from(client_tls.map(Arc::new)),
+            hba: ArcSwapOption::from(hba.map(Arc::new)),
             config_path: Default::default(),
             shutdown: trigger,
             fast_shutdown: Default::default(),
@@ -407,6 +438,18 @@ const FAREWELL_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Waits up to `limit` for every client task to end; true if they did.
 async fn drained(clients: &TaskTracker, limit: std::time::Duration) -> bool {
     tokio::time::timeout(limit, clients.wait()).await.is_ok()
+}
+
+/// Reads and parses `auth_hba_file`, if set.
+fn load_hba(g: &config::General) -> Result<Option<auth::hba::Hba>, String> {
+    let Some(path) = &g.auth_hba_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
+    let hba = auth::hba::Hba::parse(&text)
+        .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
+    Ok(Some(hba))
 }
 
 fn client_tls(c: &config::tls::ClientTls) -> Result<Option<tls::ServerTls>, tls::TlsError> {

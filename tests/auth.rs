@@ -298,3 +298,82 @@ async fn a_reload_does_not_tell_real_users_from_unknown_ones() {
     let c = p.connect().await;
     assert_eq!(common::one(&c, "select 'in'").await, "in");
 }
+
+/// `auth_type = "hba"` with `auth_hba_file` (PgBouncer's): the first rule
+/// that matches the connection type, database, user and client address
+/// picks the method, `reject` and no rule at all refuse with 28000 in
+/// Postgres' words; the console is covered too, and a reload re-reads the
+/// file.
+#[tokio::test]
+async fn auth_hba_file_picks_the_method_per_connection() {
+    let pg = PgServer::shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hba = dir.path().join("hba.conf");
+    let rules = "# pgtarn test\n\
+                 host  app     app    127.0.0.1/32  trust\n\
+                 host  app     bob    all           reject\n\
+                 host  pgtarn  all    all           reject\n\
+                 host  app     carol  10.0.0.0/8    scram-sha-256\n";
+    std::fs::write(&hba, rules).expect("write hba");
+    let general = format!(
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\nadmin_users = [\"app\"]",
+        hba.display()
+    );
+    let users = "[users.app]\npassword = \"app-secret\"\n\
+                 [users.bob]\npassword = \"bob-secret\"\n\
+                 [users.carol]\npassword = \"carol-secret\"\n";
+    // Upstream everyone is app (bob and carol have no Postgres role).
+    let text = config(pg, &general, "user = \"app\"", users);
+    let config_path = dir.path().join("pgtarn.toml");
+    std::fs::write(&config_path, &text).expect("write config");
+    let p = Pooler::start(&text).await;
+    *p.ctx.config_path.lock().expect("lock") = Some(config_path);
+    let who = query_as(&p, "app", "not-the-password").await;
+    assert_eq!(who.expect("trusted from 127.0.0.1"), "app");
+    let refused = |user: &'static str| {
+        let p = &p;
+        async move {
+            let e = query_as(p, user, &format!("{user}-secret"))
+                .await
+                .expect_err(user);
+            let db = e.as_db_error().expect("an ErrorResponse");
+            (db.code().code().to_owned(), db.message().to_owned())
+        }
+    };
+    let rejects = "auth_hba_file rejects connection for host \"127.0.0.1\", user \"bob\", \
+                   database \"app\", no encryption";
+    assert_eq!(refused("bob").await, ("28000".into(), rejects.into()));
+    let (sqlstate, message) = refused("carol").await;
+    assert_eq!(sqlstate, "28000");
+    assert!(
+        message.starts_with("no auth_hba_file entry for host"),
+        "{message}"
+    );
+    let console = conn_str(&p, "app", "app-secret").replace("dbname=app", "dbname=pgtarn");
+    let e = tokio_postgres::connect(&console, NoTls).await.err();
+    assert_eq!(
+        e.map(|e| code(&e)).as_deref(),
+        Some("28000"),
+        "console rejected"
+    );
+    // carol gets a rule: a reload (SIGHUP, RELOAD) re-reads the file.
+    std::fs::write(&hba, format!("{rules}host app carol all scram-sha-256\n")).expect("write");
+    p.ctx.reload().expect("reload");
+    assert_eq!(
+        query_as(&p, "carol", "carol-secret").await.expect("carol"),
+        "app"
+    );
+    let e = query_as(&p, "carol", "wrong")
+        .await
+        .expect_err("SCRAM applies");
+    assert_eq!(code(&e), "28P01");
+    // A file pgtarn cannot follow is refused whole, naming the line.
+    std::fs::write(&hba, "host app all all ident\n").expect("write");
+    let err = p.ctx.reload().expect_err("a bad file is refused");
+    assert!(err.contains("line 1: unsupported method"), "{err}");
+    let still = query_as(&p, "carol", "carol-secret").await;
+    assert_eq!(still.expect("the old rules stay"), "app");
+    let no_file = text.replace(&format!("auth_hba_file = \"{}\"\n", hba.display()), "");
+    let err = pgtarn::config::Config::from_toml(&no_file).expect_err("hba needs a file");
+    assert!(err.to_string().contains("auth_hba_file"), "{err}");
+}

@@ -136,9 +136,17 @@ pub async fn login(
     buf: &mut BytesMut,
     startup: &StartupMessage,
     ctx: &Arc<Context>,
+    peer: crate::net::Peer,
 ) -> Result<Role, ClientError> {
     let user = startup.user().unwrap_or("");
     let config = ctx.config();
+    let conn = crate::auth::hba::Connection {
+        addr: peer.addr().map(|a| a.ip()),
+        tls: stream.is_tls(),
+        database: startup.database().unwrap_or(user),
+        user,
+    };
+    let method = ctx.auth_method(config.pgtarn.auth_type, &conn)?;
     let users = ctx.users();
     let found = users.get(user).cloned();
     let tls = ctx.client_tls().filter(|_| stream.is_tls());
@@ -148,7 +156,7 @@ pub async fn login(
         channel_binding: tls.as_ref().map(|t| &t.end_point_hash[..]),
     };
     let mut out = BytesMut::with_capacity(256);
-    auth::authenticate(stream, buf, user, creds, config.pgtarn.auth_type, &mut out).await?;
+    auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
     let Some(role) = role(&config, user) else {
         return Err(ClientError::NotAdmin(user.to_owned()));
     };

@@ -108,6 +108,9 @@ pub enum AuthType {
     /// No password is asked for: any client naming a configured user is let in.
     #[serde(rename = "trust")]
     Trust,
+    /// The method comes from `auth_hba_file`, per connection.
+    #[serde(rename = "hba")]
+    Hba,
 }
 
 /// How a database with several hosts spreads its server connections.
@@ -210,6 +213,10 @@ pub struct General {
     /// How clients authenticate: `"scram-sha-256"`, `"md5"` or `"trust"`;
     /// per database `auth_type` overrides it. Default `"scram-sha-256"`.
     pub auth_type: AuthType,
+    /// A `pg_hba.conf`-style file that picks the method per connection
+    /// type, database, user and client address when `auth_type = "hba"`
+    /// (as in PgBouncer); read at start and on every reload. Default none.
+    pub auth_hba_file: Option<std::path::PathBuf>,
     /// SQL run on a session-mode server before another client gets it.
     /// Default `"DISCARD ALL"`.
     pub server_reset_query: String,
@@ -367,6 +374,7 @@ impl Default for General {
             client_login_timeout: Duration::from_secs(60),
             max_message_len: 8 << 20,
             auth_type: AuthType::ScramSha256,
+            auth_hba_file: None,
             server_reset_query: "DISCARD ALL".into(),
             server_reset_timeout: Duration::from_secs(5),
             workers: 0,
@@ -599,6 +607,15 @@ impl Config {
             if d.is_zero() {
                 return invalid(format!("pgtarn.{key}"), "must be greater than 0".into());
             }
+        }
+        let hba = g.auth_type == AuthType::Hba
+            || self
+                .databases
+                .values()
+                .any(|d| d.auth_type == Some(AuthType::Hba));
+        if hba && g.auth_hba_file.is_none() {
+            let reason = "auth_type = \"hba\" needs auth_hba_file".into();
+            return invalid("pgtarn.auth_hba_file".into(), reason);
         }
         for (name, db) in &self.databases {
             let key = |k: &str| format!("databases.{name}.{k}");

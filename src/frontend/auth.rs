@@ -78,6 +78,8 @@ pub async fn authenticate(
             None
         }
         AuthType::Md5 | AuthType::ScramSha256 => scram(stream, buf, user, creds, out).await?,
+        // Resolved through auth_hba_file before this point.
+        AuthType::Hba => return Err(failed()),
     };
     encode::auth_ok(out);
     Ok(keys)

@@ -36,6 +36,25 @@ pub enum ClientError {
     /// The database takes no new clients (`DISABLE` on the console).
     #[error("database \"{0}\" is not currently accepting connections")]
     DatabaseDisabled(String),
+    /// `auth_hba_file` has no rule for the connection (`rejected`: its
+    /// rule says `reject`), in Postgres' words for `pg_hba.conf`.
+    #[error(
+        "{} for host \"{host}\", user \"{user}\", database \"{database}\", {}",
+        if *rejected { "auth_hba_file rejects connection" } else { "no auth_hba_file entry" },
+        if *tls { "SSL encryption" } else { "no encryption" }
+    )]
+    HbaRefused {
+        /// True for a `reject` rule, false for no rule.
+        rejected: bool,
+        /// The client's address, `[local]` on the Unix socket.
+        host: String,
+        /// The login user.
+        user: String,
+        /// The database asked for.
+        database: String,
+        /// Whether the connection is encrypted.
+        tls: bool,
+    },
     /// Wrong password, unknown user, or failed SCRAM exchange.
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
@@ -159,6 +178,7 @@ impl ClientError {
                 Some("An admin ran DISABLE on pgtarn's console; ENABLE admits new clients again."),
             ),
             ClientError::AuthFailed(_) => reply(code::INVALID_PASSWORD, msg, None),
+            ClientError::HbaRefused { .. } => reply(code::INVALID_AUTHORIZATION, msg, None),
             ClientError::TooManyClients
             | ClientError::DatabaseClientsFull
             | ClientError::UserClientsFull => reply(code::TOO_MANY_CONNECTIONS, msg, None),

@@ -159,7 +159,7 @@ async fn console(
     mut opening: Opening<'_, '_>,
 ) {
     let peer = opening.peer;
-    let login = crate::admin::login(&mut stream, &mut buf, startup, ctx);
+    let login = crate::admin::login(&mut stream, &mut buf, startup, ctx, opening.peer);
     let role = match before(opening.deadline.as_mut(), login).await {
         Some(Ok(role)) => role,
         Some(Err(e)) => {
@@ -412,7 +412,13 @@ async fn login_steps(
             .flatten()
             .map(|t| &t.end_point_hash[..]),
     };
-    let method = db.auth_type(&config.pgtarn);
+    let conn = crate::auth::hba::Connection {
+        addr: peer.addr().map(|a| a.ip()),
+        tls: stream.is_tls(),
+        database,
+        user,
+    };
+    let method = ctx.auth_method(db.auth_type(&config.pgtarn), &conn)?;
     // AuthenticationOk and the rest of the login answer go in one write.
     let mut out = BytesMut::with_capacity(512);
     let keys = auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
