@@ -439,3 +439,43 @@ async fn several_hosts_are_taken_in_turn_and_a_dead_one_is_skipped() {
         assert_eq!(seen, want, "{hosts} {balance}");
     }
 }
+
+/// A reload that gives a database a forced `user` moves its clients to
+/// the forced user's pool: the pools of the other users are retired like
+/// those of a removed database, so the one still serving a connected
+/// client no longer fills up to `min_pool_size` (before, the reload only
+/// closed its idle servers, and the fill opened them again as the old
+/// user).
+#[tokio::test]
+async fn a_pool_left_by_a_forced_user_reload_is_not_filled_to_min_pool_size() {
+    let text = |forced: &str| {
+        let database =
+            format!("pool_size = 4\nmin_pool_size = 2\npool_mode = \"session\"\n{forced}");
+        pooler::config(PgServer::shared(), "", &database)
+            + "[users.bob]\npassword = \"bob-secret\"\n"
+    };
+    let p = Pooler::start(&text("")).await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "select 'holds one'").await, "holds one");
+    let old = p.pool();
+    wait_until("the fill opens a second server", DEADLINE, || {
+        let (size, idle) = (old.size(), old.idle());
+        async move { size == 2 && idle == 1 }
+    })
+    .await;
+    let config = pgtarn::config::Config::from_toml(&text("user = \"bob\"")).expect("config");
+    p.ctx.apply(config).expect("reload");
+    assert!(
+        p.ctx.registry.find("app", "app").is_none(),
+        "app's pool left"
+    );
+    assert_eq!(old.size(), 1, "the reload closed the idle server");
+    // A few maintenance ticks.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        (old.size(), old.idle()),
+        (1, 0),
+        "only the client's server is left"
+    );
+    assert_eq!(one(&c, "select 'still served'").await, "still served");
+}

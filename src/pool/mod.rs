@@ -446,8 +446,8 @@ impl Pool {
         }
     }
 
-    /// Retires the pool (a reload removed its database or changed its
-    /// `pool_mode`): its idle connections close as with `RECONNECT`, and
+    /// Retires the pool (a reload removed its database, changed its
+    /// `pool_mode` or gave its database another forced user): its idle connections close as with `RECONNECT`, and
     /// it no longer opens connections up to `min_pool_size`, which only
     /// the clients it still has could use.
     fn retire(&self) {

@@ -200,7 +200,8 @@ impl Registry {
 
     /// Applies a reloaded configuration. Pools of removed databases are
     /// retired (new clients are refused, connected clients finish on the
-    /// old pool), and so are pools whose `pool_mode` changed (new clients
+    /// old pool), and so are pools whose `pool_mode` changed and pools of
+    /// users other than their database's (new) forced `user` (new clients
     /// get a new pool). Other pools take the new sizes and timeouts at once, and
     /// new connections go to the new upstream with the new credentials
     /// (and TLS files read anew); when the upstream (address, database
@@ -237,10 +238,11 @@ impl Registry {
                 return false;
             }
             // Clients of a database whose forced user changed get the new
-            // user's pool; connected ones finish on this one.
+            // user's pool; connected ones finish on this one, retired (no
+            // min_pool_size fill as the old user).
             if db.user.as_ref().is_some_and(|forced| *forced != key.user) {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: the database's user changed");
-                pool.reconnect();
+                pool.retire();
                 return false;
             }
             pool.update(settings);
