@@ -479,3 +479,42 @@ async fn a_pool_left_by_a_forced_user_reload_is_not_filled_to_min_pool_size() {
     );
     assert_eq!(one(&c, "select 'still served'").await, "still served");
 }
+
+/// In transaction mode a setting that `connect_query` made is what every
+/// client is told at login and expects: a client that changed it (or
+/// reset everything) must not leave the shared server at Postgres's own
+/// default for the next client (before, the next checkout brought the
+/// server back with `RESET`, which undoes `connect_query` too, or, after
+/// a `RESET ALL`, took the server to be at the login values already).
+#[tokio::test]
+async fn connect_query_settings_survive_other_clients_changes() {
+    let database = "pool_size = 1\npool_mode = \"transaction\"\n\
+                    connect_query = \"SET TimeZone = 'Pacific/Chatham'\"";
+    let p = Pooler::start(&pooler::config(PgServer::shared(), "", database)).await;
+    let other = p.connect().await;
+    let c = p.connect().await;
+    assert_eq!(one(&c, "show TimeZone").await, "Pacific/Chatham");
+    other
+        .batch_execute("SET TimeZone = 'Europe/Paris'")
+        .await
+        .expect("set");
+    assert_eq!(one(&other, "show TimeZone").await, "Europe/Paris");
+    for change in ["SET TimeZone = 'Europe/Paris'", "RESET ALL", "DISCARD ALL"] {
+        other.batch_execute(change).await.expect(change);
+        assert_eq!(
+            one(&c, "show TimeZone").await,
+            "Pacific/Chatham",
+            "after {change}"
+        );
+        other
+            .batch_execute("SET TimeZone = 'Asia/Tokyo'")
+            .await
+            .expect("set");
+        assert_eq!(
+            one(&c, "show TimeZone").await,
+            "Pacific/Chatham",
+            "before the next"
+        );
+    }
+    assert_eq!(p.pool().size(), 1, "one server served both");
+}

@@ -225,12 +225,23 @@ impl ClientParams {
             .filter(|k| default_of(defaults, k) != current.get(*k).map(String::as_str))
             .cloned()
             .collect();
+        // Back to the login value where there is one (set, not `RESET`:
+        // the login value may be `connect_query`'s, which `RESET` undoes).
         for key in stale {
-            resets.push(format!("RESET {}", quote_ident(&key)));
             match default_of(defaults, &key) {
-                Some(d) => current.insert(key, d.to_owned()),
-                None => current.remove(&key),
-            };
+                Some(d) => {
+                    sets.push(format!(
+                        "pg_catalog.set_config({}, {}, false)",
+                        quote(&key),
+                        quote(d)
+                    ));
+                    current.insert(key, d.to_owned());
+                }
+                None => {
+                    resets.push(format!("RESET {}", quote_ident(&key)));
+                    current.remove(&key);
+                }
+            }
         }
         if sets.is_empty() && resets.is_empty() {
             return None;
@@ -425,7 +436,11 @@ mod tests {
         assert_eq!(a.sync_sql(&mut current, &defaults), None, "already in sync");
         let b = ClientParams::default();
         let sql = b.sync_sql(&mut current, &defaults).unwrap();
-        assert_eq!(sql, "RESET \"application_name\"; RESET \"search_path\"");
+        assert_eq!(
+            sql,
+            "SELECT pg_catalog.set_config('application_name', '', false); \
+             RESET \"search_path\""
+        );
         assert_eq!(
             current.get("application_name").map(String::as_str),
             Some("")

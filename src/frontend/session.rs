@@ -731,7 +731,19 @@ impl Session {
         server.synced_params = None;
         if changed.reset_all {
             self.params.reset_to_startup();
-            server.settings = lowercase_map(&self.defaults);
+            // Settings the server does not report are back to their
+            // defaults; those it reports are what it last reported (and
+            // the client was told): not the login value where
+            // `connect_query` set it, which the reset undid. The client
+            // keeps what it was told; other clients get the login value.
+            let defaults = lowercase_map(&self.defaults);
+            server.settings.retain(|k, _| defaults.contains_key(k));
+            for (k, login) in defaults {
+                let now = server.settings.entry(k.clone()).or_insert(login.clone());
+                if *now != login {
+                    self.params.set(&k, now);
+                }
+            }
         }
         if changed.names.is_empty() {
             return Ok(());
