@@ -55,7 +55,8 @@ pub fn apply(ctx: &Context, key: &str, value: &str) -> Result<(), Refusal> {
 }
 
 /// `general` with `key` set to `value`, typed as the setting's current or
-/// default value is (text, number, on/off, or a comma-separated list).
+/// default value is (text, number, on/off, or a comma-separated list); an
+/// empty value unsets an optional setting.
 fn with_setting(general: &General, key: &str, value: &str) -> Result<General, Refusal> {
     let to_table = |g: &General| match toml::Value::try_from(g) {
         Ok(toml::Value::Table(t)) => t,
@@ -63,8 +64,13 @@ fn with_setting(general: &General, key: &str, value: &str) -> Result<General, Re
     };
     let mut table = to_table(general);
     let defaults = to_table(&General::default());
-    let like = table.get(key).or_else(|| defaults.get(key));
-    table.insert(key.to_owned(), typed(like, value));
+    // An optional setting (none by default) is unset by an empty value.
+    if value.is_empty() && !defaults.contains_key(key) && table.contains_key(key) {
+        table.remove(key);
+    } else {
+        let like = table.get(key).or_else(|| defaults.get(key));
+        table.insert(key.to_owned(), typed(like, value));
+    }
     match toml::Value::Table(table).try_into::<General>() {
         Ok(g) => Ok(g),
         Err(e) if e.message().contains("unknown field") => Err(Refusal::new(
@@ -133,5 +139,20 @@ mod tests {
         assert_eq!(auth_user.as_deref(), Some("finder"));
         assert_eq!(set("max_client_conn", "many").unwrap_err().code, "22023");
         assert_eq!(set("no_such_thing", "1").unwrap_err().code, "42704");
+    }
+
+    /// An optional setting (default: none) set to `''` is unset again, as
+    /// in PgBouncer (`SET auth_user = ''` turns auth_query off): before,
+    /// it became `Some("")`, which the reload path refuses.
+    #[test]
+    fn an_empty_value_unsets_an_optional_setting() {
+        let g = General {
+            auth_user: Some("finder".into()),
+            ..General::default()
+        };
+        let unset = with_setting(&g, "auth_user", "").unwrap();
+        assert_eq!(unset.auth_user, None);
+        let check = with_setting(&g, "server_check_query", "").unwrap();
+        assert_eq!(check.server_check_query, "", "an empty text stays empty");
     }
 }
