@@ -518,3 +518,27 @@ async fn connect_query_settings_survive_other_clients_changes() {
     }
     assert_eq!(p.pool().size(), 1, "one server served both");
 }
+
+/// A reload that changes `connect_query` replaces the pool's server
+/// connections, as a changed upstream does: clients logging in after it
+/// get servers prepared by the new query, and are told its settings at
+/// login (before, the idle servers prepared by the old query were still
+/// handed out, and the login values stayed the old query's).
+#[tokio::test]
+async fn a_reload_that_changes_connect_query_replaces_the_servers() {
+    let text = |zone: &str| {
+        let database = format!(
+            "pool_size = 1\npool_mode = \"transaction\"\n\
+             connect_query = \"SET TimeZone = '{zone}'\""
+        );
+        pooler::config(PgServer::shared(), "", &database)
+    };
+    let p = Pooler::start(&text("Pacific/Chatham")).await;
+    let before = p.connect().await;
+    assert_eq!(one(&before, "show TimeZone").await, "Pacific/Chatham");
+    let config = pgtarn::config::Config::from_toml(&text("Asia/Kathmandu")).expect("config");
+    p.ctx.apply(config).expect("reload");
+    let after = p.connect().await;
+    assert_eq!(one(&after, "show TimeZone").await, "Asia/Kathmandu");
+    assert_eq!(p.pool().size(), 1, "the old server was closed");
+}

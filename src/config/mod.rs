@@ -445,8 +445,9 @@ pub struct Database {
     /// login, before any client uses it (PgBouncer's `connect_query`),
     /// within `server_connect_timeout`; in session mode again after
     /// `server_reset_query`. If it fails, the connection is closed and
-    /// clients get its error, as for a failed login. A reload applies it
-    /// to new connections. Default: none.
+    /// clients get its error, as for a failed login. A reload that
+    /// changes it replaces the server connections (each when released),
+    /// as a changed host does. Default: none.
     pub connect_query: Option<String>,
     /// Overrides `[pgtarn] server_lifetime` for this database's server
     /// connections. Default: none.

@@ -410,19 +410,21 @@ impl Registry {
 }
 
 /// Where a pool's connections go: upstream address, database name and
-/// TLS settings. Credentials, sizes, timeouts and the pool mode change in
-/// place.
+/// TLS settings, and how they are prepared (`connect_query`, whose
+/// settings are the login values clients are told). Credentials, sizes,
+/// timeouts and the pool mode change in place.
 fn upstream(c: &Config, key: &PoolKey) -> String {
     let Some(db) = c.databases.get(&key.database) else {
         return String::new();
     };
     format!(
-        "{}:{}/{}|{:?}|{:?}",
+        "{}:{}/{}|{:?}|{:?}|{:?}",
         db.host,
         db.port,
         db.upstream_name(&key.database),
         db.server_tls_mode,
         c.tls.server,
+        db.connect_query,
     )
 }
 
