@@ -87,12 +87,14 @@ pub async fn serve(
                     let sql =
                         String::from_utf8_lossy(f.body().strip_suffix(b"\0").unwrap_or(f.body()));
                     // A command may wait (PAUSE, WAIT_CLOSE): the session
-                    // ends if its client leaves or pgtarn shuts down.
+                    // ends if its client leaves or pgtarn shuts down. A
+                    // KILL_CLIENT or shutdown already given wins over the
+                    // next command.
                     tokio::select! {
                         biased;
-                        _ = run(&sql, role, &ctx, &mut out) => {}
                         _ = shutdown.wait() => return Err((stream, ClientError::Shutdown)),
                         _ = listed.killed(KillReason::Admin) => return Err((stream, ClientError::Killed)),
+                        _ = run(&sql, role, &ctx, &mut out) => {}
                         _ = client_gone(&mut stream, &mut buf) => return Ok(()),
                     }
                     encode::ready_for_query(&mut out, TxStatus::Idle);
@@ -117,6 +119,7 @@ pub async fn serve(
         }
         buf.reserve(4096);
         let read = tokio::select! {
+            biased;
             _ = shutdown.wait() => return Err((stream, ClientError::Shutdown)),
             _ = listed.killed(KillReason::Admin) => return Err((stream, ClientError::Killed)),
             r = stream.read_buf(&mut buf) => r,
