@@ -18,17 +18,21 @@ const INVALID_PARAMETER_VALUE: &str = "22023";
 /// in single quotes is an SQL literal (`''` is one quote).
 pub fn split(rest: &str) -> Option<(String, String)> {
     let rest = rest.trim().trim_end_matches(';').trim_end();
-    let (key, value) = match rest.split_once('=') {
-        Some(kv) => kv,
+    // The key is one word; an `=` inside the value is the value's.
+    let end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
+    let (key, after) = rest.split_at(end);
+    let after = after.trim_start();
+    let value = match after.strip_prefix('=') {
+        Some(v) => v,
         None => {
-            let (key, value) = rest.split_once(char::is_whitespace)?;
-            let value = value.trim_start();
-            let to = value.get(..2).filter(|w| w.eq_ignore_ascii_case("to"))?;
-            (key, value[to.len()..].trim_start())
+            let to = after.get(..2).filter(|w| w.eq_ignore_ascii_case("to"))?;
+            after[to.len()..].strip_prefix(char::is_whitespace)?
         }
     };
-    let (key, value) = (key.trim(), value.trim());
-    if key.is_empty() || value.is_empty() || key.contains(char::is_whitespace) {
+    let value = value.trim();
+    if key.is_empty() || value.is_empty() {
         return None;
     }
     Some((key.to_ascii_lowercase(), unquote(value)))
@@ -92,6 +96,14 @@ fn typed(like: Option<&toml::Value>, text: &str) -> toml::Value {
             "0" | "off" | "false" | "no" => Value::Boolean(false),
             _ => text_value(),
         },
+        // A duration written as a bare number means seconds, as in
+        // PgBouncer's file (`SET query_timeout = 5`, `= 0.5`).
+        Some(Value::String(s)) if humantime::parse_duration(s).is_ok() => {
+            match text.parse::<f64>() {
+                Ok(secs) if secs >= 0.0 => Value::String(format!("{}ms", (secs * 1000.0).round())),
+                _ => text_value(),
+            }
+        }
         Some(Value::Array(_)) => Value::Array(
             text.split(',')
                 .map(str::trim)
@@ -122,6 +134,13 @@ mod tests {
         assert_eq!(split("Admin_Users = 'a, b'"), kv("admin_users", "a, b"));
         assert_eq!(split("max_client_conn"), None);
         assert_eq!(split("max_client_conn 50"), None);
+        let eq = split("server_check_query TO 'select ''a=b'''");
+        assert_eq!(
+            eq,
+            kv("server_check_query", "select 'a=b'"),
+            "= inside the value"
+        );
+        assert_eq!(split("query_timeout TO5"), None);
         assert_eq!(split("= 5"), None);
     }
 
@@ -133,6 +152,15 @@ mod tests {
         assert!(!set("tcp_keepalive", "off").unwrap().tcp_keepalive);
         let timeout = set("query_timeout", "2s").unwrap().query_timeout;
         assert_eq!(timeout, std::time::Duration::from_secs(2));
+        let bare = set("query_timeout", "5").unwrap().query_timeout;
+        assert_eq!(
+            bare,
+            std::time::Duration::from_secs(5),
+            "seconds, as in PgBouncer"
+        );
+        let half = set("query_wait_timeout", "0.5").unwrap().query_wait_timeout;
+        assert_eq!(half, std::time::Duration::from_millis(500));
+        assert_eq!(set("query_timeout", "-1").unwrap_err().code, "22023");
         let admins = set("admin_users", "a, b").unwrap().admin_users;
         assert_eq!(admins, ["a", "b"]);
         let auth_user = set("auth_user", "finder").unwrap().auth_user;
