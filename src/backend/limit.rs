@@ -97,11 +97,13 @@ impl DbLimit {
 
     /// A client's seat, unless `limit` clients (0: no limit) are in.
     pub fn take_client(self: &Arc<Self>, limit: usize) -> Option<ClientSeat> {
-        let before = self.clients.fetch_add(1, Ordering::AcqRel);
-        if limit != 0 && before >= limit {
-            self.clients.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+        // Counted only if under the limit: a burst of refused logins never
+        // counts, even for a moment, against one that would fit.
+        let under = |n: usize| (limit == 0 || n < limit).then_some(n + 1);
+        let ordering = (Ordering::AcqRel, Ordering::Acquire);
+        self.clients
+            .fetch_update(ordering.0, ordering.1, under)
+            .ok()?;
         Some(ClientSeat(self.clone()))
     }
 

@@ -30,11 +30,10 @@ impl ClientSlots {
     /// limit is reached.
     pub fn try_take(self: &Arc<Self>) -> Option<ClientSlot> {
         let limit = self.limit.load(Ordering::Acquire);
-        let before = self.used.fetch_add(1, Ordering::AcqRel);
-        if before >= limit {
-            self.used.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+        // Counted only if under the limit (see `DbLimit::take_client`).
+        let under = |n: usize| (n < limit).then_some(n + 1);
+        let ordering = (Ordering::AcqRel, Ordering::Acquire);
+        self.used.fetch_update(ordering.0, ordering.1, under).ok()?;
         Some(ClientSlot(self.clone()))
     }
 
