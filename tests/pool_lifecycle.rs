@@ -440,6 +440,32 @@ async fn several_hosts_are_taken_in_turn_and_a_dead_one_is_skipped() {
     }
 }
 
+/// A host that takes the TCP connection but never answers the login (a
+/// hung server, a port kept open by a stuck proxy) is skipped like one
+/// that refuses: after `server_connect_timeout` the next host is tried.
+/// Before, the timeout ended the whole attempt, so with
+/// `load_balance_hosts = "disable"` and such a host first every login
+/// failed although the second host was up.
+#[tokio::test]
+async fn a_host_that_never_answers_the_login_is_skipped() {
+    let pg = PgServer::shared();
+    // Accepts connections (in the kernel's backlog) and never answers.
+    let _hung = std::net::TcpListener::bind(("127.0.0.3", pg.port)).expect("bind 127.0.0.3");
+    let general = "server_connect_timeout = \"1s\"\nserver_login_retry = \"0s\"";
+    let text = pooler::config(pg, general, "load_balance_hosts = \"disable\"")
+        .replace("host = \"127.0.0.1\"", "host = \"127.0.0.3,127.0.0.1\"");
+    let p = Pooler::start(&text).await;
+    let c = tokio::time::timeout(DEADLINE, tokio_postgres::connect(&p.conn_str(""), NoTls))
+        .await
+        .expect("the login ends within the deadline");
+    let (c, conn) = c.expect("the second host serves the client");
+    tokio::spawn(conn);
+    assert_eq!(
+        one(&c, "select host(inet_server_addr())").await,
+        "127.0.0.1"
+    );
+}
+
 /// A reload that gives a database a forced `user` moves its clients to
 /// the forced user's pool: the pools of the other users are retired like
 /// those of a removed database, so the one still serving a connected

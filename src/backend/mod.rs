@@ -243,24 +243,6 @@ pub fn hosts(host: &str) -> impl Iterator<Item = &str> {
     host.split(',').map(str::trim).filter(|h| !h.is_empty())
 }
 
-/// Opens the socket to the first of `target`'s hosts that answers (each
-/// is tried once); returns the host too.
-async fn open(target: &Target) -> Result<(Stream, ServerAddr, String), BackendError> {
-    let hosts = target.hosts();
-    let mut failed = None;
-    for host in &hosts {
-        match open_host(target, host).await {
-            Ok((stream, addr)) => return Ok((stream, addr, (*host).to_owned())),
-            Err(e) if hosts.len() > 1 => {
-                tracing::info!(%host, error = %e, "cannot connect to this host, trying the next");
-                failed = Some(e);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(failed.unwrap_or_else(|| std::io::Error::other("no host configured").into()))
-}
-
 /// Opens the socket to `host`: its Unix-domain socket, or TCP with TLS
 /// as configured.
 async fn open_host(target: &Target, host: &str) -> Result<(Stream, ServerAddr), BackendError> {
@@ -282,9 +264,12 @@ async fn open_host(target: &Target, host: &str) -> Result<(Stream, ServerAddr), 
 }
 
 impl ServerConn {
-    /// Connects and logs in to `target`; `id` names it in logs.
-    pub async fn connect(target: &Target, id: u64) -> Result<ServerConn, BackendError> {
-        let (stream, addr, host) = open(target).await?;
+    /// Connects and logs in to `host`, one of `target`'s hosts (see
+    /// [`Target::hosts`]; trying the others is the caller's business, each
+    /// within its own time limit); `id` names it in logs.
+    pub async fn connect(target: &Target, host: &str, id: u64) -> Result<ServerConn, BackendError> {
+        let (stream, addr) = open_host(target, host).await?;
+        let host = host.to_owned();
         let tls = target.tls.clone().filter(|_| addr.tcp().is_some());
         let mut conn = ServerConn {
             stream,

@@ -87,18 +87,49 @@ impl Manager {
         }
     }
 
-    /// Connects and logs in within `server_connect_timeout`.
+    /// Connects and logs in within `server_connect_timeout`; with several
+    /// hosts, each is given that long in turn until one logs in (a host
+    /// that refuses, hangs or fails the login is skipped, as PgBouncer
+    /// moves on to the next host after a failed connection).
     async fn connect(&self, id: u64) -> Result<ServerConn, BackendError> {
         // Counted until this future ends or is dropped (a client whose
         // login timed out abandons the connect).
         let _connecting = Connecting::count(&self.stats);
+        let target = self.target.load_full();
+        let hosts = target.hosts();
+        let mut result = Err(BackendError::Io(std::io::Error::other(
+            "no host configured",
+        )));
+        for (i, host) in hosts.iter().enumerate() {
+            result = self.connect_host(&target, host, id).await;
+            match &result {
+                Err(e) if i + 1 < hosts.len() => {
+                    info!(%host, error = %e, "cannot connect to this host, trying the next");
+                }
+                _ => break,
+            }
+        }
+        match &result {
+            Ok(conn) if conn.is_tls() => self.stats.server_tls(true),
+            Err(BackendError::Tls(_)) => self.stats.server_tls(false),
+            _ => {}
+        }
+        result
+    }
+
+    /// Connects and logs in to one host within `server_connect_timeout`.
+    async fn connect_host(
+        &self,
+        target: &Arc<Target>,
+        host: &str,
+        id: u64,
+    ) -> Result<ServerConn, BackendError> {
         // Boxed: connecting and logging in is a large future, and it would
         // otherwise be part of every client task's state (checkout awaits
         // this), costing memory for every idle client.
-        let target = self.target.load_full();
         let query = self.settings.load().connect_query.clone();
         let connect = Box::pin(async move {
-            let mut conn = ServerConn::connect(&target, id).await?;
+            let mut conn = ServerConn::connect(target, host, id).await?;
             if let Some(sql) = query {
                 conn.run_connect_query(&sql).await?;
             }
@@ -106,13 +137,7 @@ impl Manager {
         });
         let limit = self.settings.load().connect_timeout;
         let result = tokio::time::timeout(limit, connect).await;
-        let result = result.map_err(|_| BackendError::Timeout(limit))?;
-        match &result {
-            Ok(conn) if conn.is_tls() => self.stats.server_tls(true),
-            Err(BackendError::Tls(_)) => self.stats.server_tls(false),
-            _ => {}
-        }
-        result
+        result.map_err(|_| BackendError::Timeout(limit))?
     }
 
     /// Why a connection must close before reuse as of `now`, if it must.
