@@ -209,14 +209,22 @@ fn method(word: &str) -> Result<Method, String> {
     })
 }
 
-/// Whether `ip` is in `net`/`bits` (an IPv4 client also matches through
-/// its IPv4-mapped IPv6 form, and the other way round).
+/// Whether `ip` is in `net`/`bits`. An IPv4 client also matches through
+/// its IPv4-mapped IPv6 form, and the other way round: a client's mapped
+/// address is taken as IPv4, and so is a mapped network of at least 96
+/// prefix bits (`::ffff:10.0.0.0/104` is 10.0.0.0/8).
 fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
-    let canonical = |a: IpAddr| match a {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
     };
-    match (canonical(ip), canonical(net)) {
+    let (net, bits) = match net {
+        IpAddr::V6(v6) if bits >= 96 => v6
+            .to_ipv4_mapped()
+            .map_or((net, bits), |v4| (IpAddr::V4(v4), bits - 96)),
+        _ => (net, bits),
+    };
+    match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = u32::MAX
                 .checked_shl(32 - u32::from(bits.min(32)))
@@ -332,5 +340,27 @@ host    all        all     10.0.0.0/8      scram-sha-256
         assert!(err("host all all 10.0.0.0/33 md5").contains("address"));
         assert!(err("host all all md5").contains("expected 5 fields"));
         assert!(err("hostgssenc all all all md5").contains("connection type"));
+    }
+
+    /// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) counts its
+    /// prefix in IPv6 bits: it holds 10.0.0.0/8, whichever form the
+    /// client's address comes in (it matched 10.0.0.0 alone before).
+    #[test]
+    fn an_ipv4_mapped_network_keeps_its_prefix() {
+        let hba =
+            Hba::parse("host all all ::ffff:10.0.0.0/104 trust\nhost all all ::ffff:0:0/96 md5\n")
+                .expect("parses");
+        let m = |a: &str| hba.method(&conn(Some(a), false, "app", "x"));
+        let trust = Some(Method::Auth(AuthType::Trust));
+        let md5 = Some(Method::Auth(AuthType::Md5));
+        assert_eq!(m("10.1.2.3"), trust);
+        assert_eq!(m("::ffff:10.1.2.3"), trust);
+        assert_eq!(
+            m("192.0.2.1"),
+            md5,
+            "::ffff:0:0/96 holds every IPv4 address"
+        );
+        assert_eq!(m("::ffff:192.0.2.1"), md5);
+        assert_eq!(m("2001:db8::1"), None);
     }
 }
