@@ -7,8 +7,9 @@
 //! users `all`, `sameuser` (databases) or comma-separated names (quoted
 //! names allowed); addresses `all` or CIDR (`10.0.0.0/8`, `::1/128`, a
 //! bare address meaning one host); methods `trust`, `reject`, `md5`,
-//! `scram-sha-256`. Anything else is refused with the line's number, so
-//! that a file written for Postgres never silently means less.
+//! `scram-sha-256`, without options. Anything else is refused with the
+//! line's number, so that a file written for Postgres never silently
+//! means less.
 
 use std::net::IpAddr;
 
@@ -147,6 +148,14 @@ fn parse_rule(words: &[String]) -> Result<Rule, String> {
         _ => address(&words[3])?,
     };
     let method = method(&words[fields - 1])?;
+    // Options (clientcert=, map=, ...) change what the rule demands;
+    // read without them, the rule would mean less than it says.
+    if words.len() > fields {
+        return Err(format!(
+            "options after the method are not supported: {}",
+            words[fields..].join(" ")
+        ));
+    }
     Ok(Rule {
         conn,
         databases,
@@ -362,5 +371,17 @@ host    all        all     10.0.0.0/8      scram-sha-256
         );
         assert_eq!(m("::ffff:192.0.2.1"), md5);
         assert_eq!(m("2001:db8::1"), None);
+    }
+
+    /// Options after the method (`clientcert=verify-full`, `map=...`)
+    /// change what a Postgres rule demands; pgtarn implements none, so a
+    /// rule with any is refused rather than read as the bare method (a
+    /// `trust clientcert=verify-full` line let anyone in before).
+    #[test]
+    fn options_after_the_method_are_refused() {
+        let err = |text: &str| Hba::parse(text).expect_err(text);
+        assert!(err("hostssl all all all trust clientcert=verify-full").starts_with("line 1:"));
+        assert!(err("local all all scram-sha-256 map=omicron").contains("map=omicron"));
+        assert!(err("host all all 10.0.0.0 255.0.0.0 md5").starts_with("line 1:"));
     }
 }
