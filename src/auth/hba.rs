@@ -5,7 +5,7 @@
 //!
 //! Supported: types `local`, `host`, `hostssl`, `hostnossl`; databases and
 //! users `all`, `sameuser` (databases) or comma-separated names (quoted
-//! names allowed); addresses `all` or CIDR (`10.0.0.0/8`, `::1/128`, a
+//! names allowed; as in Postgres a quoted keyword is a name); addresses `all` or CIDR (`10.0.0.0/8`, `::1/128`, a
 //! bare address meaning one host); methods `trust`, `reject`, `md5`,
 //! `scram-sha-256`, without options. Anything else is refused with the
 //! line's number, so that a file written for Postgres never silently
@@ -41,9 +41,22 @@ enum ConnType {
 #[derive(Debug, Clone)]
 enum Names {
     All,
-    /// Names; for databases, `sameuser` is kept as a name and matched
-    /// specially.
-    List(Vec<String>),
+    List(Vec<Name>),
+}
+
+#[derive(Debug, Clone)]
+enum Name {
+    /// Unquoted `sameuser` in the database field.
+    SameUser,
+    /// A name (a quoted keyword is a name too).
+    Is(String),
+}
+
+/// Which field a list of names is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Database,
+    User,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -108,13 +121,14 @@ impl Rule {
         };
         let database = match &self.databases {
             Names::All => true,
-            Names::List(l) => l
-                .iter()
-                .any(|d| d == c.database || (d == "sameuser" && c.database == c.user)),
+            Names::List(l) => l.iter().any(|d| match d {
+                Name::SameUser => c.database == c.user,
+                Name::Is(d) => d == c.database,
+            }),
         };
         let user = match &self.users {
             Names::All => true,
-            Names::List(l) => l.iter().any(|u| u == c.user),
+            Names::List(l) => l.iter().any(|u| matches!(u, Name::Is(u) if u == c.user)),
         };
         let address = match (self.address, c.addr) {
             (Address::All, _) | (_, None) => true,
@@ -136,13 +150,8 @@ fn parse_rule(words: &[String]) -> Result<Rule, String> {
     if words.len() < fields {
         return Err(format!("expected {fields} fields, found {}", words.len()));
     }
-    let databases = names(&words[1], &["replication"])?;
-    let users = names(&words[2], &[])?;
-    if let Names::List(l) = &users
-        && l.iter().any(|u| u.starts_with('+') || u.starts_with('@'))
-    {
-        return Err("group (+name) and file (@file) users are not supported".into());
-    }
+    let databases = names(&words[1], Field::Database)?;
+    let users = names(&words[2], Field::User)?;
     let address = match conn {
         ConnType::Local => Address::All,
         _ => address(&words[3])?,
@@ -165,21 +174,55 @@ fn parse_rule(words: &[String]) -> Result<Rule, String> {
     })
 }
 
-fn names(word: &str, unsupported: &[&str]) -> Result<Names, String> {
-    if word == "all" {
-        return Ok(Names::All);
+/// A comma-separated list of names, read as Postgres does: only unquoted
+/// words are keywords (`all` anywhere in the list means all), and a
+/// quoted name may hold commas.
+fn names(word: &str, field: Field) -> Result<Names, String> {
+    let mut all = false;
+    let mut list = Vec::new();
+    for (name, quoted) in split_list(word) {
+        if quoted {
+            list.push(Name::Is(name));
+            continue;
+        }
+        match (name.as_str(), field) {
+            ("all", _) => all = true,
+            ("sameuser", Field::Database) => list.push(Name::SameUser),
+            ("samerole" | "samegroup" | "replication", Field::Database) => {
+                return Err(format!("\"{name}\" is not supported"));
+            }
+            (n, _) if n.starts_with('@') => {
+                return Err(format!("\"{name}\": file (@file) names are not supported"));
+            }
+            (n, Field::User) if n.starts_with('+') => {
+                return Err(format!("\"{name}\": group (+name) users are not supported"));
+            }
+            _ => list.push(Name::Is(name)),
+        }
     }
-    let list: Vec<String> = word
-        .split(',')
-        .map(|n| n.trim_matches('"').to_owned())
-        .collect();
-    if let Some(n) = list
-        .iter()
-        .find(|n| unsupported.contains(&n.as_str()) || n.starts_with('@'))
-    {
-        return Err(format!("\"{n}\" is not supported"));
+    Ok(if all { Names::All } else { Names::List(list) })
+}
+
+/// Splits a field on the commas outside double quotes; each name comes
+/// without its quotes, and with whether any part of it was quoted.
+fn split_list(word: &str) -> Vec<(String, bool)> {
+    let mut list = Vec::new();
+    let (mut name, mut quoted, mut inside) = (String::new(), false, false);
+    for ch in word.chars() {
+        match ch {
+            '"' => {
+                inside = !inside;
+                quoted = true;
+            }
+            ',' if !inside => {
+                list.push((std::mem::take(&mut name), quoted));
+                quoted = false;
+            }
+            c => name.push(c),
+        }
     }
-    Ok(Names::List(list))
+    list.push((name, quoted));
+    list
 }
 
 fn address(word: &str) -> Result<Address, String> {
@@ -383,5 +426,35 @@ host    all        all     10.0.0.0/8      scram-sha-256
         assert!(err("hostssl all all all trust clientcert=verify-full").starts_with("line 1:"));
         assert!(err("local all all scram-sha-256 map=omicron").contains("map=omicron"));
         assert!(err("host all all 10.0.0.0 255.0.0.0 md5").starts_with("line 1:"));
+    }
+
+    /// Keywords as Postgres reads them: only unquoted `all`/`sameuser`
+    /// are keywords (a quoted one is a name), `all` counts in a comma
+    /// list, a quoted name may hold a comma, and `samerole`/`samegroup`
+    /// (role membership, which pgtarn does not know) are refused instead
+    /// of being taken for a database of that name.
+    #[test]
+    fn keywords_and_quoted_names_follow_postgres() {
+        let trust = Some(Method::Auth(AuthType::Trust));
+        let m = |text: &str, db: &str, user: &str| {
+            Hba::parse(text)
+                .expect(text)
+                .method(&conn(Some("10.0.0.1"), false, db, user))
+        };
+        assert_eq!(m("host \"sameuser\" all all trust", "bob", "bob"), None);
+        assert_eq!(
+            m("host \"sameuser\" all all trust", "sameuser", "bob"),
+            trust
+        );
+        assert_eq!(m("host sameuser all all trust", "bob", "bob"), trust);
+        assert_eq!(m("host app,all all all trust", "other", "bob"), trust);
+        assert_eq!(m("host all bob,all all trust", "app", "carol"), trust);
+        assert_eq!(m("host \"a,b\" all all trust", "a,b", "bob"), trust);
+        assert_eq!(m("host \"a,b\" all all trust", "a", "bob"), None);
+        assert_eq!(m("host all \"all\" all trust", "app", "bob"), None);
+        for kw in ["samerole", "samegroup"] {
+            let err = Hba::parse(&format!("host {kw} all all trust")).expect_err(kw);
+            assert!(err.contains(kw), "{err}");
+        }
     }
 }
