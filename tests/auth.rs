@@ -349,6 +349,11 @@ async fn auth_hba_file_picks_the_method_per_connection() {
         message.starts_with("no auth_hba_file entry for host"),
         "{message}"
     );
+    // The file is read before anything else: a refused client does not
+    // learn whether a database exists (Postgres checks pg_hba.conf first).
+    let nosuch = conn_str(&p, "bob", "bob-secret").replace("dbname=app", "dbname=nosuch");
+    let e = tokio_postgres::connect(&nosuch, NoTls).await.err();
+    assert_eq!(e.map(|e| code(&e)).as_deref(), Some("28000"), "not 3D000");
     let console = conn_str(&p, "app", "app-secret").replace("dbname=app", "dbname=pgtarn");
     let e = tokio_postgres::connect(&console, NoTls).await.err();
     assert_eq!(

@@ -377,7 +377,18 @@ async fn login_steps(
     let user = startup.user().ok_or(ClientError::NoUser)?;
     let database = startup.database().unwrap_or(user);
     let config = ctx.config();
-    let Some(db) = config.databases.get(database) else {
+    let db = config.databases.get(database);
+    // auth_hba_file first, as Postgres checks pg_hba.conf: a client it
+    // refuses learns nothing about the databases and costs no lookup.
+    let conn = crate::auth::hba::Connection {
+        addr: peer.addr().map(|a| a.ip()),
+        tls: stream.is_tls(),
+        database,
+        user,
+    };
+    let configured = db.map_or(config.pgtarn.auth_type, |d| d.auth_type(&config.pgtarn));
+    let method = ctx.auth_method(configured, &conn)?;
+    let Some(db) = db else {
         return Err(ClientError::UnknownDatabase(database.to_owned()));
     };
     if ctx.registry.is_disabled(database) {
@@ -412,13 +423,6 @@ async fn login_steps(
             .flatten()
             .map(|t| &t.end_point_hash[..]),
     };
-    let conn = crate::auth::hba::Connection {
-        addr: peer.addr().map(|a| a.ip()),
-        tls: stream.is_tls(),
-        database,
-        user,
-    };
-    let method = ctx.auth_method(db.auth_type(&config.pgtarn), &conn)?;
     // AuthenticationOk and the rest of the login answer go in one write.
     let mut out = BytesMut::with_capacity(512);
     let keys = auth::authenticate(stream, buf, user, creds, method, &mut out).await?;
