@@ -92,7 +92,6 @@ impl Hba {
     pub fn parse(text: &str) -> Result<Hba, String> {
         let mut rules = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("");
             let words = split_words(line);
             if words.is_empty() {
                 continue;
@@ -291,8 +290,8 @@ fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
     }
 }
 
-/// Splits a line into fields on blanks; double quotes keep blanks and
-/// commas inside one field.
+/// Splits a line into fields on blanks, up to a `#` comment; double
+/// quotes keep blanks, commas and `#` inside one field.
 fn split_words(line: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
@@ -303,6 +302,7 @@ fn split_words(line: &str) -> Vec<String> {
                 quoted = !quoted;
                 word.push(ch);
             }
+            '#' if !quoted => break,
             c if c.is_whitespace() && !quoted => {
                 if !word.is_empty() {
                     words.push(std::mem::take(&mut word));
@@ -452,6 +452,8 @@ host    all        all     10.0.0.0/8      scram-sha-256
         assert_eq!(m("host \"a,b\" all all trust", "a,b", "bob"), trust);
         assert_eq!(m("host \"a,b\" all all trust", "a", "bob"), None);
         assert_eq!(m("host all \"all\" all trust", "app", "bob"), None);
+        let hash = "host \"db#1\" all all trust # a comment";
+        assert_eq!(m(hash, "db#1", "bob"), trust, "# inside quotes is a name's");
         for kw in ["samerole", "samegroup"] {
             let err = Hba::parse(&format!("host {kw} all all trust")).expect_err(kw);
             assert!(err.contains(kw), "{err}");
