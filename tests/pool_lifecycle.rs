@@ -380,7 +380,22 @@ async fn a_pool_retired_by_reload_is_not_filled_to_min_pool_size() {
         let database = format!("pool_size = 4\nmin_pool_size = 2\npool_mode = \"{mode}\"");
         pooler::config(PgServer::shared(), "", &database)
     };
-    let p = Pooler::start(&text("session")).await;
+    let (_p, old, c) = fill_then_reload(&text("session"), &text("transaction")).await;
+    stays_unfilled(&old, &c).await;
+}
+
+/// Starts pgtarn with `before` (`min_pool_size` 2), holds one server
+/// with a client, waits for the fill to open a second, then applies
+/// `after`: pgtarn, the pool as it was, and the client.
+async fn fill_then_reload(
+    before: &str,
+    after: &str,
+) -> (
+    Pooler,
+    std::sync::Arc<pgtarn::pool::Pool>,
+    tokio_postgres::Client,
+) {
+    let p = Pooler::start(before).await;
     let c = p.connect().await;
     assert_eq!(one(&c, "select 'holds one'").await, "holds one");
     let old = p.pool();
@@ -389,9 +404,9 @@ async fn a_pool_retired_by_reload_is_not_filled_to_min_pool_size() {
         async move { size == 2 && idle == 1 }
     })
     .await;
-    let config = pgtarn::config::Config::from_toml(&text("transaction")).expect("config");
+    let config = pgtarn::config::Config::from_toml(after).expect("config");
     p.ctx.apply(config).expect("reload");
-    stays_unfilled(&old, &c).await;
+    (p, old, c)
 }
 
 /// After a reload retired `old` (its idle server closed), a few
@@ -483,17 +498,7 @@ async fn a_pool_left_by_a_forced_user_reload_is_not_filled_to_min_pool_size() {
         pooler::config(PgServer::shared(), "", &database)
             + "[users.bob]\npassword = \"bob-secret\"\n"
     };
-    let p = Pooler::start(&text("")).await;
-    let c = p.connect().await;
-    assert_eq!(one(&c, "select 'holds one'").await, "holds one");
-    let old = p.pool();
-    wait_until("the fill opens a second server", DEADLINE, || {
-        let (size, idle) = (old.size(), old.idle());
-        async move { size == 2 && idle == 1 }
-    })
-    .await;
-    let config = pgtarn::config::Config::from_toml(&text("user = \"bob\"")).expect("config");
-    p.ctx.apply(config).expect("reload");
+    let (p, old, c) = fill_then_reload(&text(""), &text("user = \"bob\"")).await;
     assert!(
         p.ctx.registry.find("app", "app").is_none(),
         "app's pool left"
