@@ -878,4 +878,14 @@ async fn application_name_add_host_appends_the_clients_address() {
         .await
         .unwrap();
     assert_eq!(one(&unnamed, "show application_name").await, "renamed");
+    unnamed
+        .batch_execute("reset application_name")
+        .await
+        .unwrap();
+    let shown = one(&unnamed, "show application_name").await;
+    assert!(shown.starts_with("app - 127.0.0.1:"), "RESET: {shown}");
+    // A name given with options=-c gets the address too.
+    let opts = p.connect_with("options='-c application_name=batch'").await;
+    let shown = one(&opts, "show application_name").await;
+    assert!(shown.starts_with("batch - 127.0.0.1:"), "{shown}");
 }

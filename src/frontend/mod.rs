@@ -394,15 +394,12 @@ async fn login_steps(
     if ctx.registry.is_disabled(database) {
         return Err(ClientError::DatabaseDisabled(database.to_owned()));
     }
-    let params = match config.pgtarn.application_name_add_host {
-        false => ClientParams::from_startup(startup.params())?,
-        true => {
-            let name = app_name_with_host(startup.param("application_name"), peer);
-            let others = startup.params().filter(|(k, _)| *k != "application_name");
-            let all = others.chain(std::iter::once(("application_name", name.as_str())));
-            ClientParams::from_startup(all)?
-        }
-    };
+    let mut params = ClientParams::from_startup(startup.params())?;
+    if config.pgtarn.application_name_add_host {
+        // The name the client ends up with, also from `options=-c …`.
+        let name = app_name_with_host(params.get("application_name"), peer);
+        params.set_at_login("application_name", &name);
+    }
     let found = match ctx.users().get(user) {
         Some(u) => Some(u.clone()),
         None => {

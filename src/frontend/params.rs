@@ -125,6 +125,14 @@ impl ClientParams {
             .insert(name.to_owned(), (name.to_owned(), value.to_owned()));
     }
 
+    /// Sets `name` (lower-case) as if the client had sent it at startup,
+    /// so that `RESET` returns to it; only at login (no change pending).
+    pub fn set_at_login(&mut self, name: &str, value: &str) {
+        let entry = (name.to_owned(), value.to_owned());
+        Arc::make_mut(&mut self.startup).insert(name.to_owned(), entry);
+        self.wanted = self.startup.clone();
+    }
+
     /// Forgets a setting (it no longer exists, e.g. a custom one reset).
     pub fn remove(&mut self, name: &str) {
         Arc::make_mut(&mut self.wanted).remove(name);
