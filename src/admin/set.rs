@@ -55,7 +55,10 @@ pub fn apply(ctx: &Context, key: &str, value: &str) -> Result<(), Refusal> {
     let general = with_setting(&config.pgtarn, key, value)?;
     let mut new = (*config).clone();
     new.pgtarn = general;
-    ctx.apply(new).map_err(|e| invalid(key, &e))
+    ctx.apply(new).map_err(|e| invalid(key, &e))?;
+    // `[pgtarn]` holds no secrets: the value can be logged.
+    tracing::info!(%key, %value, "setting changed by SET on the admin console");
+    Ok(())
 }
 
 /// `general` with `key` set to `value`, typed as the setting's current or
