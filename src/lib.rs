@@ -49,6 +49,9 @@ pub struct Context {
     pub cancels: Arc<CancelRegistry>,
     /// Client connections against `max_client_conn`.
     pub client_slots: Arc<frontend::slots::ClientSlots>,
+    /// Held by each configuration change (RELOAD, SIGHUP, console SET), so
+    /// that none starts from a configuration another is replacing.
+    config_change: std::sync::Mutex<()>,
     /// The rules of `auth_hba_file`, if one is configured.
     hba: ArcSwapOption<auth::hba::Hba>,
     /// pgtarn's TLS identity for clients, unless `tls.client.mode` is
@@ -128,6 +131,7 @@ impl Context {
         let Some(path) = path else {
             return Err("pgtarn was not started from a configuration file".into());
         };
+        let _one_change = self.lock_config_changes();
         let result = Config::load(&path)
             .map_err(|e| e.to_string())
             .and_then(|c| self.apply(c));
@@ -144,6 +148,12 @@ impl Context {
             }
         }
         result
+    }
+
+    /// Serializes configuration changes: hold the guard from reading the
+    /// configuration in force to applying the new one.
+    pub fn lock_config_changes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.config_change.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies a new, already validated configuration: users, passwords,
@@ -298,6 +308,7 @@ impl Pgtarn {
             registry,
             client_tls: ArcSwapOption::from(client_tls.map(Arc::new)),
             hba: ArcSwapOption::from(hba.map(Arc::new)),
+            config_change: Default::default(),
             config_path: Default::default(),
             shutdown: trigger,
             fast_shutdown: Default::default(),

@@ -51,6 +51,7 @@ pub fn apply(ctx: &Context, key: &str, value: &str) -> Result<(), Refusal> {
         let message = format!("parameter \"{key}\" cannot be changed without restarting pgtarn");
         return Err(Refusal::new(CANT_CHANGE_RUNTIME_PARAM, message, None));
     }
+    let _one_change = ctx.lock_config_changes();
     let config = ctx.config();
     let general = with_setting(&config.pgtarn, key, value)?;
     let mut new = (*config).clone();
