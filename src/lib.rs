@@ -401,19 +401,35 @@ impl Pgtarn {
             let client = frontend::handle(stream, peer, self.ctx.clone(), shutdown.clone());
             clients.spawn(Box::pin(client));
         }
-        drop(self.listener);
         if !shutdown.is_triggered() && !external.is_triggered() {
             info!(
                 clients = clients.len(),
                 "SHUTDOWN WAIT_FOR_CLIENTS: no new clients; exiting once every client has left"
             );
+            // TCP closes; the Unix-domain socket stays for the console
+            // (other clients are refused there), as in PgBouncer.
+            let unix = self.listener.into_unix();
             clients.close();
             let mut stop = shutdown.clone();
-            tokio::select! {
-                () = clients.wait() => {}
-                _ = stop.wait() => {}
-                _ = external.wait() => {}
+            loop {
+                let accepted = tokio::select! {
+                    () = clients.wait() => break,
+                    _ = stop.wait() => break,
+                    _ = external.wait() => break,
+                    a = async {
+                        match &unix {
+                            Some(u) => u.accept().await.ok(),
+                            None => std::future::pending().await,
+                        }
+                    } => a,
+                };
+                if let Some((stream, peer)) = accepted {
+                    let client = frontend::handle(stream, peer, self.ctx.clone(), shutdown.clone());
+                    clients.spawn(Box::pin(client));
+                }
             }
+        } else {
+            drop(self.listener);
         }
         self.ctx.shutdown.trigger();
         info!(clients = clients.len(), "shutting down");

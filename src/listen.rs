@@ -63,6 +63,12 @@ impl Listeners {
         }
     }
 
+    /// Closes the TCP socket and keeps the Unix-domain one, if any (for
+    /// the console during `SHUTDOWN WAIT_FOR_CLIENTS`, as in PgBouncer).
+    pub fn into_unix(self) -> Option<UnixOnly> {
+        self.unix.map(UnixOnly)
+    }
+
     async fn accept_tcp(&self) -> io::Result<(Stream, Peer)> {
         // TCP_NODELAY and keepalive come from the listening socket.
         let (tcp, peer) = self.tcp.accept().await?;
@@ -86,6 +92,18 @@ fn tcp(addr: SocketAddr, reuse_port: bool, keepalive: Keepalive) -> io::Result<T
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// The Unix-domain socket alone, once TCP is closed.
+#[derive(Debug)]
+pub struct UnixOnly(UnixSocket);
+
+impl UnixOnly {
+    /// The next client on the socket. Cancel safe.
+    pub async fn accept(&self) -> io::Result<(Stream, Peer)> {
+        let (stream, _) = self.0.listener.accept().await?;
+        Ok((Stream::Unix(stream), Peer::Unix))
+    }
 }
 
 /// A listening Unix-domain socket; its file is removed on drop unless

@@ -303,3 +303,77 @@ async fn readyz_fails_once_shutdown_wait_for_clients_stops_accepting() {
     })
     .await;
 }
+
+/// During `SHUTDOWN WAIT_FOR_CLIENTS` the Unix-domain socket stays open
+/// for the console, as in PgBouncer: an operator can still watch the
+/// drain (`SHOW CLIENTS`), while other clients are refused there with
+/// 57P01; pgtarn exits once every client, console included, has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_stays_reachable_on_the_unix_socket_while_waiting_for_clients() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let general = format!(
+        "admin_users = [\"app\"]\nunix_socket_dir = \"{}\"",
+        dir.path().display()
+    );
+    let p = pooler(&general).await;
+    let (a, _a_conn) = connect(&p).await;
+    let tcp_console = p.conn_str("").replace("dbname=app", "dbname=pgtarn");
+    let (admin, admin_conn) = tokio_postgres::connect(&tcp_console, NoTls)
+        .await
+        .expect("console login");
+    let admin_conn = tokio::spawn(admin_conn);
+    admin
+        .simple_query("SHUTDOWN WAIT_FOR_CLIENTS")
+        .await
+        .expect("SHUTDOWN WAIT_FOR_CLIENTS");
+    drop(admin);
+    let _ = admin_conn.await;
+    let tcp = p.conn_str("");
+    common::wait_until("TCP logins are refused", DEADLINE, || {
+        let s = tcp.clone();
+        async move { tokio_postgres::connect(&s, NoTls).await.is_err() }
+    })
+    .await;
+    let unix = |db: &str| {
+        format!(
+            "host={} port={} user=app password=app-secret dbname={db}",
+            dir.path().display(),
+            p.addr.port()
+        )
+    };
+    let (console, conn) = tokio_postgres::connect(&unix("pgtarn"), NoTls)
+        .await
+        .expect("the console on the Unix socket");
+    let conn = tokio::spawn(conn);
+    common::wait_until("SHOW CLIENTS lists a and this console", DEADLINE, || {
+        let console = &console;
+        async move {
+            let listed = console
+                .simple_query("SHOW CLIENTS")
+                .await
+                .expect("SHOW CLIENTS");
+            let row = |m: &&tokio_postgres::SimpleQueryMessage| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))
+            };
+            listed.iter().filter(row).count() == 2
+        }
+    })
+    .await;
+    let e = tokio_postgres::connect(&unix("app"), NoTls).await.err();
+    let e = e.expect("other clients are refused");
+    let db = e.as_db_error().expect("an ErrorResponse");
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("57P01", "pgtarn is shutting down")
+    );
+    assert_eq!(common::one(&a, "select 'a goes on'").await, "a goes on");
+    drop(a);
+    assert!(p.is_running(), "the console session is still connected");
+    drop(console);
+    let _ = conn.await;
+    common::wait_until("pgtarn exits", DEADLINE, || {
+        let running = p.is_running();
+        async move { !running }
+    })
+    .await;
+}

@@ -103,6 +103,11 @@ async fn open(
     if config.tls.client.mode == ClientTlsMode::Require && !stream.is_tls() && peer != Peer::Unix {
         return fail(&mut stream, peer, &ClientError::TlsRequired).await;
     }
+    // During `SHUTDOWN WAIT_FOR_CLIENTS` only the console is served (on
+    // the Unix-domain socket, the one still open).
+    if peer == Peer::Unix && ctx.is_closing_listener() && !is_admin_database(&startup) {
+        return fail(&mut stream, peer, &ClientError::Shutdown).await;
+    }
     // Console sessions count against max_client_conn too, as in PgBouncer.
     let Some(slot) = ctx.client_slots.try_take() else {
         return fail(&mut stream, peer, &ClientError::TooManyClients).await;
