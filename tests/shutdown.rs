@@ -207,16 +207,9 @@ async fn sigint_during_a_graceful_drain_makes_it_fast() {
     assert_eq!(ended_with(conn).await, "57P01 pgtarn is shutting down");
 }
 
-/// `SHUTDOWN WAIT_FOR_CLIENTS` (PgBouncer's command for rolling restarts):
-/// no new client gets in, the connected ones go on as before (an idle one
-/// is not disconnected, new transactions run) and pgtarn exits once the
-/// last has left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_wait_for_clients_exits_when_the_last_client_leaves() {
-    let p = pooler("admin_users = [\"app\"]").await;
-    let (a, _a_conn) = connect(&p).await;
-    a.simple_query("BEGIN; SELECT 1").await.expect("begin");
-    let (b, _b_conn) = connect(&p).await;
+/// Runs `SHUTDOWN WAIT_FOR_CLIENTS` from a console session over TCP,
+/// leaves the console, and waits until TCP logins are refused.
+async fn shut_down_waiting_for_clients(p: &Pooler) {
     let console = p.conn_str("").replace("dbname=app", "dbname=pgtarn");
     let (admin, admin_conn) = tokio_postgres::connect(&console, NoTls)
         .await
@@ -228,12 +221,25 @@ async fn shutdown_wait_for_clients_exits_when_the_last_client_leaves() {
         .expect("SHUTDOWN WAIT_FOR_CLIENTS");
     drop(admin);
     let _ = admin_conn.await;
-    let conn_str = p.conn_str("");
-    common::wait_until("new logins are refused", DEADLINE, || {
-        let s = conn_str.clone();
+    let tcp = p.conn_str("");
+    common::wait_until("TCP logins are refused", DEADLINE, || {
+        let s = tcp.clone();
         async move { tokio_postgres::connect(&s, NoTls).await.is_err() }
     })
     .await;
+}
+
+/// `SHUTDOWN WAIT_FOR_CLIENTS` (PgBouncer's command for rolling restarts):
+/// no new client gets in, the connected ones go on as before (an idle one
+/// is not disconnected, new transactions run) and pgtarn exits once the
+/// last has left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_wait_for_clients_exits_when_the_last_client_leaves() {
+    let p = pooler("admin_users = [\"app\"]").await;
+    let (a, _a_conn) = connect(&p).await;
+    a.simple_query("BEGIN; SELECT 1").await.expect("begin");
+    let (b, _b_conn) = connect(&p).await;
+    shut_down_waiting_for_clients(&p).await;
     a.simple_query("COMMIT")
         .await
         .expect("the transaction commits");
@@ -317,23 +323,7 @@ async fn the_console_stays_reachable_on_the_unix_socket_while_waiting_for_client
     );
     let p = pooler(&general).await;
     let (a, _a_conn) = connect(&p).await;
-    let tcp_console = p.conn_str("").replace("dbname=app", "dbname=pgtarn");
-    let (admin, admin_conn) = tokio_postgres::connect(&tcp_console, NoTls)
-        .await
-        .expect("console login");
-    let admin_conn = tokio::spawn(admin_conn);
-    admin
-        .simple_query("SHUTDOWN WAIT_FOR_CLIENTS")
-        .await
-        .expect("SHUTDOWN WAIT_FOR_CLIENTS");
-    drop(admin);
-    let _ = admin_conn.await;
-    let tcp = p.conn_str("");
-    common::wait_until("TCP logins are refused", DEADLINE, || {
-        let s = tcp.clone();
-        async move { tokio_postgres::connect(&s, NoTls).await.is_err() }
-    })
-    .await;
+    shut_down_waiting_for_clients(&p).await;
     let unix = |db: &str| {
         format!(
             "host={} port={} user=app password=app-secret dbname={db}",
