@@ -12,13 +12,25 @@
 # (instructions(long) - instructions(short)) / (TX_LONG - TX_SHORT): the
 # per-transaction cost with start-up and login cost cancelled out.
 # Knobs: TX_SHORT (default 500), TX_LONG (default 3000), PROTOCOL
-# (simple, extended or prepared; default simple).
+# (simple, extended or prepared; default simple), CONNECT=1 to count a
+# login + transaction instead (`pgbench -C`: a new connection per
+# transaction; TX_SHORT and TX_LONG then default to 200 and 1200).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HOST=127.0.0.1
-TX_SHORT=${TX_SHORT:-500}
-TX_LONG=${TX_LONG:-3000}
+CONNECT=${CONNECT:-}
+if [ -n "$CONNECT" ]; then
+  TX_SHORT=${TX_SHORT:-200}
+  TX_LONG=${TX_LONG:-1200}
+  CONNECT_FLAG=(-C)
+  WHAT="login + transaction"
+else
+  TX_SHORT=${TX_SHORT:-500}
+  TX_LONG=${TX_LONG:-3000}
+  CONNECT_FLAG=()
+  WHAT="transaction"
+fi
 PROTOCOL=${PROTOCOL:-simple}
 log() { echo "instructions.sh: $*" >&2; }
 die() {
@@ -74,14 +86,14 @@ pool_size = 2
 password = "unused"
 TOML
   rm -f "$out"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$WORK/pgtarn.toml" >"$WORK/tarn.log" 2>&1 &
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$WORK/pgtarn.toml" >"$WORK/tarn.log" 2>&1 &
   TARN_PID=$!
   for i in $(seq 600); do
     timeout 1 bash -c "exec 3<>/dev/tcp/$HOST/$port" 2>/dev/null && break
     sleep 0.1
   done
   [ "$i" -lt 600 ] || die "pgtarn did not start under valgrind"
-  "$PGBIN/pgbench" -n -S -M "$PROTOCOL" -c 1 -t "$tx" -h $HOST -p "$port" -U postgres postgres >"$WORK/pgbench.log" 2>&1 ||
+  "$PGBIN/pgbench" -n -S -M "$PROTOCOL" "${CONNECT_FLAG[@]}" -c 1 -t "$tx" -h $HOST -p "$port" -U postgres postgres >"$WORK/pgbench.log" 2>&1 ||
     die "pgbench failed: $(cat "$WORK/pgbench.log")"
   stop_pid "$TARN_PID" pgtarn
   TARN_PID=""
@@ -89,7 +101,7 @@ TOML
   awk '/^(summary|totals):/ { print $2; exit }' "$out"
 }
 
-printf '| binary | protocol | instructions / transaction |\n|---|---|---:|\n'
+printf '| binary | protocol | instructions / %s |\n|---|---|---:|\n' "$WHAT"
 for bin in "$@"; do
   short=$(instructions "$bin" "$TX_SHORT")
   long=$(instructions "$bin" "$TX_LONG")
