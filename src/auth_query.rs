@@ -87,17 +87,30 @@ async fn fetch(
     else {
         return Err("auth_user has no plaintext password".into());
     };
-    let mut pg = tokio_postgres::Config::new();
+    // Each host in turn, each within server_connect_timeout for the whole
+    // login (tokio-postgres' connect_timeout bounds only the socket
+    // connect), as server connections skip a host that never answers.
+    let limit = config.pgtarn.server_connect_timeout;
+    let mut client = Err("no host configured".to_owned());
     for host in crate::backend::hosts(&db.host) {
-        pg.host(host);
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(host)
+            .port(db.port)
+            .dbname(db.upstream_name(database))
+            .user(auth_user)
+            .password(&password)
+            .application_name("pgtarn auth_query")
+            .connect_timeout(limit);
+        client = match tokio::time::timeout(limit, connect(&mut pg, tls)).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("{host}: {e}")),
+            Err(_) => Err(format!("{host}: login timed out after {limit:?}")),
+        };
+        if client.is_ok() {
+            break;
+        }
     }
-    pg.port(db.port)
-        .dbname(db.upstream_name(database))
-        .user(auth_user)
-        .password(password)
-        .application_name("pgtarn auth_query")
-        .connect_timeout(config.pgtarn.server_connect_timeout);
-    let client = connect(&mut pg, tls).await.map_err(|e| e.to_string())?;
+    let client = client?;
     let row = client
         .query_opt(&config.pgtarn.auth_query, &[&user])
         .await

@@ -382,3 +382,44 @@ async fn auth_hba_file_picks_the_method_per_connection() {
     let err = pgtarn::config::Config::from_toml(&no_file).expect_err("hba needs a file");
     assert!(err.to_string().contains("auth_hba_file"), "{err}");
 }
+
+/// auth_query with several hosts: a host that takes the TCP connection but
+/// never answers the login is skipped after server_connect_timeout, as
+/// server connections skip it. The lookup used to hand all hosts to one
+/// tokio-postgres connect, whose connect_timeout bounds only the socket
+/// connect, so it waited on that host until client_login_timeout and no
+/// user found by auth_query could log in while the second host was up.
+#[tokio::test]
+async fn auth_query_skips_a_host_that_never_answers_the_login() {
+    let pg = PgServer::shared();
+    let su = pg.superuser().await;
+    let role = format!("aqh_{}", std::process::id());
+    su.batch_execute(&format!(
+        "drop role if exists {role}; create role {role} login password 'aq-pw'; \
+         grant connect on database app to {role}"
+    ))
+    .await
+    .unwrap();
+    // Accepts connections (in the kernel's backlog) and never answers.
+    let _hung = std::net::TcpListener::bind(("127.0.0.3", pg.port)).expect("bind 127.0.0.3");
+    let general = "auth_user = \"postgres\"\nserver_connect_timeout = \"1s\"\n\
+                   server_login_retry = \"0s\"\nclient_login_timeout = \"8s\"";
+    let database = "host = \"127.0.0.3,127.0.0.1\"\nload_balance_hosts = \"disable\"";
+    let users = format!(
+        "[users.postgres]\npassword = \"{}\"\n",
+        pg.superuser_password
+    );
+    let p = Pooler::start(&config(pg, general, database, &users)).await;
+    let started = std::time::Instant::now();
+    let result = query_as(&p, &role, "aq-pw").await;
+    let took = started.elapsed();
+    su.batch_execute(&format!("drop owned by {role}; drop role {role}"))
+        .await
+        .ok();
+    assert_eq!(
+        result.map_err(|e| format!("{e} ({})", code(&e))),
+        Ok(role),
+        "the second host answers the lookup (after {took:?})"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}

@@ -568,3 +568,69 @@ async fn a_reload_that_changes_connect_query_replaces_the_servers() {
     assert_eq!(one(&after, "show TimeZone").await, "Asia/Kathmandu");
     assert_eq!(p.pool().size(), 1, "the old server was closed");
 }
+
+/// `/readyz` with several hosts: one host that answers is enough, even
+/// when the first one's connect hangs (SYNs dropped: a host down behind a
+/// firewall, the case several hosts are for). The probe used to share one
+/// time limit between the hosts, so the hanging first host used it up and
+/// the second, serving clients, was never tried (503 "connect timed out").
+#[tokio::test]
+async fn readyz_is_ready_when_a_later_host_answers_and_the_first_hangs() {
+    use socket2::{Domain, Socket, Type};
+    let pg = PgServer::shared();
+    let addr: std::net::SocketAddr = format!("127.0.0.3:{}", pg.port).parse().unwrap();
+    // A listener whose accept queue is full: Linux then drops new SYNs, so
+    // a connect to it hangs.
+    let hung = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    hung.set_reuse_address(true).unwrap();
+    hung.bind(&addr.into()).expect("bind 127.0.0.3");
+    hung.listen(0).unwrap();
+    let _fill: Vec<_> = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    let probe = tokio::time::timeout(
+        Duration::from_millis(500),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    assert!(probe.is_err(), "a connect to 127.0.0.3 hangs: {probe:?}");
+    let general = "server_connect_timeout = \"1s\"\nserver_login_retry = \"0s\"";
+    let text = pooler::config(pg, general, "load_balance_hosts = \"disable\"")
+        .replace("host = \"127.0.0.1\"", "host = \"127.0.0.3,127.0.0.1\"");
+    let p = Pooler::start(&text).await;
+    // The database is reachable: a client is served by the second host.
+    let c = p.connect().await;
+    assert_eq!(
+        one(&c, "select host(inet_server_addr())").await,
+        "127.0.0.1"
+    );
+    // As the HTTP endpoint calls it (READY_CONNECT_LIMIT = 2s).
+    let started = Instant::now();
+    let ready = pgtarn::metrics::ready(&p.ctx, Duration::from_secs(2)).await;
+    assert_eq!(ready, Ok(()), "the second host answers");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A `host` of only commas and blanks names no host: refused when the
+/// configuration is read (it used to be accepted, every server login then
+/// failed with "no host configured", and `/readyz`, trying no host at
+/// all, said ready).
+#[test]
+fn a_host_setting_that_names_no_host_is_refused() {
+    let text = pooler::config(PgServer::shared(), "", "")
+        .replace("host = \"127.0.0.1\"", "host = \" , \"");
+    let refused = pgtarn::config::Config::from_toml(&text)
+        .err()
+        .map(|e| e.to_string());
+    let message = refused.expect("host = \" , \" is refused");
+    assert!(
+        message.contains("host") && message.contains("must name a host"),
+        "{message}"
+    );
+}

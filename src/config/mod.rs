@@ -633,8 +633,8 @@ impl Config {
                 let reason = format!("{} exceeds pool_size ({})", db.min_pool_size, db.pool_size);
                 return invalid(key("min_pool_size"), reason);
             }
-            if db.host.is_empty() {
-                return invalid(key("host"), "must not be empty".into());
+            if crate::backend::hosts(&db.host).next().is_none() {
+                return invalid(key("host"), "must name a host".into());
             }
             if let Some(user) = &db.user
                 && !self.users.contains_key(user)

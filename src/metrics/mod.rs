@@ -116,27 +116,45 @@ pub async fn ready(ctx: &Arc<Context>, limit: Duration) -> Result<(), String> {
     }
     let config = ctx.config();
     for (name, db) in &config.databases {
-        // One host of several that answers is enough.
-        let connect = async {
-            let mut result = Ok(());
-            for host in crate::backend::hosts(&db.host) {
-                result = match crate::backend::unix_socket(host, db.port) {
-                    Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
-                    None => tokio::net::TcpStream::connect((host, db.port))
-                        .await
-                        .map(drop),
-                };
-                if result.is_ok() {
-                    break;
-                }
-            }
-            result
-        };
-        match tokio::time::timeout(limit, connect).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("database {name}: {e}")),
-            Err(_) => return Err(format!("database {name}: connect timed out")),
-        }
+        probe_hosts(&db.host, db.port, limit)
+            .await
+            .map_err(|e| format!("database {name}: {e}"))?;
     }
     Ok(())
+}
+
+/// Whether one of `hosts` (a database's `host` setting) accepts a
+/// connection within `limit`. All are tried at once, so that one whose
+/// connect hangs (SYNs dropped) neither hides a later one that answers nor
+/// multiplies the probe's time.
+async fn probe_hosts(hosts: &str, port: u16, limit: Duration) -> Result<(), String> {
+    let mut probes = tokio::task::JoinSet::new();
+    for host in crate::backend::hosts(hosts) {
+        let unix = crate::backend::unix_socket(host, port);
+        let host = host.to_owned();
+        probes.spawn(async move {
+            match unix {
+                Some(path) => tokio::net::UnixStream::connect(path).await.map(drop),
+                None => tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map(drop),
+            }
+        });
+    }
+    let first_success = async {
+        let mut last = Err("no host configured".to_owned());
+        while let Some(done) = probes.join_next().await {
+            match done {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = Err(e.to_string()),
+                Err(e) => last = Err(e.to_string()),
+            }
+        }
+        last
+    };
+    // Dropping the set (on success or time-out) aborts the other probes.
+    match tokio::time::timeout(limit, first_success).await {
+        Ok(result) => result,
+        Err(_) => Err("connect timed out".into()),
+    }
 }
