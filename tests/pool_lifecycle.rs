@@ -578,12 +578,13 @@ async fn a_reload_that_changes_connect_query_replaces_the_servers() {
 async fn readyz_is_ready_when_a_later_host_answers_and_the_first_hangs() {
     use socket2::{Domain, Socket, Type};
     let pg = PgServer::shared();
-    let addr: std::net::SocketAddr = format!("127.0.0.3:{}", pg.port).parse().unwrap();
-    // A listener whose accept queue is full: Linux then drops new SYNs, so
-    // a connect to it hangs.
+    let addr: std::net::SocketAddr = format!("127.0.0.5:{}", pg.port).parse().unwrap();
+    // Its own address (another test listens on 127.0.0.3 with the shared
+    // server's port). A listener whose accept queue is full: Linux then
+    // drops new SYNs, so a connect to it hangs.
     let hung = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     hung.set_reuse_address(true).unwrap();
-    hung.bind(&addr.into()).expect("bind 127.0.0.3");
+    hung.bind(&addr.into()).expect("bind 127.0.0.5");
     hung.listen(0).unwrap();
     let _fill: Vec<_> = (0..3)
         .filter_map(|_| {
@@ -595,10 +596,10 @@ async fn readyz_is_ready_when_a_later_host_answers_and_the_first_hangs() {
         tokio::net::TcpStream::connect(addr),
     )
     .await;
-    assert!(probe.is_err(), "a connect to 127.0.0.3 hangs: {probe:?}");
+    assert!(probe.is_err(), "a connect to 127.0.0.5 hangs: {probe:?}");
     let general = "server_connect_timeout = \"1s\"\nserver_login_retry = \"0s\"";
     let text = pooler::config(pg, general, "load_balance_hosts = \"disable\"")
-        .replace("host = \"127.0.0.1\"", "host = \"127.0.0.3,127.0.0.1\"");
+        .replace("host = \"127.0.0.1\"", "host = \"127.0.0.5,127.0.0.1\"");
     let p = Pooler::start(&text).await;
     // The database is reachable: a client is served by the second host.
     let c = p.connect().await;
