@@ -1331,3 +1331,169 @@ async fn a_databases_user_is_forced_upstream_for_every_client() {
     assert!(err.to_string().contains("databases.app.user"), "{err}");
     p.stop().await;
 }
+
+/// `SET` of a value holding a `;` inside its quotes, as PgBouncer's
+/// `SET key = 'value'` accepts: the console used to split the query at
+/// every `;`, applied the mangled `'RESET ALL` and then failed (42601).
+#[tokio::test]
+async fn set_takes_a_value_with_a_semicolon_in_quotes() {
+    let p = Pooler::start(&config("")).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let value = |rows: Vec<HashMap<String, String>>| {
+        let row = rows.into_iter().find(|r| r["key"] == "server_reset_query");
+        row.expect("server_reset_query row")["value"].clone()
+    };
+    let before = value(rows(&admin, "SHOW CONFIG").await);
+    let r = admin
+        .simple_query("SET server_reset_query = 'RESET ALL; DISCARD ALL'")
+        .await;
+    let after = value(rows(&admin, "SHOW CONFIG").await);
+    assert!(
+        r.is_ok(),
+        "SET refused: {:?}; server_reset_query was {before:?}, is now {after:?}",
+        r.err().map(|e| e.to_string())
+    );
+    assert_eq!(after, "RESET ALL; DISCARD ALL");
+    p.stop().await;
+}
+
+/// `PAUSE`: a client queued for a server (pool full) when PAUSE is issued
+/// does not get one when the running transactions end; it waits for
+/// RESUME as a client that came after the PAUSE does (PgBouncer: clients
+/// wait). It used to run its transaction during the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_keeps_a_queued_client_waiting() {
+    let p = Pooler::start(&config("")).await;
+    let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let c = p.connect().await;
+        c.simple_query("BEGIN; SELECT 1").await.expect("begin");
+        holders.push(c);
+    }
+    let waiter = p.connect().await;
+    let query = tokio::spawn(async move { waiter.simple_query("SELECT 42").await.map(|_| ()) });
+    wait_until("one client queued", DEADLINE, || async {
+        pool_row(&admin).await["cl_waiting"] == "1"
+    })
+    .await;
+    let pause = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.simple_query("PAUSE app").await.map(|_| ()) })
+    };
+    for h in &holders {
+        h.simple_query("COMMIT").await.expect("commit");
+    }
+    tokio::time::timeout(DEADLINE, pause)
+        .await
+        .expect("PAUSE returns once the transactions ended")
+        .expect("join")
+        .expect("PAUSE");
+    // Paused, with no server busy: the queued client is still waiting.
+    wait_until("the queued client waits for RESUME", DEADLINE, || async {
+        pool_row(&admin).await["cl_waiting"] == "1"
+    })
+    .await;
+    assert!(
+        !query.is_finished(),
+        "the queued client ran its query while the pool was paused"
+    );
+    admin.simple_query("RESUME app").await.expect("resume");
+    let ran = tokio::time::timeout(DEADLINE, query)
+        .await
+        .expect("runs after RESUME");
+    ran.expect("join").expect("SELECT 42");
+    p.stop().await;
+}
+
+/// `PAUSE` closes the servers for a maintenance window; with
+/// `min_pool_size` the maintenance task used to open them again within a
+/// second, during the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_does_not_refill_min_pool_size() {
+    let general = "admin_users = [\"admin\"]\nstats_users = [\"watcher\"]";
+    let text = pooler::config(
+        PgServer::shared(),
+        general,
+        "pool_size = 2\nmin_pool_size = 2",
+    ) + USERS;
+    let p = Pooler::start(&text).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let client = p.connect().await;
+    client.simple_query("SELECT 1").await.expect("warm up");
+    wait_until("min_pool_size open", DEADLINE, || async {
+        pool_row(&admin).await["sv_idle"] == "2"
+    })
+    .await;
+    admin.simple_query("PAUSE app").await.expect("pause");
+    // Maintenance runs every second: three rounds.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    assert!(
+        servers.is_empty(),
+        "servers opened while paused: {servers:?}"
+    );
+    admin.simple_query("RESUME app").await.expect("resume");
+    wait_until(
+        "min_pool_size open again after RESUME",
+        DEADLINE,
+        || async { pool_row(&admin).await["sv_idle"] == "2" },
+    )
+    .await;
+    p.stop().await;
+}
+
+/// `PAUSE app` after a reload changed app's `pool_mode`: a client still on
+/// the old (retired) pool waits too. PAUSE and RESUME used to reach only
+/// the current pools, so it kept running transactions during the pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pause_reaches_clients_of_a_pool_retired_by_reload() {
+    let text = config("");
+    let (p, _dir, path) = reloadable(&text).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let old = p.connect().await;
+    old.simple_query("SELECT 1").await.expect("warm up");
+    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
+    std::fs::write(&path, session_mode).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload");
+    admin.simple_query("PAUSE app").await.expect("pause");
+    let r = tokio::time::timeout(Duration::from_secs(1), old.simple_query("SELECT 2")).await;
+    assert!(
+        r.is_err(),
+        "a client of app ran a new transaction while app was paused: {r:?}"
+    );
+    admin.simple_query("RESUME app").await.expect("resume");
+    let again = tokio::time::timeout(DEADLINE, old.simple_query("SELECT 3")).await;
+    assert!(matches!(again, Ok(Ok(_))), "after RESUME: {again:?}");
+    p.stop().await;
+}
+
+/// An extended-protocol exchange on the console (Parse, Describe, Sync,
+/// as a driver's prepare sends) gets one ErrorResponse, then
+/// ReadyForQuery, as Postgres answers a failed extended query (messages
+/// after the error are skipped up to Sync); it used to get one per message.
+#[tokio::test]
+async fn console_extended_protocol_gets_one_error_per_sync() {
+    let p = Pooler::start(&config("auth_type = \"trust\"")).await;
+    let mut raw = common::raw::Raw::login(p.addr, "admin", "pgbouncer").await;
+    use common::raw::ext as msg;
+    let batch = [msg::parse("", "SHOW POOLS"), msg::describe(""), msg::sync()].concat();
+    raw.send(&batch).await;
+    let got = raw.read_until(b'Z').await;
+    assert_eq!(
+        common::raw::errors(&got).len(),
+        1,
+        "{}",
+        common::raw::tags(&got)
+    );
+    // The next exchange gets its own error.
+    raw.send(&batch).await;
+    let got = raw.read_until(b'Z').await;
+    assert_eq!(
+        common::raw::errors(&got).len(),
+        1,
+        "{}",
+        common::raw::tags(&got)
+    );
+    p.stop().await;
+}

@@ -65,6 +65,9 @@ pub async fn serve(
     listed: Listed,
 ) -> Result<(), (Stream, ClientError)> {
     let mut splitter = Splitter::new(ctx.config().pgtarn.max_message_len, client_streamable);
+    // An extended-protocol message was refused: the rest up to Sync is
+    // skipped (one error per Sync, as Postgres answers).
+    let mut skipping = false;
     loop {
         let mut out = BytesMut::new();
         loop {
@@ -100,16 +103,23 @@ pub async fn serve(
                     encode::ready_for_query(&mut out, TxStatus::Idle);
                 }
                 _ => {
-                    let msg = "the admin console supports only the simple query protocol";
-                    encode::error_response(
-                        &mut out,
-                        Severity::Error,
-                        code::FEATURE_NOT_SUPPORTED,
-                        msg,
-                        None,
-                    );
+                    // One error per extended-protocol exchange: the rest up
+                    // to Sync is skipped, as Postgres skips it after an
+                    // error.
+                    if !skipping {
+                        let msg = "the admin console supports only the simple query protocol";
+                        encode::error_response(
+                            &mut out,
+                            Severity::Error,
+                            code::FEATURE_NOT_SUPPORTED,
+                            msg,
+                            None,
+                        );
+                        skipping = true;
+                    }
                     if f.tag() == b'S' {
                         encode::ready_for_query(&mut out, TxStatus::Idle);
+                        skipping = false;
                     }
                 }
             }
@@ -183,10 +193,32 @@ pub async fn login(
     Ok(role)
 }
 
+/// Splits a console query at each `;` outside quotes (`'...'`, `"..."`;
+/// a doubled quote inside closes and reopens, which splits the same), so
+/// that a quoted value may hold a `;` (`SET server_reset_query = 'RESET
+/// ALL; DISCARD ALL'`).
+fn split_commands(sql: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quote) = (0, None);
+    for (i, c) in sql.char_indices() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, ';') => {
+                parts.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&sql[start..]);
+    parts
+}
+
 /// Runs one console query (possibly several `;`-separated commands).
 async fn run(sql: &str, role: Role, ctx: &Arc<Context>, out: &mut BytesMut) {
-    let commands: Vec<&str> = sql
-        .split(';')
+    let commands: Vec<&str> = split_commands(sql)
+        .into_iter()
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .collect();
@@ -208,5 +240,34 @@ async fn run(sql: &str, role: Role, ctx: &Arc<Context>, out: &mut BytesMut) {
             encode::error_response(out, Severity::Error, e.code, &e.message, e.hint);
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_commands;
+
+    #[test]
+    fn commands_split_at_semicolons_outside_quotes() {
+        assert_eq!(
+            split_commands("SHOW POOLS; SHOW STATS"),
+            ["SHOW POOLS", " SHOW STATS"]
+        );
+        assert_eq!(
+            split_commands("SET server_reset_query = 'RESET ALL; DISCARD ALL'; SHOW CONFIG"),
+            [
+                "SET server_reset_query = 'RESET ALL; DISCARD ALL'",
+                " SHOW CONFIG"
+            ]
+        );
+        assert_eq!(split_commands("KILL \"a;b\""), ["KILL \"a;b\""]);
+        assert_eq!(
+            split_commands("SET k = 'it''s; fine'"),
+            ["SET k = 'it''s; fine'"]
+        );
+        // An unclosed quote keeps the rest in one command (refused by the
+        // parser), never a panic.
+        assert_eq!(split_commands("SET k = 'a; b"), ["SET k = 'a; b"]);
+        assert_eq!(split_commands(""), [""]);
     }
 }

@@ -500,15 +500,19 @@ impl Pool {
         &self,
         started: Instant,
     ) -> Result<(Checkout, Instant), CheckoutError> {
-        if self.paused.load(Ordering::Relaxed) {
-            let _waiting = self.stats.start_wait();
-            self.wait_resumed().await;
-        }
         let result = loop {
+            if self.paused.load(Ordering::SeqCst) {
+                let _waiting = self.stats.start_wait();
+                self.wait_resumed().await;
+            }
             match self.get(started).await {
                 Ok(obj) if self.lowered.load(Ordering::Relaxed) && self.over_limit() => {
                     self.give_back_room(obj)
                 }
+                // Paused while this client was queued: the server goes
+                // back (PAUSE can then close it) and the client waits for
+                // RESUME like one that came after the PAUSE.
+                Ok(obj) if self.paused.load(Ordering::SeqCst) => drop(obj),
                 r => break r,
             }
         };
@@ -743,7 +747,13 @@ impl Pool {
     async fn fill_to_min(&self) {
         let status = self.inner.status();
         let min_size = self.settings().min_size;
-        if status.size >= min_size || status.waiting > 0 || self.retired.load(Ordering::Relaxed) {
+        // Nor while paused: PAUSE closed the servers for a maintenance
+        // window.
+        if status.size >= min_size
+            || status.waiting > 0
+            || self.retired.load(Ordering::Relaxed)
+            || self.paused.load(Ordering::SeqCst)
+        {
             return;
         }
         // Not beyond max_db_connections or max_user_connections: filling

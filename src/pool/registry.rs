@@ -3,7 +3,7 @@
 //! resumes and reconnects pools for the admin console.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -51,6 +51,9 @@ pub struct Registry {
     limits: Mutex<HashMap<String, Arc<DbLimit>>>,
     /// Each user's `max_user_connections` count, shared by its pools.
     user_limits: Mutex<HashMap<String, Arc<DbLimit>>>,
+    /// Pools retired by a reload, alive while clients still use them:
+    /// `PAUSE`, `RESUME`, `KILL` and `RECONNECT` reach them too.
+    retired: Mutex<Vec<Weak<Pool>>>,
 }
 
 /// How often pool maintenance runs.
@@ -87,6 +90,7 @@ impl Registry {
             disabled: Mutex::default(),
             limits: Mutex::default(),
             user_limits: Mutex::default(),
+            retired: Mutex::default(),
         })
     }
 
@@ -135,8 +139,18 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
-    fn matching(&self, db: Option<&str>) -> Vec<Arc<Pool>> {
+    /// Every pool clients may still use: [`Registry::pools`] and those
+    /// retired by a reload that are still alive.
+    fn all_pools(&self) -> Vec<Arc<Pool>> {
         let mut pools = self.pools();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        pools.extend(retired.iter().filter_map(Weak::upgrade));
+        pools
+    }
+
+    fn matching(&self, db: Option<&str>) -> Vec<Arc<Pool>> {
+        let mut pools = self.all_pools();
         pools.retain(|p| db.is_none_or(|d| p.key.database == d));
         pools
     }
@@ -222,11 +236,13 @@ impl Registry {
         disabled.retain(|db| config.databases.contains_key(db));
         drop(disabled);
         let mut pools = self.lock();
+        let mut retired = Vec::new();
         pools.retain(|key, pool| {
             let db = config.databases.get(&key.database);
             let Some((db, settings)) = db.zip(settings(&config, &key.database, &key.user)) else {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: database removed");
                 pool.retire();
+                retired.push(Arc::downgrade(pool));
                 return false;
             };
             // The pool mode is part of a pool's identity (its metric
@@ -235,6 +251,7 @@ impl Registry {
             if settings.mode != pool.settings().mode {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: pool_mode changed");
                 pool.retire();
+                retired.push(Arc::downgrade(pool));
                 return false;
             }
             // Clients of a database whose forced user changed get the new
@@ -243,6 +260,7 @@ impl Registry {
             if db.user.as_ref().is_some_and(|forced| *forced != key.user) {
                 info!(database = %key.database, user = %key.user, "pool retired by reload: the database's user changed");
                 pool.retire();
+                retired.push(Arc::downgrade(pool));
                 return false;
             }
             pool.update(settings);
@@ -256,6 +274,9 @@ impl Registry {
             true
         });
         drop(pools);
+        let mut old = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        old.extend(retired);
+        drop(old);
         let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         for (name, limit) in limits.iter() {
             if let Some(db) = config.databases.get(name) {
@@ -340,7 +361,7 @@ impl Registry {
             }
         };
         drop(paused);
-        for pool in self.pools() {
+        for pool in self.all_pools() {
             pool.set_paused(self.is_paused(&pool.key.database));
         }
         was
