@@ -55,6 +55,16 @@ async fn rows(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
+/// Waits until `SHOW POOLS` counts one waiting client, then checks that
+/// `query` (that client's) has not finished.
+async fn waits_while_paused<T>(admin: &Client, query: &tokio::task::JoinHandle<T>, what: &str) {
+    wait_until("one client waits while paused", DEADLINE, || async {
+        pool_row(admin).await["cl_waiting"] == "1"
+    })
+    .await;
+    assert!(!query.is_finished(), "{what}");
+}
+
 async fn pool_row(c: &Client) -> HashMap<String, String> {
     let all = rows(c, "SHOW POOLS").await;
     all.into_iter()
@@ -229,14 +239,7 @@ async fn pause_holds_clients_until_resume_and_kill_disconnects() {
         let r = client.simple_query("SELECT 7").await.map(|_| ());
         (client, r)
     });
-    wait_until("the client waits while paused", DEADLINE, || async {
-        pool_row(&admin).await["cl_waiting"] == "1"
-    })
-    .await;
-    assert!(
-        !query.is_finished(),
-        "a paused pool must not fail the client"
-    );
+    waits_while_paused(&admin, &query, "a paused pool must not fail the client").await;
     admin.simple_query("RESUME app").await.expect("resume");
     let (client, r) = query.await.expect("join");
     r.expect("the query runs after RESUME");
@@ -1390,14 +1393,8 @@ async fn pause_keeps_a_queued_client_waiting() {
         .expect("join")
         .expect("PAUSE");
     // Paused, with no server busy: the queued client is still waiting.
-    wait_until("the queued client waits for RESUME", DEADLINE, || async {
-        pool_row(&admin).await["cl_waiting"] == "1"
-    })
-    .await;
-    assert!(
-        !query.is_finished(),
-        "the queued client ran its query while the pool was paused"
-    );
+    let ran = "the queued client ran its query while the pool was paused";
+    waits_while_paused(&admin, &query, ran).await;
     admin.simple_query("RESUME app").await.expect("resume");
     let ran = tokio::time::timeout(DEADLINE, query)
         .await
