@@ -1007,9 +1007,7 @@ async fn wait_close_waits_for_the_servers_of_a_pool_retired_by_reload() {
     let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
     let holder = p.connect().await;
     holder.simple_query("BEGIN").await.expect("begin");
-    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
-    std::fs::write(&path, session_mode).expect("write");
-    admin.simple_query("RELOAD").await.expect("reload");
+    reload_into_session_mode(&admin, &text, &path).await;
     let servers = rows(&admin, "SHOW SERVERS").await;
     assert_eq!(servers.len(), 1, "{servers:?}");
     assert_eq!(servers[0]["close_needed"], "1", "{servers:?}");
@@ -1109,9 +1107,7 @@ async fn current_connections_count_the_servers_of_a_pool_retired_by_reload() {
     let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
     let holder = p.connect().await;
     holder.simple_query("BEGIN").await.expect("begin");
-    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
-    std::fs::write(&path, session_mode).expect("write");
-    admin.simple_query("RELOAD").await.expect("reload");
+    reload_into_session_mode(&admin, &text, &path).await;
     let dbs = rows(&admin, "SHOW DATABASES").await;
     let app = dbs.iter().find(|r| r["name"] == "app").expect("app");
     assert_eq!(app["current_connections"], "1", "{dbs:?}");
@@ -1148,6 +1144,14 @@ async fn wait_close_ends_with_the_transaction(admin: &Arc<Client>, holder: &Clie
 
 /// pgtarn started from `text`, which is also written to the file `RELOAD`
 /// reads (in the returned directory, which must live as long).
+/// Rewrites the configuration at `path` (`text`) with `pool_mode =
+/// "session"` and reloads it: app's pool is retired, its clients stay on it.
+async fn reload_into_session_mode(admin: &Client, text: &str, path: &std::path::Path) {
+    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
+    std::fs::write(path, session_mode).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload");
+}
+
 async fn reloadable(text: &str) -> (Pooler, tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("pgtarn.toml");
@@ -1450,9 +1454,7 @@ async fn pause_reaches_clients_of_a_pool_retired_by_reload() {
     let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
     let old = p.connect().await;
     old.simple_query("SELECT 1").await.expect("warm up");
-    let session_mode = text.replace("pool_size = 2", "pool_size = 2\npool_mode = \"session\"");
-    std::fs::write(&path, session_mode).expect("write");
-    admin.simple_query("RELOAD").await.expect("reload");
+    reload_into_session_mode(&admin, &text, &path).await;
     admin.simple_query("PAUSE app").await.expect("pause");
     let r = tokio::time::timeout(Duration::from_secs(1), old.simple_query("SELECT 2")).await;
     assert!(
