@@ -178,17 +178,7 @@ async fn hostile_sasl_input_gets_clean_errors() {
     ));
     cases.push(("wrong message type", encode::terminate().to_vec()));
     for (what, msg) in cases {
-        let mut raw = Raw::open(p.addr).await;
-        raw.send(&start).await;
-        let (tag, _) = raw.read().await.expect("AuthenticationSASL");
-        assert_eq!(tag, b'R', "{what}");
-        raw.send(&msg).await;
-        let replies = raw.read_to_eof().await;
-        let errors: Vec<String> = replies
-            .iter()
-            .filter(|(t, _)| *t == b'E')
-            .map(|(_, b)| sqlstate(b))
-            .collect();
+        let (_, errors) = answer_to_sasl(&p, &start, what, &msg).await;
         assert!(
             errors == ["28P01"] || errors == ["08P01"],
             "{what}: expected one 28P01 or 08P01 error, got {errors:?}"
@@ -422,4 +412,67 @@ async fn auth_query_skips_a_host_that_never_answers_the_login() {
         "the second host answers the lookup (after {took:?})"
     );
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+/// SCRAM negotiation errors are protocol violations (08P01), as in
+/// Postgres' auth-scram.c, not a wrong password (28P01): channel-binding
+/// data (`p=tls-server-end-point`) when SCRAM-SHA-256-PLUS was not offered,
+/// PLUS selected when not offered, and a mechanism that was not offered.
+/// All are refused, as before; they used to get 28P01.
+#[tokio::test]
+async fn scram_negotiation_errors_are_protocol_violations() {
+    let pg = PgServer::shared();
+    let users = "[users.app]\npassword = \"app-secret\"\n";
+    let p = Pooler::start(&config(pg, "", "", users)).await;
+    let start = encode::startup_message(&[("user", "app"), ("database", "app")]);
+    let binding = b"p=tls-server-end-point,,n=,r=abcdef";
+    let cases = [
+        (
+            "p= without PLUS offered",
+            encode::sasl_initial_response("SCRAM-SHA-256", binding),
+        ),
+        (
+            "PLUS selected but not offered",
+            encode::sasl_initial_response("SCRAM-SHA-256-PLUS", binding),
+        ),
+        (
+            "mechanism not offered",
+            encode::sasl_initial_response("SCRAM-SHA-1", b"n,,n=,r=abcdef"),
+        ),
+    ];
+    let mut got = Vec::new();
+    for (what, msg) in cases {
+        let (replies, errors) = answer_to_sasl(&p, &start, what, &msg).await;
+        assert!(
+            !replies.iter().any(|(t, _)| *t == b'R'),
+            "{what}: refused, no SASLContinue"
+        );
+        got.push((what, errors));
+    }
+    for (what, errors) in &got {
+        assert_eq!(errors, &["08P01"], "{what}: all results {got:?}");
+    }
+}
+
+/// Logs in with `start` (a StartupMessage), checks that pgtarn asks for
+/// SASL, sends `msg` and reads to the end: every reply, and the SQLSTATEs
+/// of the errors among them.
+async fn answer_to_sasl(
+    p: &Pooler,
+    start: &[u8],
+    what: &str,
+    msg: &[u8],
+) -> (Vec<(u8, bytes::Bytes)>, Vec<String>) {
+    let mut raw = Raw::open(p.addr).await;
+    raw.send(start).await;
+    let (tag, _) = raw.read().await.expect("AuthenticationSASL");
+    assert_eq!(tag, b'R', "{what}");
+    raw.send(msg).await;
+    let replies = raw.read_to_eof().await;
+    let errors = replies
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| sqlstate(b))
+        .collect();
+    (replies, errors)
 }

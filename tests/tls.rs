@@ -1247,3 +1247,35 @@ async fn reload_reads_an_upstream_ca_rotated_in_place() {
     let client = connect(&pooler.conn_str(""), NoTls).await;
     assert_select_1(&client).await;
 }
+
+/// `[tls.client] ca` (mutual TLS) with mode "allow" or "prefer" is
+/// refused: a client that skips TLS presents no certificate, and such a
+/// client used to log in with just its password.
+#[test]
+fn a_client_ca_needs_mode_require() {
+    let certs = TestCerts::generate("app");
+    let port = PgServer::shared().port;
+    for mode in ["allow", "prefer"] {
+        let text = config(
+            port,
+            "",
+            &client_tls(&certs, mode, true),
+            "mode = \"disable\"",
+        );
+        let refused = pgtarn::config::Config::from_toml(&text)
+            .err()
+            .map(|e| e.to_string());
+        let message = refused.unwrap_or_else(|| panic!("ca with mode {mode} is refused"));
+        assert!(
+            message.contains("tls.client.ca") && message.contains("require"),
+            "{message}"
+        );
+    }
+    let text = config(
+        port,
+        "",
+        &client_tls(&certs, "require", true),
+        "mode = \"disable\"",
+    );
+    pgtarn::config::Config::from_toml(&text).expect("ca with mode require");
+}

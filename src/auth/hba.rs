@@ -180,6 +180,11 @@ fn names(word: &str, field: Field) -> Result<Names, String> {
     let mut all = false;
     let mut list = Vec::new();
     for (name, quoted) in split_list(word) {
+        // Postgres 16+ reads a name starting with '/' as a regular
+        // expression, quoted or not: refused rather than taken literally.
+        if name.starts_with('/') {
+            return Err(format!("\"{name}\": regular expressions are not supported"));
+        }
         if quoted {
             list.push(Name::Is(name));
             continue;
@@ -392,6 +397,18 @@ host    all        all     10.0.0.0/8      scram-sha-256
         assert!(err("host all all 10.0.0.0/33 md5").contains("address"));
         assert!(err("host all all md5").contains("expected 5 fields"));
         assert!(err("hostgssenc all all all md5").contains("connection type"));
+    }
+
+    /// Postgres 16+ reads a database or user name starting with '/' as a
+    /// regular expression, quoted or not. Taken literally, `reject` for
+    /// `/^ro_` rejected nobody and the next rule trusted `ro_reader`.
+    #[test]
+    fn regular_expression_names_are_refused() {
+        let err = |text: &str| Hba::parse(text).expect_err(text);
+        assert!(err("host all /^ro_ all reject\nhost all all all trust").contains("regular"));
+        assert!(err("host /^secret all all reject").contains("regular"));
+        assert!(err("host all \"/^ro_\" all reject").contains("regular"));
+        assert!(err("host app,/^x all all md5").starts_with("line 1"));
     }
 
     /// An IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) counts its

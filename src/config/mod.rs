@@ -681,6 +681,14 @@ impl Config {
                 "needs tls.client.cert and tls.client.key",
             );
         }
+        // A client certificate can only come over TLS: with `allow` or
+        // `prefer` a plaintext client would log in without one.
+        if c.ca.is_some() && matches!(c.mode, ClientTlsMode::Allow | ClientTlsMode::Prefer) {
+            return invalid(
+                "tls.client.ca",
+                "needs tls.client.mode = \"require\" (clients without TLS present no certificate)",
+            );
+        }
         let s = &self.tls.server;
         let modes = std::iter::once(s.mode)
             .chain(self.databases.values().filter_map(|d| d.server_tls_mode));

@@ -44,7 +44,9 @@ pub struct ClientTls {
     /// PEM private key for `cert`. Required unless `disable`.
     pub key: Option<PathBuf>,
     /// PEM CA bundle: when set, clients must present a certificate signed by
-    /// it (mutual TLS). Default: none.
+    /// it (mutual TLS); needs `mode = "require"` (refused with `allow` or
+    /// `prefer`, which would let plaintext clients in without one).
+    /// Default: none.
     pub ca: Option<PathBuf>,
 }
 

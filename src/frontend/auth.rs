@@ -10,7 +10,7 @@ use subtle::ConstantTimeEq;
 use super::error::ClientError;
 use super::handshake::read_frame;
 use crate::auth::Secret;
-use crate::auth::scram::{ChannelBinding, ScramSecret, ScramServer};
+use crate::auth::scram::{ChannelBinding, ScramError, ScramSecret, ScramServer};
 use crate::auth::scram_client::ScramKeys;
 use crate::auth::secret::md5_response;
 use crate::config::AuthType;
@@ -115,10 +115,14 @@ async fn scram(
     .await?;
     let f = password_frame(stream, buf, &mut splitter).await?;
     let (mechanism, data) = sasl_initial_response(f.body())?;
-    let first = server.client_first(mechanism, data).map_err(|_| failed())?;
+    let first = server
+        .client_first(mechanism, data)
+        .map_err(|e| scram_error(e, user))?;
     send_auth(stream, 11, |b| b.put_slice(&first)).await?;
     let f = password_frame(stream, buf, &mut splitter).await?;
-    let last = server.client_final(f.body()).map_err(|_| failed())?;
+    let last = server
+        .client_final(f.body())
+        .map_err(|e| scram_error(e, user))?;
     if known.is_none() {
         return Err(failed());
     }
@@ -198,6 +202,24 @@ fn sasl_initial_response(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
         return Err(ProtocolError::Malformed("SASLInitialResponse"));
     }
     Ok((mechanism, data))
+}
+
+/// As Postgres' auth-scram.c answers: a wrong proof or channel-binding
+/// data that does not match fail authentication (28P01); a malformed or
+/// mis-negotiated exchange is a protocol violation (08P01). Both come
+/// the same for known and unknown users (the format is checked before
+/// the secret is used).
+fn scram_error(e: ScramError, user: &str) -> ClientError {
+    match e {
+        ScramError::InvalidProof | ScramError::ChannelBindingMismatch => {
+            ClientError::AuthFailed(user.to_owned())
+        }
+        ScramError::UnsupportedMechanism(_) => ProtocolError::Unsupported(
+            "the client selected a SASL mechanism that was not offered".into(),
+        )
+        .into(),
+        other => ProtocolError::Unsupported(other.to_string()).into(),
+    }
 }
 
 #[cfg(test)]
