@@ -1485,12 +1485,34 @@ async fn console_extended_protocol_gets_one_error_per_sync() {
         "{}",
         common::raw::tags(&got)
     );
-    // The next exchange gets its own error.
+    // The next exchange gets its own error; a simple query sent before its
+    // Sync is discarded with the rest (as Postgres does), and one after
+    // the Sync runs.
+    let mut show = bytes::BytesMut::new();
+    pgtarn::protocol::encode::query(&mut show, "SHOW VERSION");
+    let batch = [
+        msg::parse("", "SHOW POOLS"),
+        show.to_vec(),
+        msg::sync(),
+        show.to_vec(),
+    ]
+    .concat();
     raw.send(&batch).await;
     let got = raw.read_until(b'Z').await;
     assert_eq!(
         common::raw::errors(&got).len(),
         1,
+        "{}",
+        common::raw::tags(&got)
+    );
+    assert!(
+        !got.iter().any(|(t, _)| *t == b'D'),
+        "{}",
+        common::raw::tags(&got)
+    );
+    let got = raw.read_until(b'Z').await;
+    assert!(
+        got.iter().any(|(t, _)| *t == b'D'),
         "{}",
         common::raw::tags(&got)
     );

@@ -86,6 +86,8 @@ pub async fn serve(
             };
             match f.tag() {
                 b'X' => return Ok(()),
+                // Skipping to Sync: a query is discarded too, as Postgres does.
+                b'Q' if skipping => {}
                 b'Q' => {
                     let sql =
                         String::from_utf8_lossy(f.body().strip_suffix(b"\0").unwrap_or(f.body()));
