@@ -1518,3 +1518,107 @@ async fn console_extended_protocol_gets_one_error_per_sync() {
     );
     p.stop().await;
 }
+
+/// A pool re-created under the same labels (a reload retired it, a later
+/// one brought it back) shares the counters of the one it replaced: its
+/// first stats period used to report their whole history as averages
+/// (`avg_xact_count` 300/s for one transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recreated_pools_first_period_does_not_include_the_old_pools_history() {
+    let text = config("stats_period = \"1s\"");
+    let (p, _dir, path) = reloadable(&text).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    {
+        let c = p.connect().await;
+        for _ in 0..300 {
+            c.simple_query("select 1").await.expect("select");
+        }
+    }
+    reload_into_session_mode(&admin, &text, &path).await;
+    std::fs::write(&path, &text).expect("write");
+    admin.simple_query("RELOAD").await.expect("reload back");
+    let c = p.connect().await;
+    c.simple_query("select 1").await.expect("select");
+    let new_pool = p.ctx.registry.find("app", "app").expect("the new pool");
+    wait_until("the new pool's first period ended", DEADLINE, || async {
+        new_pool.stats.last_period().secs > 0.0
+    })
+    .await;
+    let s = app_figures(&admin, "SHOW STATS").await;
+    assert!(
+        s["avg_xact_count"] <= 5 && s["avg_query_count"] <= 5,
+        "one transaction ran in the new pool's first period: {s:?}"
+    );
+    p.stop().await;
+}
+
+/// SHOW POOLS lists a pool retired by a reload while a client still uses
+/// it (its server is in SHOW SERVERS and counted in SHOW DATABASES); the
+/// row used to be missing, `cl_active` and `sv_active` with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn show_pools_counts_a_retired_pool_still_in_use() {
+    let text = config("");
+    let (p, _dir, path) = reloadable(&text).await;
+    let admin = console(&p, "admin", "pgtarn").await.expect("admin login");
+    let holder = p.connect().await;
+    holder.simple_query("BEGIN").await.expect("begin");
+    reload_into_session_mode(&admin, &text, &path).await;
+    let servers = rows(&admin, "SHOW SERVERS").await;
+    let active_servers = servers.iter().filter(|r| r["state"] == "active").count();
+    let pools = rows(&admin, "SHOW POOLS").await;
+    let app: Vec<_> = pools.iter().filter(|r| r["database"] == "app").collect();
+    let sum = |col: &str| -> u64 { app.iter().map(|r| r[col].parse::<u64>().unwrap()).sum() };
+    assert_eq!(active_servers, 1, "{servers:?}");
+    assert_eq!(
+        (sum("cl_active"), sum("sv_active")),
+        (1, 1),
+        "SHOW POOLS {pools:?}, SHOW SERVERS {servers:?}"
+    );
+    holder.simple_query("COMMIT").await.expect("commit");
+    p.stop().await;
+}
+
+/// SHOW POOLS `maxwait` counts from when a client started waiting, also
+/// when PAUSE holds it back after it had queued; it used to restart from
+/// 0 while SHOW CLIENTS showed the client's real wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maxwait_of_a_queued_client_held_by_pause_keeps_counting() {
+    let p = Pooler::start(&config("")).await;
+    let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let c = p.connect().await;
+        c.simple_query("BEGIN; SELECT 1").await.expect("begin");
+        holders.push(c);
+    }
+    let waiter = p.connect().await;
+    let query = tokio::spawn(async move { waiter.simple_query("SELECT 42").await.map(|_| ()) });
+    wait_until("the queued client has waited 2 s", DEADLINE, || async {
+        let row = pool_row(&admin).await;
+        row["cl_waiting"] == "1" && row["maxwait"].parse::<u64>().unwrap() >= 2
+    })
+    .await;
+    let pause = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.simple_query("PAUSE app").await.map(|_| ()) })
+    };
+    for h in &holders {
+        h.simple_query("COMMIT").await.expect("commit");
+    }
+    let paused = tokio::time::timeout(DEADLINE, pause)
+        .await
+        .expect("PAUSE returns");
+    paused.expect("join").expect("PAUSE");
+    waits_while_paused(&admin, &query, "ran while paused").await;
+    let pools = pool_row(&admin).await;
+    assert!(
+        pools["maxwait"].parse::<u64>().unwrap() >= 2,
+        "the client has waited 2 s and more; SHOW POOLS {pools:?}"
+    );
+    admin.simple_query("RESUME app").await.expect("resume");
+    let ran = tokio::time::timeout(DEADLINE, query)
+        .await
+        .expect("runs after RESUME");
+    ran.expect("join").expect("SELECT 42");
+    p.stop().await;
+}

@@ -59,8 +59,9 @@ pub fn pools(ctx: &Context) -> ResultSet {
     rs
 }
 
+/// Every pool clients may use, those retired by a reload included.
 fn sorted_pools(ctx: &Context) -> Vec<std::sync::Arc<crate::pool::Pool>> {
-    let mut pools = ctx.registry.pools();
+    let mut pools = ctx.registry.all_pools();
     pools.sort_by(|a, b| a.key.cmp(&b.key));
     pools
 }
@@ -106,7 +107,7 @@ struct DbStats {
 /// Every database with pools, its pools' figures added up.
 fn stats_by_database(ctx: &Context) -> BTreeMap<String, DbStats> {
     let mut by_db: BTreeMap<String, DbStats> = BTreeMap::new();
-    for pool in ctx.registry.pools() {
+    for pool in stats_pools(ctx) {
         let db = by_db.entry(pool.key.database.clone()).or_default();
         db.totals.add(&pool.stats.totals());
         db.last.merge(&pool.stats.last_period());
@@ -187,11 +188,22 @@ pub fn stats_averages(ctx: &Context) -> ResultSet {
     per_database(&STATS_PARTS, rows)
 }
 
+/// The pools whose figures `SHOW STATS` and `SHOW TOTALS` add up: every
+/// pool in use, those retired by a reload included, but one per label set
+/// (a retired pool and the one that replaced it under the same labels
+/// share their counters).
+fn stats_pools(ctx: &Context) -> Vec<std::sync::Arc<crate::pool::Pool>> {
+    let mut seen = BTreeSet::new();
+    let mut pools = ctx.registry.all_pools();
+    pools.retain(|p| seen.insert(p.stats.labels().map(str::to_owned)));
+    pools
+}
+
 /// `SHOW TOTALS`: the figures of `SHOW STATS` over every database, one
 /// `name`/`value` row each, as PgBouncer's.
 pub fn totals(ctx: &Context) -> ResultSet {
     let mut all = DbStats::default();
-    for pool in ctx.registry.pools() {
+    for pool in stats_pools(ctx) {
         all.totals.add(&pool.stats.totals());
         all.last.merge(&pool.stats.last_period());
     }

@@ -502,7 +502,7 @@ impl Pool {
     ) -> Result<(Checkout, Instant), CheckoutError> {
         let result = loop {
             if self.paused.load(Ordering::SeqCst) {
-                let _waiting = self.stats.start_wait();
+                let _waiting = self.stats.start_wait_since(started);
                 self.wait_resumed().await;
             }
             match self.get(started).await {
@@ -554,14 +554,14 @@ impl Pool {
         let mut get = std::pin::pin!(get);
         match poll_once(get.as_mut()).await {
             Some(Err(PoolError::Timeout(TimeoutType::Wait))) => {
-                let _waiting = self.stats.start_wait();
+                let _waiting = self.stats.start_wait_since(started);
                 // Boxed: the queued path is the rare one, and keeping its
                 // state out of this future keeps every checkout's small.
                 Box::pin(self.queue(started)).await
             }
             Some(r) => r,
             None => {
-                let _waiting = self.stats.start_wait();
+                let _waiting = self.stats.start_wait_since(started);
                 get.await
             }
         }

@@ -141,7 +141,7 @@ impl Registry {
 
     /// Every pool clients may still use: [`Registry::pools`] and those
     /// retired by a reload that are still alive.
-    fn all_pools(&self) -> Vec<Arc<Pool>> {
+    pub fn all_pools(&self) -> Vec<Arc<Pool>> {
         let mut pools = self.pools();
         let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         retired.retain(|w| w.strong_count() > 0);

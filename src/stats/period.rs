@@ -94,7 +94,7 @@ pub async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
 
 /// Ends the period, `secs` long, of every pool.
 fn end_period(ctx: &Context, secs: f64) {
-    for pool in ctx.registry.pools() {
+    for pool in ctx.registry.all_pools() {
         pool.stats.end_period(secs);
     }
 }

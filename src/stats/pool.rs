@@ -203,7 +203,7 @@ impl PoolStats {
     /// Handles for the pool (`database`, `user`, `pool_mode`).
     pub fn new(m: &Metrics, database: &str, user: &str, mode: &str) -> PoolStats {
         let l = [database, user, mode];
-        PoolStats {
+        let stats = PoolStats {
             labels: [database.into(), user.into(), mode.into()],
             wait: m.wait.with_label_values(&l),
             transaction: m.transaction.with_label_values(&l),
@@ -224,7 +224,13 @@ impl PoolStats {
             waiters: Mutex::new(BTreeMap::new()),
             next_waiter: AtomicU64::new(0),
             period: Mutex::default(),
-        }
+        };
+        // A pool re-created under the same labels (a reload retired one and
+        // a later one brought it back) shares the counters of the one it
+        // replaced: its first period counts from their values now.
+        let totals = stats.totals();
+        stats.lock_period().at_end = totals;
+        stats
     }
 
     /// The pool's label values: database, user, pool_mode.
@@ -267,8 +273,14 @@ impl PoolStats {
 
     /// Marks a client as waiting for a server until the returned guard drops.
     pub fn start_wait(&self) -> Waiting<'_> {
+        self.start_wait_since(Instant::now())
+    }
+
+    /// [`PoolStats::start_wait`] for a client waiting since `since` (one
+    /// that waits again, e.g. held back by `PAUSE` after queuing).
+    pub fn start_wait_since(&self, since: Instant) -> Waiting<'_> {
         let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.lock_waiters().insert(id, Instant::now());
+        self.lock_waiters().insert(id, since);
         Waiting { stats: self, id }
     }
 
@@ -284,7 +296,9 @@ impl PoolStats {
     /// How long the longest-waiting client has waited (zero if none).
     pub fn max_wait(&self) -> Duration {
         let w = self.lock_waiters();
-        w.values().next().map(Instant::elapsed).unwrap_or_default()
+        // Entries are not in time order (a client may wait again since
+        // an earlier moment).
+        w.values().min().map(Instant::elapsed).unwrap_or_default()
     }
 
     /// Cumulative totals.
