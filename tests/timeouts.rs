@@ -484,3 +484,77 @@ async fn a_users_query_timeout_overrides_the_general_one() {
     sleep_is_cut_by_query_timeout(&client).await;
     p.stop().await;
 }
+
+/// Flush: asks for the server's output without a Sync.
+fn flush() -> Vec<u8> {
+    vec![b'H', 0, 0, 0, 4]
+}
+
+/// A query run in the extended protocol with Flush instead of Sync (libpq
+/// pipeline mode's `PQsendFlushRequest`, drivers that read a result before
+/// syncing) is a running query: `query_timeout` cancels it as it would
+/// the same query followed by Sync. It used to run to its end.
+#[tokio::test]
+async fn query_timeout_cancels_an_execute_followed_by_flush() {
+    use common::raw::ext;
+    let p = pooler("query_timeout = \"300ms\"").await;
+    let mut raw = Raw::login(p.addr, "app", "app").await;
+    let sleep = ext::parse("", "SELECT pg_sleep(10)");
+    let msgs = [sleep, ext::bind("", &[]), ext::execute(), flush()].concat();
+    let started = Instant::now();
+    raw.send(&msgs).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), raw.read_until(b'E'))
+        .await
+        .unwrap_or_else(|_| panic!("no error within 5 s: query_timeout never fired"));
+    assert_eq!(
+        common::raw::errors(&got),
+        ["57014"],
+        "after {:?}",
+        started.elapsed()
+    );
+    p.stop().await;
+}
+
+/// The same query is not ended by `idle_transaction_timeout`: its client
+/// is not idle, its query is running (and there is no transaction). It
+/// used to get FATAL 25P03 and lose its server.
+#[tokio::test]
+async fn idle_transaction_timeout_spares_a_running_execute_followed_by_flush() {
+    use common::raw::ext;
+    let p = pooler("idle_transaction_timeout = \"300ms\"").await;
+    let mut raw = Raw::login(p.addr, "app", "app").await;
+    let sleep = ext::parse("", "SELECT pg_sleep(1.5)");
+    let msgs = [sleep, ext::bind("", &[]), ext::execute(), flush()].concat();
+    raw.send(&msgs).await;
+    let got = tokio::time::timeout(DEADLINE, raw.read_until(b'C'))
+        .await
+        .expect("the query ends");
+    let errors = common::raw::errors(&got);
+    assert!(
+        errors.is_empty(),
+        "the running query's client was disconnected: {errors:?}"
+    );
+    p.stop().await;
+}
+
+/// `server_idle_timeout = "0s"` disables the limit, as in PgBouncer ("If 0
+/// then this timeout is disabled") and like the other `0s` (off) limits;
+/// it used to close every idle server at each maintenance pass (a new
+/// upstream connection per transaction).
+#[tokio::test]
+async fn server_idle_timeout_zero_disables_it() {
+    let p = pooler("server_idle_timeout = \"0s\"").await;
+    let (client, _conn) = connect(&p).await;
+    assert_eq!(common::one(&client, "SELECT 1").await, "1");
+    let pool = p.pool();
+    assert_eq!(pool.size(), 1);
+    // Three maintenance passes (one a second): the idle server stays. The
+    // test shows that something does not happen, so it watches the whole
+    // time and fails as soon as the server closes.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert_eq!(pool.size(), 1, "the idle server was closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.stop().await;
+}

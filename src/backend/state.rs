@@ -168,6 +168,13 @@ impl ServerState {
         self.pending_ready > 0 || self.copy.in_copy()
     }
 
+    /// True while a query is in progress as `query_timeout` sees it: a
+    /// ReadyForQuery is due, a COPY FROM STDIN runs, or extended-protocol
+    /// messages (an Execute followed by Flush, say) await their Sync.
+    pub fn query_in_progress(&self) -> bool {
+        self.awaiting_server() || self.unsynced
+    }
+
     /// True when the connection can serve another client as it is.
     pub fn is_idle(&self) -> bool {
         self.pending_ready == 0

@@ -293,7 +293,7 @@ impl Session {
         if let Some(at) = self.cancelled_at {
             return Some((at + t.cancel_wait, Timer::CancelWait));
         }
-        if server.state.awaiting_server() {
+        if server.state.query_in_progress() {
             let start = self.query_start?;
             return (!t.query.is_zero()).then(|| (start + t.query, Timer::Query));
         }
@@ -607,7 +607,7 @@ impl Session {
                             );
                             // The next query of a pipeline runs from now,
                             // under its own `query_timeout`.
-                            if server.state.awaiting_server() {
+                            if server.state.query_in_progress() {
                                 start_timers(&mut self.query_start, &mut self.xact_start);
                             }
                         }

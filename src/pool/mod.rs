@@ -730,7 +730,10 @@ impl Pool {
                 why
             } else if !conn.is_reusable() {
                 CloseReason::Broken
-            } else if conn.idle_since.elapsed() >= self.settings().idle_timeout && removable > 0 {
+            } else if removable > 0
+                && !self.settings().idle_timeout.is_zero()
+                && conn.idle_since.elapsed() >= self.settings().idle_timeout
+            {
                 removable -= 1;
                 CloseReason::IdleTimeout
             } else {
