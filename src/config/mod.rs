@@ -194,7 +194,7 @@ pub struct General {
     #[serde(with = "humantime_serde")]
     pub server_connect_timeout: Duration,
     /// An unused server connection is closed after this long (down to
-    /// `min_pool_size`). Default `"10m"`.
+    /// `min_pool_size`); `"0s"` turns this off. Default `"10m"`.
     #[serde(with = "humantime_serde")]
     pub server_idle_timeout: Duration,
     /// A server connection is closed when released after being open this
