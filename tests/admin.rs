@@ -55,6 +55,48 @@ async fn rows(c: &Client, sql: &str) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
+/// Fills app's pool (`pool_size = 2`) with two clients inside a
+/// transaction and queues a third one's `SELECT 42`: the two holders, and
+/// the queued query (running once it gets a server).
+async fn fill_the_pool_and_queue_one(
+    p: &Pooler,
+    admin: &Client,
+) -> (
+    Vec<Client>,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let c = p.connect().await;
+        c.simple_query("BEGIN; SELECT 1").await.expect("begin");
+        holders.push(c);
+    }
+    let waiter = p.connect().await;
+    let query = tokio::spawn(async move { waiter.simple_query("SELECT 42").await.map(|_| ()) });
+    wait_until("one client queued", DEADLINE, || async {
+        pool_row(admin).await["cl_waiting"] == "1"
+    })
+    .await;
+    (holders, query)
+}
+
+/// Issues `PAUSE app`, lets the holders commit, and waits for PAUSE to
+/// return (it waits for their transactions).
+async fn pause_once_the_holders_commit(admin: &Arc<Client>, holders: &[Client]) {
+    let pause = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.simple_query("PAUSE app").await.map(|_| ()) })
+    };
+    for h in holders {
+        h.simple_query("COMMIT").await.expect("commit");
+    }
+    let paused = tokio::time::timeout(DEADLINE, pause).await;
+    paused
+        .expect("PAUSE returns once the transactions ended")
+        .expect("join")
+        .expect("PAUSE");
+}
+
 /// Waits until `SHOW POOLS` counts one waiting client, then checks that
 /// `query` (that client's) has not finished.
 async fn waits_while_paused<T>(admin: &Client, query: &tokio::task::JoinHandle<T>, what: &str) {
@@ -1372,30 +1414,8 @@ async fn set_takes_a_value_with_a_semicolon_in_quotes() {
 async fn pause_keeps_a_queued_client_waiting() {
     let p = Pooler::start(&config("")).await;
     let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
-    let mut holders = Vec::new();
-    for _ in 0..2 {
-        let c = p.connect().await;
-        c.simple_query("BEGIN; SELECT 1").await.expect("begin");
-        holders.push(c);
-    }
-    let waiter = p.connect().await;
-    let query = tokio::spawn(async move { waiter.simple_query("SELECT 42").await.map(|_| ()) });
-    wait_until("one client queued", DEADLINE, || async {
-        pool_row(&admin).await["cl_waiting"] == "1"
-    })
-    .await;
-    let pause = {
-        let admin = admin.clone();
-        tokio::spawn(async move { admin.simple_query("PAUSE app").await.map(|_| ()) })
-    };
-    for h in &holders {
-        h.simple_query("COMMIT").await.expect("commit");
-    }
-    tokio::time::timeout(DEADLINE, pause)
-        .await
-        .expect("PAUSE returns once the transactions ended")
-        .expect("join")
-        .expect("PAUSE");
+    let (holders, query) = fill_the_pool_and_queue_one(&p, &admin).await;
+    pause_once_the_holders_commit(&admin, &holders).await;
     // Paused, with no server busy: the queued client is still waiting.
     let ran = "the queued client ran its query while the pool was paused";
     waits_while_paused(&admin, &query, ran).await;
@@ -1585,30 +1605,12 @@ async fn show_pools_counts_a_retired_pool_still_in_use() {
 async fn maxwait_of_a_queued_client_held_by_pause_keeps_counting() {
     let p = Pooler::start(&config("")).await;
     let admin = Arc::new(console(&p, "admin", "pgtarn").await.expect("admin login"));
-    let mut holders = Vec::new();
-    for _ in 0..2 {
-        let c = p.connect().await;
-        c.simple_query("BEGIN; SELECT 1").await.expect("begin");
-        holders.push(c);
-    }
-    let waiter = p.connect().await;
-    let query = tokio::spawn(async move { waiter.simple_query("SELECT 42").await.map(|_| ()) });
+    let (holders, query) = fill_the_pool_and_queue_one(&p, &admin).await;
     wait_until("the queued client has waited 2 s", DEADLINE, || async {
-        let row = pool_row(&admin).await;
-        row["cl_waiting"] == "1" && row["maxwait"].parse::<u64>().unwrap() >= 2
+        pool_row(&admin).await["maxwait"].parse::<u64>().unwrap() >= 2
     })
     .await;
-    let pause = {
-        let admin = admin.clone();
-        tokio::spawn(async move { admin.simple_query("PAUSE app").await.map(|_| ()) })
-    };
-    for h in &holders {
-        h.simple_query("COMMIT").await.expect("commit");
-    }
-    let paused = tokio::time::timeout(DEADLINE, pause)
-        .await
-        .expect("PAUSE returns");
-    paused.expect("join").expect("PAUSE");
+    pause_once_the_holders_commit(&admin, &holders).await;
     waits_while_paused(&admin, &query, "ran while paused").await;
     let pools = pool_row(&admin).await;
     assert!(
