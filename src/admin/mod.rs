@@ -195,31 +195,11 @@ pub async fn login(
     Ok(role)
 }
 
-/// Splits a console query at each `;` outside quotes (`'...'`, `"..."`;
-/// a doubled quote inside closes and reopens, which splits the same), so
-/// that a quoted value may hold a `;` (`SET server_reset_query = 'RESET
-/// ALL; DISCARD ALL'`).
-fn split_commands(sql: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quote) = (0, None);
-    for (i, c) in sql.char_indices() {
-        match (quote, c) {
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, ';') => {
-                parts.push(&sql[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(&sql[start..]);
-    parts
-}
-
 /// Runs one console query (possibly several `;`-separated commands).
 async fn run(sql: &str, role: Role, ctx: &Arc<Context>, out: &mut BytesMut) {
-    let commands: Vec<&str> = split_commands(sql)
+    // A quoted value may hold a `;` (`SET server_reset_query = 'RESET
+    // ALL; DISCARD ALL'`).
+    let commands: Vec<&str> = crate::frontend::settings::split_statements(sql)
         .into_iter()
         .map(str::trim)
         .filter(|c| !c.is_empty())
@@ -247,7 +227,7 @@ async fn run(sql: &str, role: Role, ctx: &Arc<Context>, out: &mut BytesMut) {
 
 #[cfg(test)]
 mod tests {
-    use super::split_commands;
+    use crate::frontend::settings::split_statements as split_commands;
 
     #[test]
     fn commands_split_at_semicolons_outside_quotes() {

@@ -160,8 +160,9 @@ fn identifier(word: &str) -> String {
     }
 }
 
-/// Splits on `;` outside quotes (single, double, dollar-less).
-fn split_statements(text: &str) -> Vec<&str> {
+/// Splits on `;` outside quotes (single, double, dollar-less). Also splits
+/// admin console queries, so that a quoted value may hold a `;`.
+pub(crate) fn split_statements(text: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let (mut start, mut quote) = (0, None::<char>);
     for (i, c) in text.char_indices() {
